@@ -1,0 +1,274 @@
+//! Types shared by the kernel programs and the host: map keys and values, ring-buffer
+//! records, counter indices. All `#[repr(C)]` with explicit padding and no enums inside,
+//! so the bytes mean the same on both sides; enums are decoded with `TryFrom` on read.
+
+use core::mem::size_of;
+
+/// Canonical flow key: the two endpoints in ascending (address, port) order, so both
+/// directions of a connection meet in one entry. Addresses are IPv6 as four words in
+/// network byte order (`u32::from_ne_bytes` of each 4 bytes), IPv4 ones IPv4-mapped
+/// (`::ffff:a.b.c.d`); words, not bytes, so that BPF code copies and compares them
+/// without memcpy. Ports are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub addr: [[u32; 4]; 2],
+    pub port: [u16; 2],
+}
+
+impl FlowKey {
+    /// Endpoint `i`'s address as the 16 bytes of an IPv6 address.
+    pub fn addr_bytes(&self, i: usize) -> [u8; 16] {
+        let mut b = [0u8; 16];
+        for (w, chunk) in self.addr[i & 1].iter().zip(b.chunks_mut(4)) {
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+        b
+    }
+}
+const _: () = assert!(size_of::<FlowKey>() == 36);
+
+/// Per-direction event counters, Wireshark 4.0 definitions (see `analysis`).
+pub mod event {
+    pub const DUP_ACK: usize = 0;
+    /// Every kind: plain, fast and spurious, as tshark's `tcp.analysis.retransmission`.
+    pub const RETRANSMISSION: usize = 1;
+    pub const FAST_RETRANSMISSION: usize = 2;
+    pub const SPURIOUS_RETRANSMISSION: usize = 3;
+    pub const OUT_OF_ORDER: usize = 4;
+    pub const LOST_SEGMENT: usize = 5;
+    pub const ACKED_UNSEEN: usize = 6;
+    pub const ZERO_WINDOW: usize = 7;
+    pub const KEEP_ALIVE: usize = 8;
+    pub const WINDOW_UPDATE: usize = 9;
+    pub const ZERO_WINDOW_PROBE: usize = 10;
+    /// Segments with data (or SYN/FIN) that did not advance `nextseq`, whatever tshark
+    /// called them: on a LAN tshark calls many retransmissions out-of-order.
+    pub const NOT_ADVANCED: usize = 11;
+    pub const COUNT: usize = 12;
+}
+
+/// Half flags (`Half::flags`).
+pub mod half_flag {
+    /// A packet from this side has been seen (`first_seq` is valid).
+    pub const SEEN: u32 = 1;
+    /// As receiver: a retransmission from the peer covering `hole` has been seen.
+    pub const HOLE_RETX: u32 = 2;
+    /// As receiver: this side's ACK has sat at `hole` long enough, the peer is stuck.
+    pub const STALLED: u32 = 4;
+    /// Sent a FIN.
+    pub const FIN: u32 = 8;
+    /// The last ACK carried SACK blocks (`sack` is valid).
+    pub const SACK: u32 = 16;
+    /// An ACK has been seen from this side (`hole` is valid).
+    pub const ACKED: u32 = 32;
+}
+
+/// State of one direction: the packets this side sends. The first block is Wireshark's
+/// `tcp_analyze_seq_info`; then counters; then the stall verdict, where this side plays
+/// R (the receiver that sends duplicate ACKs) and the peer plays D.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Half {
+    pub nextseq: u32,
+    pub maxseqtobeacked: u32,
+    pub lastack: u32,
+    pub window: u32,
+    pub dupacknum: u32,
+    /// Analysis bits (`analysis::A_*`) of this side's last segment.
+    pub last_analysis: u32,
+    pub lastacktime: u64,
+    pub nextseqtime: u64,
+    pub packets: u64,
+    /// TCP payload bytes.
+    pub bytes: u64,
+    pub events: [u32; event::COUNT],
+    pub flags: u32,
+    /// Sequence number of the first segment seen from this side.
+    pub first_seq: u32,
+    /// Lowest gap this side's data skipped at the monitor (lost upstream), [lo, hi).
+    pub gap: [u32; 2],
+    /// Latest span this side retransmitted, [lo, hi).
+    pub retx: [u32; 2],
+    /// Verdict, this side as R: highest ACK sent (the hole H while a run lasts).
+    pub hole: u32,
+    /// Duplicate ACKs for `hole` by the verdict's definition (RFC 5681 plus SACK).
+    pub dup_run: u32,
+    /// First SACK block of the last ACK: new SACK information is a change of it.
+    pub sack: [u32; 2],
+    /// Time of the first duplicate ACK of the run, 0 when no run is open.
+    pub hole_since: u64,
+    /// Number of stall episodes with this side as R.
+    pub stalls: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<Half>() == 160);
+
+/// Flow states (`Flow::state`).
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FlowState {
+    Active = 0,
+    Stalled = 1,
+    Recovered = 2,
+    Closed = 3,
+}
+
+/// Flow classes (`Flow::class`).
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FlowClass {
+    Tcp = 0,
+    Ctcp = 1,
+    Rfc9329 = 2,
+}
+
+macro_rules! try_from_u8 {
+    ($t:ident { $($v:ident),* }) => {
+        impl TryFrom<u8> for $t {
+            type Error = u8;
+            fn try_from(v: u8) -> Result<Self, u8> {
+                $(if v == $t::$v as u8 { return Ok($t::$v); })*
+                Err(v)
+            }
+        }
+    };
+}
+try_from_u8!(FlowState { Active, Stalled, Recovered, Closed });
+try_from_u8!(FlowClass { Tcp, Ctcp, Rfc9329 });
+
+/// One connection, both directions. `half[i]` is what endpoint `key.addr[i]` sends.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Flow {
+    pub half: [Half; 2],
+    pub first_ts: u64,
+    pub last_ts: u64,
+    /// Time of the most recent SYN (without ACK): Wireshark's `ts_mru_syn`.
+    pub syn_ts: u64,
+    /// Initial RTT, SYN to the ACK completing the handshake; 0 when unknown.
+    pub irtt: u64,
+    /// Interface of the last packet.
+    pub ifindex: u32,
+    pub state: u8,
+    pub class: u8,
+    /// Index of the client endpoint: the SYN sender, else the side not on a
+    /// configured port, else the first sender.
+    pub client: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(size_of::<Flow>() == 2 * 160 + 40);
+
+/// Stall transitions (`StallRecord::what`).
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum StallWhat {
+    Started = 0,
+    Recovered = 1,
+    Ended = 2,
+}
+
+/// Stall kinds (`StallRecord::kind`).
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum StallKind {
+    /// No retransmission of the hole seen: the sender ignores duplicate ACKs (cTCP).
+    Unanswered = 0,
+    /// The sender did retransmit the hole, the receiver still lacks it.
+    RetransmissionsLost = 1,
+}
+
+/// Where the missing segment was lost, as seen from the monitor.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LossSide {
+    Unknown = 0,
+    /// Between the sender and the monitor: the monitor never saw the segment.
+    Upstream = 1,
+    /// Between the monitor and the receiver: the monitor saw it, the receiver asks for it.
+    Downstream = 2,
+}
+try_from_u8!(StallWhat { Started, Recovered, Ended });
+try_from_u8!(StallKind { Unanswered, RetransmissionsLost });
+try_from_u8!(LossSide { Unknown, Upstream, Downstream });
+
+/// Ring-buffer record sent on entering and leaving the stalled state.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct StallRecord {
+    pub key: FlowKey,
+    pub what: u8,
+    pub class: u8,
+    /// Endpoint index of the stuck data sender D.
+    pub stuck: u8,
+    pub kind: u8,
+    pub loss: u8,
+    pub client: u8,
+    /// A retransmission covering the hole was seen (meaningful on recovery).
+    pub retx_seen: u8,
+    pub _pad: u8,
+    pub hole: u32,
+    pub dup_acks: u32,
+    pub ifindex: u32,
+    /// First duplicate ACK of the episode.
+    pub since: u64,
+    /// When this transition happened.
+    pub at: u64,
+}
+const _: () = assert!(size_of::<StallRecord>() == 72);
+
+/// Indices of the per-CPU counter array. Reasons a packet is not tracked come first.
+pub mod counter {
+    pub const NOT_IP: u32 = 0;
+    pub const NOT_TCP: u32 = 1;
+    pub const TRUNCATED: u32 = 2;
+    pub const BAD_HEADER_LEN: u32 = 3;
+    pub const FRAGMENT: u32 = 4;
+    pub const EXT_HEADER_LIMIT: u32 = 5;
+    pub const OUT_OF_SCOPE: u32 = 6;
+    pub const TABLE_FULL: u32 = 7;
+    /// A packet with no entry that may not create one (a stray RST).
+    pub const NO_FLOW: u32 = 8;
+    pub const MAP_ERROR: u32 = 9;
+    /// Number of reasons; names in `REASON_NAMES`.
+    pub const REASONS: u32 = 10;
+    pub const PACKETS_XDP: u32 = 10;
+    pub const PACKETS_TC: u32 = 11;
+    pub const TRACKED: u32 = 12;
+    pub const RINGBUF_FULL: u32 = 13;
+    /// Half-open connections given a pending (LRU) entry.
+    pub const PENDING_INSERTS: u32 = 14;
+    pub const COUNT: u32 = 15;
+    pub const REASON_NAMES: [&str; REASONS as usize] = [
+        "not_ip",
+        "not_tcp",
+        "truncated",
+        "bad_header_length",
+        "fragment",
+        "ext_header_limit",
+        "out_of_scope",
+        "table_full",
+        "no_flow",
+        "map_error",
+    ];
+}
+
+/// Flags of the per-port scope array (`PORTS` map, 65,536 entries).
+pub mod port_flag {
+    /// A configured cTCP server port.
+    pub const CTCP: u8 = 1;
+    /// A flow with the cTCP payload signature was seen on this port: packets on it
+    /// are looked up in the flow table (but create no entry without the signature).
+    pub const SIGNATURE: u8 = 2;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: repr(C), integer and array fields only, no implicit padding (sizes asserted).
+    unsafe impl aya::Pod for FlowKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Flow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for StallRecord {}
+}

@@ -1,0 +1,96 @@
+//! The flow table on the host, with the kernel's semantics: an established table that
+//! refuses new flows when full, and a bounded pending table for half-open connections.
+//! Used by the offline analyser and as the reference in the kernel tests.
+
+use std::collections::{HashMap, VecDeque};
+use std::vec::Vec;
+
+use crate::abi::{Flow, FlowKey, StallRecord, StallWhat, counter, port_flag};
+use crate::parse::Reason;
+use crate::tracker::Store;
+use crate::verdict::StallSink;
+
+pub struct HostStore {
+    pub flows: HashMap<FlowKey, Flow>,
+    pub pending: HashMap<FlowKey, Flow>,
+    /// Insertion order of pending keys, oldest first (the kernel's LRU is approximate:
+    /// tests that compare both keep the pending table from filling).
+    pending_order: VecDeque<FlowKey>,
+    pub ports: Vec<u8>,
+    pub capacity: usize,
+    pub pending_capacity: usize,
+}
+
+impl HostStore {
+    pub fn new(capacity: usize, pending_capacity: usize, ctcp_ports: &[u16]) -> Self {
+        let mut ports = std::vec![0u8; 65536];
+        for &p in ctcp_ports {
+            ports[p as usize] |= port_flag::CTCP;
+        }
+        HostStore {
+            flows: HashMap::new(),
+            pending: HashMap::new(),
+            pending_order: VecDeque::new(),
+            ports,
+            capacity,
+            pending_capacity,
+        }
+    }
+}
+
+impl Store for HostStore {
+    fn port_flags(&self, port: u16) -> u8 {
+        self.ports[port as usize]
+    }
+
+    fn mark_signature_port(&mut self, port: u16) {
+        self.ports[port as usize] |= port_flag::SIGNATURE;
+    }
+
+    fn established(&mut self, key: &FlowKey) -> Option<*mut Flow> {
+        self.flows.get_mut(key).map(|f| f as *mut Flow)
+    }
+
+    fn pending(&mut self, key: &FlowKey) -> Option<*mut Flow> {
+        self.pending.get_mut(key).map(|f| f as *mut Flow)
+    }
+
+    fn create(&mut self, key: &FlowKey, pending: bool) -> Result<*mut Flow, Reason> {
+        if pending {
+            while self.pending.len() >= self.pending_capacity {
+                let Some(old) = self.pending_order.pop_front() else { break };
+                self.pending.remove(&old);
+            }
+            self.pending_order.push_back(*key);
+            return Ok(self.pending.entry(*key).or_default() as *mut Flow);
+        }
+        if self.flows.len() >= self.capacity {
+            return Err(counter::TABLE_FULL);
+        }
+        Ok(self.flows.entry(*key).or_default() as *mut Flow)
+    }
+
+    fn promote(&mut self, key: &FlowKey) -> Result<*mut Flow, Reason> {
+        if self.flows.len() >= self.capacity {
+            return Err(counter::TABLE_FULL);
+        }
+        let flow = self.pending.remove(key).ok_or(counter::MAP_ERROR)?;
+        self.pending_order.retain(|k| k != key);
+        Ok(self.flows.entry(*key).or_insert(flow) as *mut Flow)
+    }
+}
+
+/// Collects stall records, as the ring buffer would carry them.
+#[derive(Default)]
+pub struct Records {
+    pub key: FlowKey,
+    pub out: Vec<StallRecord>,
+}
+
+impl StallSink for Records {
+    fn stall(&mut self, flow: &Flow, r: usize, what: StallWhat, now: u64) {
+        let mut rec = StallRecord::default();
+        rec.fill(&self.key, flow, r, what, now);
+        self.out.push(rec);
+    }
+}

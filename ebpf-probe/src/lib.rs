@@ -1,0 +1,20 @@
+//! ackwatch's shared core: the kernel/host ABI, packet parsing, Wireshark 4.0's TCP
+//! analysis, the stall verdict and the flow-table logic. The same code is compiled into
+//! the BPF programs (`src/main.rs`) and used on the host by the agent, the offline
+//! analyser and the tests, so the kernel and the host cannot disagree by construction.
+#![cfg_attr(not(any(test, feature = "user")), no_std)]
+
+pub mod abi;
+pub mod analysis;
+pub mod classify;
+pub mod flow;
+pub mod parse;
+pub mod seq;
+pub mod tracker;
+pub mod verdict;
+
+#[cfg(any(test, feature = "user"))]
+pub mod host;
+
+#[cfg(test)]
+mod tests;

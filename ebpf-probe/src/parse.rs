@@ -1,0 +1,301 @@
+//! Packet parsing, one definition for the kernel (over XDP / TC packet pointers) and the
+//! host (over byte slices): Ethernet with up to two VLAN tags or a bare IP header,
+//! IPv4 with options, IPv6 with a bounded extension-header walk, TCP with its options.
+
+use crate::abi::{FlowKey, counter};
+use crate::classify::{self, PayloadClass};
+
+/// Bytes of a packet. `read` is bounds-checked against the bytes present; `wire_len`
+/// is the packet's full length (a TC skb may hold less than that in linear data).
+pub trait Frame {
+    fn wire_len(&self) -> usize;
+    fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+}
+
+impl Frame for &[u8] {
+    #[inline(always)]
+    fn wire_len(&self) -> usize {
+        self.len()
+    }
+    #[inline(always)]
+    fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        self.get(off..off.checked_add(N)?)?.try_into().ok()
+    }
+}
+
+/// What the attachment's link carries.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LinkKind {
+    Ethernet,
+    /// No L2 header (tun, WireGuard, PPP): packets start at the IP header.
+    RawIp,
+}
+
+pub const TH_FIN: u8 = 0x01;
+pub const TH_SYN: u8 = 0x02;
+pub const TH_RST: u8 = 0x04;
+pub const TH_ACK: u8 = 0x10;
+
+/// The TCP fields the analysis needs.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Segment {
+    pub seq: u32,
+    pub ack: u32,
+    pub window: u32,
+    pub flags: u8,
+    /// The first SACK block is present in `sack`.
+    pub has_sack: bool,
+    pub seglen: u32,
+    pub sack: [u32; 2],
+}
+
+impl Segment {
+    #[inline(always)]
+    pub fn has(&self, flags: u8) -> bool {
+        self.flags & flags != 0
+    }
+}
+
+/// A parsed TCP packet: its flow, which endpoint sent it, its fields.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Packet {
+    pub key: FlowKey,
+    /// Index in `key` of the sender.
+    pub dir: usize,
+    pub seg: Segment,
+    pub payload: PayloadClass,
+}
+
+impl Packet {
+    #[inline(always)]
+    pub fn src_port(&self) -> u16 {
+        self.key.port[self.dir & 1]
+    }
+    #[inline(always)]
+    pub fn dst_port(&self) -> u16 {
+        self.key.port[(self.dir & 1) ^ 1]
+    }
+}
+
+/// Why a packet could not be parsed: an index of the counter array.
+pub type Reason = u32;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+/// Extension headers walked before giving up (Cilium stops after 4 as well).
+pub const MAX_EXT_HEADERS: usize = 4;
+/// Offsets beyond this are not read (keeps the verifier's offset range bounded).
+const MAX_OFFSET: usize = 0x3fff;
+
+#[inline(always)]
+fn be16(b: [u8; 2]) -> u16 {
+    u16::from_be_bytes(b)
+}
+
+#[inline(always)]
+fn be32(b: [u8; 4]) -> u32 {
+    u32::from_be_bytes(b)
+}
+
+#[inline(always)]
+fn need<const N: usize, F: Frame>(f: &F, off: usize) -> Result<[u8; N], Reason> {
+    if off > MAX_OFFSET {
+        return Err(counter::TRUNCATED);
+    }
+    f.read::<N>(off).ok_or(counter::TRUNCATED)
+}
+
+/// L3 start and ethertype after the L2 header.
+#[inline(always)]
+fn link<F: Frame>(f: &F, link: LinkKind) -> Result<(usize, u16), Reason> {
+    if link == LinkKind::RawIp {
+        let v = need::<1, F>(f, 0)?[0] >> 4;
+        return match v {
+            4 => Ok((0, ETH_P_IP)),
+            6 => Ok((0, ETH_P_IPV6)),
+            _ => Err(counter::NOT_IP),
+        };
+    }
+    let mut off = 12;
+    let mut proto = be16(need(f, off)?);
+    // Up to two tags: 802.1ad outer, 802.1Q inner (or two 802.1Q).
+    for _ in 0..2 {
+        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            off += 4;
+            proto = be16(need(f, off)?);
+        }
+    }
+    Ok((off + 2, proto))
+}
+
+/// IPv4: endpoints, TCP offset, TCP length.
+#[inline(always)]
+fn ipv4<F: Frame>(f: &F, l3: usize, key: &mut [[u32; 4]; 2]) -> Result<(usize, usize), Reason> {
+    let h: [u8; 4] = need(f, l3)?;
+    let ihl = ((h[0] & 0x0f) as usize) * 4;
+    if h[0] >> 4 != 4 || ihl < 20 {
+        return Err(counter::BAD_HEADER_LEN);
+    }
+    let tot = be16([h[2], h[3]]) as usize;
+    let h: [u8; 20] = need(f, l3)?;
+    if tot < ihl {
+        return Err(counter::BAD_HEADER_LEN);
+    }
+    if l3 + tot > f.wire_len() {
+        return Err(counter::TRUNCATED);
+    }
+    if h[9] != IPPROTO_TCP {
+        return Err(counter::NOT_TCP);
+    }
+    // Fragment offset != 0: no TCP header here.
+    if be16([h[6], h[7]]) & 0x1fff != 0 {
+        return Err(counter::FRAGMENT);
+    }
+    let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    key[0] = [0, 0, mapped, u32::from_ne_bytes([h[12], h[13], h[14], h[15]])];
+    key[1] = [0, 0, mapped, u32::from_ne_bytes([h[16], h[17], h[18], h[19]])];
+    Ok((l3 + ihl, tot - ihl))
+}
+
+/// IPv6 with a bounded walk over hop-by-hop, routing, destination-options and
+/// fragment headers: endpoints, TCP offset, TCP length.
+#[inline(always)]
+fn ipv6<F: Frame>(f: &F, l3: usize, key: &mut [[u32; 4]; 2]) -> Result<(usize, usize), Reason> {
+    let h: [u8; 8] = need(f, l3)?;
+    if h[0] >> 4 != 6 {
+        return Err(counter::BAD_HEADER_LEN);
+    }
+    let payload = be16([h[4], h[5]]) as usize;
+    if l3 + 40 + payload > f.wire_len() {
+        return Err(counter::TRUNCATED);
+    }
+    for (i, a) in key.iter_mut().enumerate() {
+        for (j, w) in a.iter_mut().enumerate() {
+            *w = u32::from_ne_bytes(need(f, l3 + 8 + 16 * i + 4 * j)?);
+        }
+    }
+    let mut next = h[6];
+    let mut off = l3 + 40;
+    for _ in 0..MAX_EXT_HEADERS {
+        match next {
+            IPPROTO_TCP => return tcp_span(off, l3 + 40 + payload),
+            0 | 43 | 60 => {
+                let e: [u8; 2] = need(f, off)?;
+                next = e[0];
+                off += (e[1] as usize + 1) * 8;
+            }
+            44 => {
+                let e: [u8; 4] = need(f, off)?;
+                if be16([e[2], e[3]]) & 0xfff8 != 0 {
+                    return Err(counter::FRAGMENT);
+                }
+                next = e[0];
+                off += 8;
+            }
+            _ => return Err(counter::NOT_TCP),
+        }
+    }
+    if next == IPPROTO_TCP {
+        return tcp_span(off, l3 + 40 + payload);
+    }
+    Err(counter::EXT_HEADER_LIMIT)
+}
+
+#[inline(always)]
+fn tcp_span(off: usize, end: usize) -> Result<(usize, usize), Reason> {
+    if off > end {
+        return Err(counter::BAD_HEADER_LEN);
+    }
+    Ok((off, end - off))
+}
+
+/// The first SACK block of a pure ACK, found where Linux, Windows and BSD stacks put
+/// it: `NOP NOP SACK` first, or after `NOP NOP TIMESTAMP`; a bare `SACK` first too. A
+/// fixed set of places, not an option walk: cheaper, and no loop for the verifier. An
+/// ACK with SACK elsewhere counts by the window rule alone (semantics.md, rule 1).
+#[inline(always)]
+fn first_sack<F: Frame>(f: &F, start: usize, end: usize) -> Option<[u32; 2]> {
+    let head = f.read::<4>(start)?;
+    let at = match head {
+        [1, 1, 5, _] => start + 4,
+        [5, _, _, _] => start + 2,
+        [1, 1, 8, 10] => match f.read::<4>(start + 12)? {
+            [1, 1, 5, _] => start + 16,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    if at + 8 > end {
+        return None;
+    }
+    let b: [u8; 8] = f.read(at)?;
+    Some([be32([b[0], b[1], b[2], b[3]]), be32([b[4], b[5], b[6], b[7]])])
+}
+
+/// `(a, pa) < (b, pb)`, written out: array comparison would call memcmp, which BPF lacks.
+#[inline(always)]
+fn endpoint_lt(a: &[u32; 4], pa: u16, b: &[u32; 4], pb: u16) -> bool {
+    for i in 0..4 {
+        if a[i] != b[i] {
+            return a[i] < b[i];
+        }
+    }
+    pa < pb
+}
+
+/// Parses one frame down to its TCP segment.
+#[inline(always)]
+pub fn parse<F: Frame>(f: &F, kind: LinkKind) -> Result<Packet, Reason> {
+    let mut pkt = Packet::default();
+    parse_into(f, kind, &mut pkt)?;
+    Ok(pkt)
+}
+
+/// `parse` into caller-provided memory: the kernel passes a per-CPU map slot, as a
+/// packet and its temporaries do not fit the BPF stack together.
+#[inline(always)]
+pub fn parse_into<F: Frame>(f: &F, kind: LinkKind, out: &mut Packet) -> Result<(), Reason> {
+    let (l3, proto) = link(f, kind)?;
+    let addr = &mut out.key.addr;
+    let (l4, l4len) = match proto {
+        ETH_P_IP => ipv4(f, l3, addr)?,
+        ETH_P_IPV6 => ipv6(f, l3, addr)?,
+        _ => return Err(counter::NOT_IP),
+    };
+    let doff = ((need::<1, F>(f, l4 + 12)?[0] >> 4) as usize) * 4;
+    if doff < 20 || doff > l4len {
+        return Err(counter::BAD_HEADER_LEN);
+    }
+    let seglen = l4len - doff;
+    out.key.port = [be16(need(f, l4)?), be16(need(f, l4 + 2)?)];
+    let seg = &mut out.seg;
+    seg.seq = be32(need(f, l4 + 4)?);
+    seg.ack = be32(need(f, l4 + 8)?);
+    seg.flags = need::<1, F>(f, l4 + 13)?[0];
+    seg.window = be16(need(f, l4 + 14)?) as u32;
+    seg.seglen = seglen as u32;
+    seg.has_sack = false;
+    if seglen == 0 && doff > 20 {
+        if let Some(sack) = first_sack(f, l4 + 20, l4 + doff) {
+            seg.has_sack = true;
+            seg.sack = sack;
+        }
+    }
+    out.payload = if seglen > 0 { classify::payload(f, l4 + doff, seglen) } else { PayloadClass::None };
+    // Endpoint 0 is the lower (address, port); dir is the sender's index.
+    let k = &mut out.key;
+    out.dir = usize::from(endpoint_lt(&k.addr[1], k.port[1], &k.addr[0], k.port[0]));
+    if out.dir == 1 {
+        // Word by word: `swap` would call memmove.
+        for i in 0..4 {
+            let w = k.addr[0][i];
+            k.addr[0][i] = k.addr[1][i];
+            k.addr[1][i] = w;
+        }
+        k.port = [k.port[1], k.port[0]];
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! The BPF side: maps, globals, the packet accessor and the programs.
+
+use aya_ebpf::bindings::{__sk_buff, xdp_md};
+use aya_ebpf::bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action};
+use aya_ebpf::cty::c_void;
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes};
+use aya_ebpf::macros::{classifier, map, xdp};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::programs::{TcContext, XdpContext};
+use ebpf_probe::abi::{Flow, FlowKey, StallRecord, StallWhat, counter, port_flag};
+use ebpf_probe::parse::{self, Frame, LinkKind, Reason, parse_into};
+use ebpf_probe::tracker::{Store, track};
+use ebpf_probe::verdict::{Config, StallSink};
+
+/// Default capacities; the agent sets the real ones at load time.
+const DEFAULT_FLOWS: u32 = 262_144;
+const DEFAULT_PENDING: u32 = 65_536;
+const RING_BYTES: u32 = 256 * 1024;
+/// `errno` of a full hash map on insert.
+const E2BIG: i32 = 7;
+const EEXIST: i32 = 17;
+
+#[map]
+static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(DEFAULT_FLOWS, 0);
+#[map]
+static PENDING: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_PENDING, 0);
+#[map]
+static PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
+/// An all-zero flow, the source of every insert (a Flow does not fit the BPF stack).
+#[map]
+static ZERO: Array<Flow> = Array::with_max_entries(1, 0);
+/// Per-CPU room for the parsed packet (it does not fit the stack with the rest).
+#[map]
+static SCRATCH: PerCpuArray<parse::Packet> = PerCpuArray::with_max_entries(1, 0);
+/// The clock when `CLOCK_FROM_MAP` is set.
+#[map]
+static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
+
+#[unsafe(no_mangle)]
+static DUPACK_THRESHOLD: u32 = 3;
+#[unsafe(no_mangle)]
+static STALL_TIMEOUT_NS: u64 = 1_000_000_000;
+#[unsafe(no_mangle)]
+static TRACK_ALL: u8 = 0;
+#[unsafe(no_mangle)]
+static CLOCK_FROM_MAP: u8 = 0;
+
+/// Reads a global the loader may have overridden (volatile: not constant-folded).
+macro_rules! global {
+    ($g:ident) => {
+        unsafe { core::ptr::read_volatile(&$g) }
+    };
+}
+
+#[inline(always)]
+fn bump(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, written by this CPU only.
+        unsafe { *c += 1 }
+    }
+}
+
+#[inline(always)]
+fn now() -> u64 {
+    if global!(CLOCK_FROM_MAP) != 0 {
+        return CLOCK.get(0).copied().unwrap_or(0);
+    }
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+/// The packet, read through the kernel's load-bytes helpers. Helpers rather than direct
+/// packet access: they also reach a TC skb's non-linear tail (the cTCP trailer), and
+/// their offsets are plain scalars to the verifier, so the parser's many header layouts
+/// do not multiply its states (direct access hit the 1M-instruction limit).
+enum Packet {
+    Xdp(*mut xdp_md, usize),
+    Tc(*mut __sk_buff, usize),
+}
+
+impl Frame for Packet {
+    #[inline(always)]
+    fn wire_len(&self) -> usize {
+        match *self {
+            Packet::Xdp(_, len) | Packet::Tc(_, len) => len,
+        }
+    }
+
+    #[inline(always)]
+    fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let mut buf = [0u8; N];
+        let to = buf.as_mut_ptr() as *mut c_void;
+        // SAFETY: the context pointers the kernel passed in; `buf` holds N bytes.
+        let rc = unsafe {
+            match *self {
+                Packet::Xdp(ctx, _) => bpf_xdp_load_bytes(ctx, off as u32, to, N as u32),
+                Packet::Tc(skb, _) => {
+                    bpf_skb_load_bytes(skb as *const c_void, off as u32, to, N as u32)
+                }
+            }
+        };
+        (rc == 0).then_some(buf)
+    }
+}
+
+struct Maps;
+
+impl Store for Maps {
+    #[inline(always)]
+    fn port_flags(&self, port: u16) -> u8 {
+        PORTS.get(port as u32).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn mark_signature_port(&mut self, port: u16) {
+        if let Some(p) = PORTS.get_ptr_mut(port as u32) {
+            // SAFETY: an array slot; a racing writer only sets the same bit.
+            unsafe { *p |= port_flag::SIGNATURE }
+        }
+    }
+
+    #[inline(always)]
+    fn established(&mut self, key: &FlowKey) -> Option<*mut Flow> {
+        FLOWS.get_ptr_mut(key)
+    }
+
+    #[inline(always)]
+    fn pending(&mut self, key: &FlowKey) -> Option<*mut Flow> {
+        PENDING.get_ptr_mut(key)
+    }
+
+    #[inline(always)]
+    fn create(&mut self, key: &FlowKey, pending: bool) -> Result<*mut Flow, Reason> {
+        let zero = ZERO.get_ptr(0).ok_or(counter::MAP_ERROR)?;
+        // SAFETY: a map value pointer, valid for the program's run.
+        let zero = unsafe { &*zero };
+        if pending {
+            let _ = PENDING.insert(key, zero, BPF_NOEXIST as u64);
+            return PENDING.get_ptr_mut(key).ok_or(counter::MAP_ERROR);
+        }
+        match FLOWS.insert(key, zero, BPF_NOEXIST as u64) {
+            Err(e) if e == -E2BIG => Err(counter::TABLE_FULL),
+            Err(e) if e != -EEXIST => Err(counter::MAP_ERROR),
+            _ => FLOWS.get_ptr_mut(key).ok_or(counter::MAP_ERROR),
+        }
+    }
+
+    #[inline(always)]
+    fn promote(&mut self, key: &FlowKey) -> Result<*mut Flow, Reason> {
+        let p = PENDING.get_ptr(key).ok_or(counter::MAP_ERROR)?;
+        // SAFETY: a map value pointer, valid for the program's run.
+        match FLOWS.insert(key, unsafe { &*p }, BPF_NOEXIST as u64) {
+            Err(e) if e == -E2BIG => return Err(counter::TABLE_FULL),
+            Err(e) if e != -EEXIST => return Err(counter::MAP_ERROR),
+            _ => {}
+        }
+        let _ = PENDING.remove(key);
+        FLOWS.get_ptr_mut(key).ok_or(counter::MAP_ERROR)
+    }
+}
+
+struct Ring<'a> {
+    key: &'a FlowKey,
+}
+
+impl StallSink for Ring<'_> {
+    #[inline(always)]
+    fn stall(&mut self, flow: &Flow, r: usize, what: StallWhat, now: u64) {
+        match EVENTS.reserve::<StallRecord>(0) {
+            Some(mut slot) => {
+                // SAFETY: the reserved slot is exactly one StallRecord; fill writes every field.
+                unsafe { (*slot.as_mut_ptr()).fill(self.key, flow, r, what, now) };
+                slot.submit(0);
+            }
+            None => bump(counter::RINGBUF_FULL),
+        }
+    }
+}
+
+/// The one path every program takes. Never fails: errors only move counters.
+#[inline(always)]
+fn observe(frame: &Packet, link: LinkKind, hook: u32, ifindex: u32) {
+    bump(hook);
+    let cfg = Config {
+        dupack_threshold: global!(DUPACK_THRESHOLD),
+        stall_timeout_ns: global!(STALL_TIMEOUT_NS),
+        track_all: global!(TRACK_ALL) != 0,
+    };
+    let result = SCRATCH
+        .get_ptr_mut(0)
+        .ok_or(counter::MAP_ERROR)
+        .and_then(|pkt| {
+            // SAFETY: this CPU's slot; nothing else runs on this CPU during the program.
+            let pkt = unsafe { &mut *pkt };
+            parse_into(frame, link, pkt)?;
+            let mut ring = Ring { key: &pkt.key };
+            track(&mut Maps, &mut ring, &cfg, pkt, now(), ifindex)
+        });
+    match result {
+        Ok(()) => bump(counter::TRACKED),
+        Err(reason) => bump(reason),
+    }
+}
+
+#[inline(always)]
+fn xdp_frame(ctx: &XdpContext) -> Packet {
+    // Linear XDP buffers only (no multi-buffer): the length is data_end - data.
+    Packet::Xdp(ctx.ctx, ctx.data_end() - ctx.data())
+}
+
+#[inline(always)]
+fn tc_frame(ctx: &TcContext) -> Packet {
+    Packet::Tc(ctx.skb.skb, ctx.len() as usize)
+}
+
+#[inline(always)]
+fn tc_ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer the kernel passed in.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+#[xdp]
+pub fn ackwatch_xdp(ctx: XdpContext) -> u32 {
+    observe(
+        &xdp_frame(&ctx),
+        LinkKind::Ethernet,
+        counter::PACKETS_XDP,
+        ctx.ingress_ifindex() as u32,
+    );
+    xdp_action::XDP_PASS
+}
+
+#[xdp]
+pub fn ackwatch_xdp_ip(ctx: XdpContext) -> u32 {
+    observe(
+        &xdp_frame(&ctx),
+        LinkKind::RawIp,
+        counter::PACKETS_XDP,
+        ctx.ingress_ifindex() as u32,
+    );
+    xdp_action::XDP_PASS
+}
+
+/// TC verdicts are `TC_ACT_UNSPEC`: carry on with the next filter, as a monitor should.
+#[classifier]
+pub fn ackwatch_tc(ctx: TcContext) -> i32 {
+    observe(
+        &tc_frame(&ctx),
+        LinkKind::Ethernet,
+        counter::PACKETS_TC,
+        tc_ifindex(&ctx),
+    );
+    TC_ACT_UNSPEC
+}
+
+#[classifier]
+pub fn ackwatch_tc_ip(ctx: TcContext) -> i32 {
+    observe(
+        &tc_frame(&ctx),
+        LinkKind::RawIp,
+        counter::PACKETS_TC,
+        tc_ifindex(&ctx),
+    );
+    TC_ACT_UNSPEC
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}

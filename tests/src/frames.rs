@@ -1,0 +1,129 @@
+//! Building Ethernet / VLAN / raw-IP frames carrying IPv4 or IPv6 TCP segments.
+
+use std::net::{IpAddr, SocketAddr};
+
+pub use ebpf_probe::parse::{TH_ACK, TH_FIN, TH_RST, TH_SYN};
+pub const TH_PSH: u8 = 0x08;
+
+/// One TCP segment's header fields and payload.
+#[derive(Clone, Debug, Default)]
+pub struct Tcp {
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+    pub payload: Vec<u8>,
+    /// SACK blocks, sent after NOP NOP.
+    pub sack: Vec<(u32, u32)>,
+    /// Adds NOP NOP TIMESTAMP, as Linux does.
+    pub timestamps: bool,
+}
+
+/// Layer 2 in front of the IP header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum L2 {
+    Ethernet,
+    /// Ethernet with these tags, outermost first: (TPID, VLAN id).
+    Vlan(Vec<(u16, u16)>),
+    /// No L2 header (tun, WireGuard).
+    RawIp,
+}
+
+/// A frame from `src` to `dst`.
+pub fn frame(src: SocketAddr, dst: SocketAddr, tcp: &Tcp, l2: &L2) -> Vec<u8> {
+    let seg = tcp_bytes(src, dst, tcp);
+    let (ethertype, ip) = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (0x0800u16, ipv4(s.octets(), d.octets(), &seg)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (0x86dd, ipv6(s.octets(), d.octets(), &seg)),
+        _ => panic!("mixed address families {src} -> {dst}"),
+    };
+    let mut out = Vec::with_capacity(ip.len() + 22);
+    if *l2 != L2::RawIp {
+        out.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1]);
+        if let L2::Vlan(tags) = l2 {
+            for (tpid, vid) in tags {
+                out.extend_from_slice(&tpid.to_be_bytes());
+                out.extend_from_slice(&vid.to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&ethertype.to_be_bytes());
+    }
+    out.extend_from_slice(&ip);
+    out
+}
+
+fn tcp_bytes(src: SocketAddr, dst: SocketAddr, t: &Tcp) -> Vec<u8> {
+    let mut opts = Vec::new();
+    if t.timestamps {
+        opts.extend_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 1]);
+    }
+    if !t.sack.is_empty() {
+        opts.extend_from_slice(&[1, 1, 5, 2 + 8 * t.sack.len() as u8]);
+        for (l, r) in &t.sack {
+            opts.extend_from_slice(&l.to_be_bytes());
+            opts.extend_from_slice(&r.to_be_bytes());
+        }
+    }
+    assert!(
+        opts.len() <= 40 && opts.len() % 4 == 0,
+        "TCP options must fit 40 bytes"
+    );
+    let doff = (20 + opts.len()) / 4;
+    let mut h = Vec::with_capacity(doff * 4 + t.payload.len());
+    h.extend_from_slice(&src.port().to_be_bytes());
+    h.extend_from_slice(&dst.port().to_be_bytes());
+    h.extend_from_slice(&t.seq.to_be_bytes());
+    h.extend_from_slice(&t.ack.to_be_bytes());
+    h.push((doff as u8) << 4);
+    h.push(t.flags);
+    h.extend_from_slice(&t.window.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0, 0]);
+    h.extend_from_slice(&opts);
+    h.extend_from_slice(&t.payload);
+    h
+}
+
+fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+    let total = (20 + payload.len()) as u16;
+    let mut h = vec![0x45, 0];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    let sum = checksum(&h);
+    h[10..12].copy_from_slice(&sum.to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+fn ipv6(src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[6, 64]);
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    h.extend_from_slice(payload);
+    h
+}
+
+fn checksum(b: &[u8]) -> u16 {
+    let mut sum: u32 = b
+        .chunks(2)
+        .map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32)
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// A cTCP payload: ESP-like bytes and the 16-byte trailer Wireshark's tcpencap
+/// heuristic recognizes (next header 0x32, ESP).
+pub fn ctcp_payload(len: usize) -> Vec<u8> {
+    assert!(len > 24, "cTCP payloads are longer than 24 bytes");
+    let mut p: Vec<u8> = (0..len - 16).map(|i| (i * 7 + 3) as u8).collect();
+    let mut trailer = [0u8; 16];
+    trailer[13] = 0x32;
+    p.extend_from_slice(&trailer);
+    p
+}

@@ -1,0 +1,151 @@
+//! The same packets through the real loaded BPF programs (BPF_PROG_TEST_RUN) and
+//! through the host's copy of the state machine, with one clock for both.
+
+use std::time::Duration;
+
+use ackwatch::probe::{Probe, Settings};
+use aya::programs::{TestRun, TestRunOptions};
+use ebpf_probe::abi::{Flow, FlowKey, StallRecord, counter};
+use ebpf_probe::host::{HostStore, Records};
+use ebpf_probe::parse::{LinkKind, parse};
+use ebpf_probe::tracker::track;
+
+/// Where a frame enters the probe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hook {
+    Xdp(LinkKind),
+    Tc(LinkKind),
+}
+
+impl Hook {
+    fn counter(self) -> u32 {
+        match self {
+            Hook::Xdp(_) => counter::PACKETS_XDP,
+            Hook::Tc(_) => counter::PACKETS_TC,
+        }
+    }
+    fn link(self) -> LinkKind {
+        match self {
+            Hook::Xdp(l) | Hook::Tc(l) => l,
+        }
+    }
+}
+
+/// BPF_PROG_TEST_RUN gives both program types the loopback device.
+pub const TEST_RUN_IFINDEX: u32 = 1;
+
+/// Everything a tracker holds after a run, for comparison.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub flows: Vec<(FlowKey, Flow)>,
+    pub pending: Vec<(FlowKey, Flow)>,
+    pub counters: Vec<u64>,
+}
+
+/// The probe loaded with the map clock, fed through BPF_PROG_TEST_RUN.
+pub struct Kernel {
+    pub probe: Probe,
+}
+
+impl Kernel {
+    pub fn load(mut settings: Settings) -> Self {
+        settings.clock_from_map = true;
+        let probe = Probe::load(&settings).unwrap_or_else(|e| panic!("loading the probe: {e}"));
+        Kernel { probe }
+    }
+
+    /// Runs one frame at time `now_ns`; returns the program's verdict.
+    pub fn feed(&mut self, hook: Hook, frame: &[u8], now_ns: u64) -> u32 {
+        self.probe
+            .set_clock(Duration::from_nanos(now_ns))
+            .expect("set clock");
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..Default::default()
+        };
+        let result = match hook {
+            Hook::Xdp(l) => self.probe.xdp(l).expect("xdp program").test_run(opts),
+            Hook::Tc(l) => self.probe.tc(l).expect("tc program").test_run(opts),
+        };
+        result
+            .unwrap_or_else(|e| panic!("test run of {} byte frame on {hook:?}: {e}", frame.len()))
+            .return_value
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut flows = self.probe.flows().expect("read FLOWS");
+        let mut pending = self.probe.pending().expect("read PENDING");
+        flows.sort_by_key(|(k, _)| *k);
+        pending.sort_by_key(|(k, _)| *k);
+        Snapshot {
+            flows,
+            pending,
+            counters: self.probe.counters().expect("read COUNTERS"),
+        }
+    }
+
+    pub fn events(&mut self) -> Vec<StallRecord> {
+        self.probe.drain_events().expect("drain EVENTS")
+    }
+}
+
+/// The host's state machine with the kernel's table semantics.
+pub struct Host {
+    pub store: HostStore,
+    pub settings: Settings,
+    pub counters: Vec<u64>,
+    pub events: Vec<StallRecord>,
+}
+
+impl Host {
+    pub fn new(settings: Settings) -> Self {
+        let store = HostStore::new(
+            settings.max_flows as usize,
+            settings.max_pending as usize,
+            &settings.ctcp_ports,
+        );
+        Host {
+            store,
+            settings,
+            counters: vec![0; counter::COUNT as usize],
+            events: Vec::new(),
+        }
+    }
+
+    pub fn feed(&mut self, hook: Hook, frame: &[u8], now_ns: u64) {
+        self.counters[hook.counter() as usize] += 1;
+        let result = parse(&frame, hook.link()).and_then(|pkt| {
+            let mut sink = Records {
+                key: pkt.key,
+                out: Vec::new(),
+            };
+            let r = track(
+                &mut self.store,
+                &mut sink,
+                &self.settings.verdict,
+                &pkt,
+                now_ns,
+                TEST_RUN_IFINDEX,
+            );
+            self.events.extend(sink.out);
+            r
+        });
+        let slot = match result {
+            Ok(()) => counter::TRACKED,
+            Err(reason) => reason,
+        };
+        self.counters[slot as usize] += 1;
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let mut flows: Vec<_> = self.store.flows.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut pending: Vec<_> = self.store.pending.iter().map(|(k, v)| (*k, *v)).collect();
+        flows.sort_by_key(|(k, _)| *k);
+        pending.sort_by_key(|(k, _)| *k);
+        Snapshot {
+            flows,
+            pending,
+            counters: self.counters.clone(),
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Kernel tests: the real probe, verified and loaded into this kernel, fed packets
+//! through BPF_PROG_TEST_RUN; its maps read back and compared with the host's copy of
+//! the same state machine. Needs root (CAP_BPF, CAP_NET_ADMIN).
+
+use ackwatch::probe::{PROGRAMS, Settings};
+use ackwatch_tests::conversation::Generator;
+use ackwatch_tests::harness::{Host, Kernel};
+use ebpf_probe::verdict::Config;
+
+/// Verified-instruction budget per program. The heaviest program measured 0 when
+/// this was set; the budget leaves room to grow but catches a blow-up (the kernel's
+/// own limit is 1,000,000). See docs/decisions.md.
+const VERIFIER_BUDGET: u32 = 800_000;
+
+#[test]
+fn verifier_accepts_every_program_within_budget() {
+    let mut k = Kernel::load(Settings::default());
+    for name in PROGRAMS {
+        let n = k.probe.verified_instructions(name).expect("program info");
+        println!("verified instructions: {name} = {n} (budget {VERIFIER_BUDGET})");
+        assert!(
+            n > 0,
+            "{name}: the kernel reported no verified instructions"
+        );
+        assert!(
+            n <= VERIFIER_BUDGET,
+            "{name}: {n} verified instructions exceed the budget {VERIFIER_BUDGET}"
+        );
+    }
+}
+
+fn seed() -> u64 {
+    std::env::var("ACKWATCH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+/// Many generated conversations through the kernel and the host: every flow, every
+/// pending entry, every counter and every stall record must be identical.
+#[test]
+fn differential_kernel_agrees_with_host() {
+    let base = seed();
+    let mut total = 0;
+    for (i, (k, t_ms, track_all, max_flows)) in [
+        (3, 1000, false, 4096),
+        (2, 50, true, 4096),
+        (3, 100, false, 6),
+        (4, 20, true, 4096),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let seed = base.wrapping_add(i as u64);
+        let settings = Settings {
+            max_flows,
+            max_pending: 4096,
+            verdict: Config {
+                dupack_threshold: k,
+                stall_timeout_ns: t_ms * 1_000_000,
+                track_all,
+            },
+            ctcp_ports: vec![10_000],
+            clock_from_map: true,
+        };
+        let steps = Generator::new(seed).steps(3_000, 12);
+        let mut kernel = Kernel::load(settings.clone());
+        let mut host = Host::new(settings.clone());
+        for (n, s) in steps.iter().enumerate() {
+            let verdict = kernel.feed(s.hook, &s.frame, s.at_ns);
+            assert_eq!(
+                verdict_is_pass(s.hook, verdict),
+                true,
+                "seed {seed}: step {n} not passed ({verdict})"
+            );
+            host.feed(s.hook, &s.frame, s.at_ns);
+        }
+        let (ks, hs) = (kernel.snapshot(), host.snapshot());
+        assert_eq!(
+            ks.counters, hs.counters,
+            "seed {seed} ({settings:?}): counters differ"
+        );
+        assert_eq!(
+            ks.pending.len(),
+            hs.pending.len(),
+            "seed {seed}: pending tables differ in size"
+        );
+        assert_eq!(
+            ks.flows.len(),
+            hs.flows.len(),
+            "seed {seed}: flow tables differ in size"
+        );
+        for ((kk, kf), (hk, hf)) in ks
+            .flows
+            .iter()
+            .zip(&hs.flows)
+            .chain(ks.pending.iter().zip(&hs.pending))
+        {
+            assert_eq!(kk, hk, "seed {seed}: flow keys differ");
+            assert_eq!(kf, hf, "seed {seed}: flow {kk:?} differs");
+        }
+        assert_eq!(
+            kernel.events(),
+            host.events,
+            "seed {seed}: stall records differ"
+        );
+        println!(
+            "seed {seed}: {} packets, {} flows, {} stall records, K={k} T={t_ms}ms track_all={track_all}: identical",
+            steps.len(),
+            hs.flows.len() + hs.pending.len(),
+            host.events.len()
+        );
+        total += steps.len();
+    }
+    assert!(total >= 10_000);
+}
+
+fn verdict_is_pass(hook: ackwatch_tests::harness::Hook, v: u32) -> bool {
+    match hook {
+        ackwatch_tests::harness::Hook::Xdp(_) => v == 2, // XDP_PASS
+        ackwatch_tests::harness::Hook::Tc(_) => v as i32 == -1, // TC_ACT_UNSPEC
+    }
+}

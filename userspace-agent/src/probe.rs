@@ -1,0 +1,214 @@
+//! Loading the BPF probe and reading its maps.
+
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::{SchedClassifier, Xdp};
+use aya::{Ebpf, EbpfLoader, include_bytes_aligned};
+use ebpf_probe::abi::{Flow, FlowKey, StallRecord, counter, port_flag};
+use ebpf_probe::parse::LinkKind;
+use ebpf_probe::verdict::Config;
+
+/// The probe object, built by build.rs.
+static PROBE_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackwatch-probe"));
+
+/// Load-time settings of the probe.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Capacity of the established-flow table.
+    pub max_flows: u32,
+    /// Capacity of the half-open (LRU) table.
+    pub max_pending: u32,
+    pub verdict: Config,
+    pub ctcp_ports: Vec<u16>,
+    /// Take the clock from the CLOCK map (deterministic tests and replays).
+    pub clock_from_map: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_flows: 262_144,
+            max_pending: 65_536,
+            verdict: Config::default(),
+            ctcp_ports: vec![10_000],
+            clock_from_map: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("loading the BPF object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {0}: {1}")]
+    Program(&'static str, aya::programs::ProgramError),
+    #[error("map {0}: {1}")]
+    Map(&'static str, aya::maps::MapError),
+    #[error("map {0} missing from the BPF object")]
+    MissingMap(&'static str),
+}
+
+/// Program names in the object, by hook and link kind.
+pub fn xdp_program(link: LinkKind) -> &'static str {
+    match link {
+        LinkKind::Ethernet => "ackwatch_xdp",
+        LinkKind::RawIp => "ackwatch_xdp_ip",
+    }
+}
+
+pub fn tc_program(link: LinkKind) -> &'static str {
+    match link {
+        LinkKind::Ethernet => "ackwatch_tc",
+        LinkKind::RawIp => "ackwatch_tc_ip",
+    }
+}
+
+pub const PROGRAMS: [&str; 4] = [
+    "ackwatch_xdp",
+    "ackwatch_xdp_ip",
+    "ackwatch_tc",
+    "ackwatch_tc_ip",
+];
+
+/// The loaded probe: programs verified and loaded, maps created, not attached.
+pub struct Probe {
+    ebpf: Ebpf,
+}
+
+impl Probe {
+    pub fn load(s: &Settings) -> Result<Self, ProbeError> {
+        let track_all = s.verdict.track_all as u8;
+        let clock = s.clock_from_map as u8;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("DUPACK_THRESHOLD", &s.verdict.dupack_threshold, true)
+            .override_global("STALL_TIMEOUT_NS", &s.verdict.stall_timeout_ns, true)
+            .override_global("TRACK_ALL", &track_all, true)
+            .override_global("CLOCK_FROM_MAP", &clock, true)
+            .map_max_entries("FLOWS", s.max_flows)
+            .map_max_entries("PENDING", s.max_pending)
+            .load(PROBE_OBJECT)?;
+        for name in [PROGRAMS[0], PROGRAMS[1]] {
+            let prog: &mut Xdp = program(&mut ebpf, name)?;
+            prog.load().map_err(|e| ProbeError::Program(name, e))?;
+        }
+        for name in [PROGRAMS[2], PROGRAMS[3]] {
+            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
+            prog.load().map_err(|e| ProbeError::Program(name, e))?;
+        }
+        let mut probe = Probe { ebpf };
+        for &p in &s.ctcp_ports {
+            probe.set_port_flags(p, port_flag::CTCP)?;
+        }
+        Ok(probe)
+    }
+
+    pub fn xdp(&mut self, link: LinkKind) -> Result<&mut Xdp, ProbeError> {
+        program(&mut self.ebpf, xdp_program(link))
+    }
+
+    pub fn tc(&mut self, link: LinkKind) -> Result<&mut SchedClassifier, ProbeError> {
+        program(&mut self.ebpf, tc_program(link))
+    }
+
+    /// Instructions the verifier processed for a program.
+    pub fn verified_instructions(&mut self, name: &'static str) -> Result<u32, ProbeError> {
+        let prog = self
+            .ebpf
+            .program(name)
+            .ok_or(ProbeError::Program(name, not_found()))?;
+        let info = prog.info().map_err(|e| ProbeError::Program(name, e))?;
+        Ok(info.verified_instruction_count().unwrap_or(0))
+    }
+
+    pub fn set_port_flags(&mut self, port: u16, flags: u8) -> Result<(), ProbeError> {
+        let mut ports: Array<&mut MapData, u8> = map_mut(&mut self.ebpf, "PORTS")?;
+        ports
+            .set(port as u32, flags, 0)
+            .map_err(|e| ProbeError::Map("PORTS", e))
+    }
+
+    /// Sets the probe's clock (only read with `Settings::clock_from_map`).
+    pub fn set_clock(&mut self, now: Duration) -> Result<(), ProbeError> {
+        let mut clock: Array<&mut MapData, u64> = map_mut(&mut self.ebpf, "CLOCK")?;
+        clock
+            .set(0, now.as_nanos() as u64, 0)
+            .map_err(|e| ProbeError::Map("CLOCK", e))
+    }
+
+    /// Counters summed over CPUs, indexed by `abi::counter`.
+    pub fn counters(&self) -> Result<Vec<u64>, ProbeError> {
+        let map = self
+            .ebpf
+            .map("COUNTERS")
+            .ok_or(ProbeError::MissingMap("COUNTERS"))?;
+        let arr: PerCpuArray<&MapData, u64> =
+            PerCpuArray::try_from(map).map_err(|e| ProbeError::Map("COUNTERS", e))?;
+        (0..counter::COUNT)
+            .map(|i| {
+                arr.get(&i, 0)
+                    .map(|v| v.iter().sum())
+                    .map_err(|e| ProbeError::Map("COUNTERS", e))
+            })
+            .collect()
+    }
+
+    /// Every established flow.
+    pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
+        self.table("FLOWS")
+    }
+
+    /// Every half-open flow.
+    pub fn pending(&self) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
+        self.table("PENDING")
+    }
+
+    fn table(&self, name: &'static str) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
+        let map = self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
+        let table: HashMap<&MapData, FlowKey, Flow> =
+            HashMap::try_from(map).map_err(|e| ProbeError::Map(name, e))?;
+        table
+            .iter()
+            .map(|r| r.map_err(|e| ProbeError::Map(name, e)))
+            .collect()
+    }
+
+    /// Takes every record waiting in the ring buffer.
+    pub fn drain_events(&mut self) -> Result<Vec<StallRecord>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut("EVENTS")
+            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+        let mut ring = RingBuf::try_from(map).map_err(|e| ProbeError::Map("EVENTS", e))?;
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            if item.len() == size_of::<StallRecord>() {
+                // SAFETY: the probe writes whole StallRecords; the length is checked.
+                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const StallRecord) });
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn not_found() -> aya::programs::ProgramError {
+    aya::programs::ProgramError::UnexpectedProgramType
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, ProbeError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or(ProbeError::Program(name, not_found()))?;
+    prog.try_into().map_err(|e| ProbeError::Program(name, e))
+}
+
+fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<T, ProbeError>
+where
+    T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.map_mut(name).ok_or(ProbeError::MissingMap(name))?;
+    T::try_from(map).map_err(|e| ProbeError::Map(name, e))
+}
