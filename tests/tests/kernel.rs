@@ -126,3 +126,34 @@ fn verdict_is_pass(hook: ackwatch_tests::harness::Hook, v: u32) -> bool {
         ackwatch_tests::harness::Hook::Tc(_) => v as i32 == -1, // TC_ACT_UNSPEC
     }
 }
+
+/// A cTCP client ignores the headend's duplicate ACKs: exactly one stall record, for
+/// the right flow, hole, side, kind and loss side; the healthy flow beside it none.
+#[test]
+fn kernel_reports_unanswered_ctcp_stall() {
+    use ackwatch_tests::scenario::ctcp_flow;
+    use ebpf_probe::abi::{LossSide, StallKind, StallWhat};
+    let client: std::net::SocketAddr = "192.0.2.20:40002".parse().unwrap();
+    let server = "198.51.100.1:10000".parse().unwrap();
+    let mut steps = ctcp_flow(client, server, 20, Some(8), 1500);
+    steps.extend(ctcp_flow("192.0.2.10:40001".parse().unwrap(), server, 20, None, 0));
+    steps.sort_by_key(|s| s.at_ns);
+    let mut k = Kernel::load(Settings::default());
+    let mut h = Host::new(Settings::default());
+    for s in &steps {
+        k.feed(s.hook, &s.frame, s.at_ns);
+        h.feed(s.hook, &s.frame, s.at_ns);
+    }
+    let events = k.events();
+    assert_eq!(events, h.events, "kernel and host disagree");
+    assert_eq!(events.len(), 1, "expected exactly one stall record: {events:?}");
+    let e = &events[0];
+    assert_eq!(StallWhat::try_from(e.what), Ok(StallWhat::Started));
+    assert_eq!(e.hole, 1001 + 8 * 400, "hole = the lost segment's sequence number");
+    assert_eq!(e.stuck, e.client, "the client is the stuck side");
+    assert_eq!(StallKind::try_from(e.kind), Ok(StallKind::Unanswered));
+    assert_eq!(LossSide::try_from(e.loss), Ok(LossSide::Downstream));
+    assert_eq!(e.key.port[e.client as usize], 40002, "the stalled flow, not the healthy one");
+    let delay = e.at - e.since;
+    assert!((1_000_000_000..1_100_000_000).contains(&delay), "reported {delay} ns after the first duplicate ACK (T = 1 s)");
+}
