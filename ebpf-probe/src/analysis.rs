@@ -3,7 +3,7 @@
 //! Every flag is computed against the state before the packet; then the state moves.
 //! See ../../../shared/reference/semantics.md for the rules and their tshark filters.
 
-use crate::abi::{Half, event};
+use crate::abi::{Half, event, opaque};
 use crate::parse::{Segment, TH_ACK, TH_FIN, TH_RST, TH_SYN};
 use crate::seq::{gt, le, lt};
 
@@ -36,6 +36,7 @@ const SFR: u8 = TH_SYN | TH_FIN | TH_RST;
 #[inline(always)]
 pub fn analyze(fwd: &mut Half, rev: &mut Half, seg: &Segment, now: u64, irtt: u64) -> u32 {
     let mut a = flags_before_ack_update(fwd, rev, seg);
+    a = opaque(&mut fwd.last_analysis, a);
     if seg.ack != fwd.lastack {
         fwd.dupacknum = 0;
     }
@@ -48,9 +49,10 @@ pub fn analyze(fwd: &mut Half, rev: &mut Half, seg: &Segment, now: u64, irtt: u6
         rev.maxseqtobeacked = rev.nextseq;
     }
     a |= retransmission_kind(fwd, rev, seg, now, irtt, a);
+    a = opaque(&mut fwd.last_analysis, a);
     advance(fwd, seg, now, a);
     count(fwd, a);
-    a
+    opaque(&mut fwd.last_analysis, a)
 }
 
 /// Zero-window probe, zero window, lost segment, keep-alive, window update, keep-alive

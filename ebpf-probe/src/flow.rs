@@ -2,7 +2,7 @@
 //! check for both sides. The kernel program, the host tests and the offline analyser
 //! all call `update`.
 
-use crate::abi::{Flow, FlowState, half_flag};
+use crate::abi::{Flow, FlowState, half_flag, opaque};
 use crate::analysis::analyze;
 use crate::parse::{Segment, TH_ACK, TH_FIN, TH_RST, TH_SYN};
 use crate::seq::lt;
@@ -17,6 +17,8 @@ impl Flow {
         let dup = verdict::is_verdict_dup(fwd, rev, seg);
         let before_next = fwd.nextseq;
         let retx = seg.seglen > 0 && before_next != 0 && lt(seg.seq, before_next);
+        let bits = opaque(&mut fwd.scratch, dup as u32 | (retx as u32) << 1);
+        let (dup, retx) = (bits & 1 != 0, bits & 2 != 0);
         fwd.packets = fwd.packets.wrapping_add(1);
         fwd.bytes = fwd.bytes.wrapping_add(seg.seglen as u64);
         let a = analyze(fwd, rev, seg, now, irtt);

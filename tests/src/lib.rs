@@ -2,6 +2,6 @@
 //! around the loaded probe, and generators of TCP conversations.
 
 pub mod conversation;
-pub mod scenario;
 pub mod frames;
 pub mod harness;
+pub mod scenario;

@@ -16,23 +16,77 @@ pub const MS: u64 = 1_000_000;
 /// retransmits. Client packets enter by XDP, headend packets leave by TC, as on a
 /// headend. One segment every 5 ms from t = 1 s, then `quiet_ms` more of duplicate ACKs
 /// every 100 ms (the client keeps quiet).
-pub fn ctcp_flow(client: SocketAddr, server: SocketAddr, segments: u32, lost: Option<u32>, quiet_ms: u64) -> Vec<Step> {
+pub fn ctcp_flow(
+    client: SocketAddr,
+    server: SocketAddr,
+    segments: u32,
+    lost: Option<u32>,
+    quiet_ms: u64,
+) -> Vec<Step> {
     let (c_isn, s_isn, len) = (1_000u32, 900_000u32, 400u32);
     let l2 = L2::Ethernet;
     let (up, down) = (Hook::Xdp(LinkKind::Ethernet), Hook::Tc(LinkKind::Ethernet));
     let mut t = 1_000 * MS;
     let mut out = Vec::new();
-    let mut push = |hook, src, dst, tcp: Tcp, at| out.push(Step { hook, frame: frame(src, dst, &tcp, &l2), at_ns: at });
-    push(up, client, server, Tcp { seq: c_isn, flags: TH_SYN, window: 64240, ..Default::default() }, t);
-    push(down, server, client, Tcp { seq: s_isn, ack: c_isn + 1, flags: TH_SYN | TH_ACK, window: 65160, ..Default::default() }, t + MS);
+    let mut push = |hook, src, dst, tcp: Tcp, at| {
+        out.push(Step {
+            hook,
+            frame: frame(src, dst, &tcp, &l2),
+            at_ns: at,
+        })
+    };
+    push(
+        up,
+        client,
+        server,
+        Tcp {
+            seq: c_isn,
+            flags: TH_SYN,
+            window: 64240,
+            ..Default::default()
+        },
+        t,
+    );
+    push(
+        down,
+        server,
+        client,
+        Tcp {
+            seq: s_isn,
+            ack: c_isn + 1,
+            flags: TH_SYN | TH_ACK,
+            window: 65160,
+            ..Default::default()
+        },
+        t + MS,
+    );
     t += 2 * MS;
-    push(up, client, server, Tcp { seq: c_isn + 1, ack: s_isn + 1, flags: TH_ACK, window: 502, ..Default::default() }, t);
+    push(
+        up,
+        client,
+        server,
+        Tcp {
+            seq: c_isn + 1,
+            ack: s_isn + 1,
+            flags: TH_ACK,
+            window: 502,
+            ..Default::default()
+        },
+        t,
+    );
     let mut acked = c_isn + 1;
     let hole = lost.map(|i| c_isn + 1 + i * len);
     for i in 0..segments {
         t += 5 * MS;
         let seq = c_isn + 1 + i * len;
-        let data = Tcp { seq, ack: s_isn + 1, flags: TH_ACK | TH_PSH, window: 502, payload: ctcp_payload(len as usize), ..Default::default() };
+        let data = Tcp {
+            seq,
+            ack: s_isn + 1,
+            flags: TH_ACK | TH_PSH,
+            window: 502,
+            payload: ctcp_payload(len as usize),
+            ..Default::default()
+        };
         push(up, client, server, data, t);
         if Some(seq) == hole {
             continue; // lost after the monitor: the headend never sees it
@@ -44,7 +98,14 @@ pub fn ctcp_flow(client: SocketAddr, server: SocketAddr, segments: u32, lost: Op
                 vec![]
             }
         };
-        let ack = Tcp { seq: s_isn + 1, ack: acked, flags: TH_ACK, window: 509, sack, ..Default::default() };
+        let ack = Tcp {
+            seq: s_isn + 1,
+            ack: acked,
+            flags: TH_ACK,
+            window: 509,
+            sack,
+            ..Default::default()
+        };
         push(down, server, client, ack, t + MS / 2);
     }
     let end = c_isn + 1 + segments * len;
@@ -52,7 +113,14 @@ pub fn ctcp_flow(client: SocketAddr, server: SocketAddr, segments: u32, lost: Op
     while q < quiet_ms && hole.is_some() {
         q += 100;
         let sack = vec![(hole.unwrap() + len, end)];
-        let ack = Tcp { seq: s_isn + 1, ack: acked, flags: TH_ACK, window: 509, sack, ..Default::default() };
+        let ack = Tcp {
+            seq: s_isn + 1,
+            ack: acked,
+            flags: TH_ACK,
+            window: 509,
+            sack,
+            ..Default::default()
+        };
         push(down, server, client, ack, t + q * MS);
     }
     out

@@ -33,7 +33,15 @@ fn main() -> Result<()> {
     match cli.task {
         Task::Setup => Ok(()),
         Task::Test => test(),
-        Task::Demo => cargo(&["run", "--quiet", "--release", "-p", "ackwatch-tests", "--bin", "ackwatch-demo"]),
+        Task::Demo => cargo(&[
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "ackwatch-tests",
+            "--bin",
+            "ackwatch-demo",
+        ]),
     }
 }
 
@@ -43,7 +51,15 @@ fn test() -> Result<()> {
     }
     // The shared state machine's own unit tests (the probe crate is not a default member).
     cargo(&["test", "-p", "ebpf-probe", "--lib"])?;
-    cargo(&["test", "-p", "ackwatch", "-p", "ackwatch-tests", "-p", "xtask"])
+    cargo(&[
+        "test",
+        "-p",
+        "ackwatch",
+        "-p",
+        "ackwatch-tests",
+        "-p",
+        "xtask",
+    ])
 }
 
 unsafe extern "C" {
@@ -52,7 +68,10 @@ unsafe extern "C" {
 }
 
 pub fn cargo(args: &[&str]) -> Result<()> {
-    let status = Command::new(env!("CARGO")).args(args).status().context("running cargo")?;
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .status()
+        .context("running cargo")?;
     if !status.success() {
         bail!("cargo {} failed ({status})", args.join(" "));
     }

@@ -8,7 +8,9 @@ use std::process::{Command, Stdio};
 use anyhow::{Context, Result, bail};
 
 /// Debian packages the tests and the lab use.
-const DEBIAN_PACKAGES: &[&str] = &["bpftool", "iproute2", "ethtool", "tshark", "tcpdump", "nftables"];
+const DEBIAN_PACKAGES: &[&str] = &[
+    "bpftool", "iproute2", "ethtool", "tshark", "tcpdump", "nftables",
+];
 
 pub fn run() -> Result<()> {
     rust_src()?;
@@ -17,7 +19,10 @@ pub fn run() -> Result<()> {
 }
 
 fn quiet(cmd: &mut Command) -> bool {
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn must(cmd: &mut Command) -> Result<()> {
@@ -29,8 +34,13 @@ fn must(cmd: &mut Command) -> Result<()> {
 }
 
 fn rust_src() -> Result<()> {
-    let out = Command::new("rustup").args(["+nightly", "component", "list", "--installed"]).output()?;
-    if String::from_utf8_lossy(&out.stdout).lines().any(|l| l.starts_with("rust-src")) {
+    let out = Command::new("rustup")
+        .args(["+nightly", "component", "list", "--installed"])
+        .output()?;
+    if String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.starts_with("rust-src"))
+    {
         return Ok(());
     }
     eprintln!("setup: installing nightly rust-src");
@@ -42,7 +52,9 @@ fn bpf_linker() -> Result<()> {
         return Ok(());
     }
     eprintln!("setup: building bpf-linker against the nightly's LLVM (about a minute)");
-    let out = Command::new("rustc").args(["+nightly", "--print", "sysroot"]).output()?;
+    let out = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output()?;
     let sysroot = PathBuf::from(String::from_utf8(out.stdout)?.trim());
     let lib = sysroot.join("lib");
     let llvm = std::fs::read_dir(&lib)?
@@ -55,10 +67,22 @@ fn bpf_linker() -> Result<()> {
     if !link.exists() {
         std::os::unix::fs::symlink(lib.join(&llvm), &link)?;
     }
-    let major = llvm.trim_start_matches("libLLVM.so.").split('.').next().unwrap_or_default().to_owned();
+    let major = llvm
+        .trim_start_matches("libLLVM.so.")
+        .split('.')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     must(
         Command::new("cargo")
-            .args(["+nightly", "install", "bpf-linker", "--locked", "--no-default-features", "--features"])
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--no-default-features",
+                "--features",
+            ])
             .arg(format!("llvm-{major}"))
             .env("LLVM_PREFIX", &sysroot),
     )
