@@ -135,7 +135,12 @@ macro_rules! try_from_u8 {
         }
     };
 }
-try_from_u8!(FlowState { Active, Stalled, Recovered, Closed });
+try_from_u8!(FlowState {
+    Active,
+    Stalled,
+    Recovered,
+    Closed
+});
 try_from_u8!(FlowClass { Tcp, Ctcp, Rfc9329 });
 
 /// One connection, both directions. `half[i]` is what endpoint `key.addr[i]` sends.
@@ -189,9 +194,20 @@ pub enum LossSide {
     /// Between the monitor and the receiver: the monitor saw it, the receiver asks for it.
     Downstream = 2,
 }
-try_from_u8!(StallWhat { Started, Recovered, Ended });
-try_from_u8!(StallKind { Unanswered, RetransmissionsLost });
-try_from_u8!(LossSide { Unknown, Upstream, Downstream });
+try_from_u8!(StallWhat {
+    Started,
+    Recovered,
+    Ended
+});
+try_from_u8!(StallKind {
+    Unanswered,
+    RetransmissionsLost
+});
+try_from_u8!(LossSide {
+    Unknown,
+    Upstream,
+    Downstream
+});
 
 /// Ring-buffer record sent on entering and leaving the stalled state.
 #[repr(C)]

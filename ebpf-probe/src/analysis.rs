@@ -110,7 +110,10 @@ fn retransmission_kind(fwd: &Half, rev: &Half, seg: &Segment, now: u64, irtt: u6
     if !not_advanced {
         return 0;
     }
-    if rev.dupacknum >= 2 && rev.lastack == seg.seq && now.wrapping_sub(rev.lastacktime) < FAST_RETX_NS {
+    if rev.dupacknum >= 2
+        && rev.lastack == seg.seq
+        && now.wrapping_sub(rev.lastacktime) < FAST_RETX_NS
+    {
         return mark | A_FAST_RETRANSMISSION;
     }
     let ooo_window = if irtt != 0 { irtt } else { OOO_DEFAULT_NS };
@@ -151,7 +154,11 @@ fn count(fwd: &mut Half, a: u32) {
     };
     let e = &mut fwd.events;
     bump(e, A_DUP_ACK, event::DUP_ACK);
-    bump(e, A_RETRANSMISSION | A_FAST_RETRANSMISSION | A_SPURIOUS_RETRANSMISSION, event::RETRANSMISSION);
+    bump(
+        e,
+        A_RETRANSMISSION | A_FAST_RETRANSMISSION | A_SPURIOUS_RETRANSMISSION,
+        event::RETRANSMISSION,
+    );
     bump(e, A_FAST_RETRANSMISSION, event::FAST_RETRANSMISSION);
     bump(e, A_SPURIOUS_RETRANSMISSION, event::SPURIOUS_RETRANSMISSION);
     bump(e, A_OUT_OF_ORDER, event::OUT_OF_ORDER);

@@ -38,7 +38,9 @@ pub fn payload<F: Frame>(f: &F, start: usize, len: usize) -> PayloadClass {
     }
     match t[13] {
         0x32 => PayloadClass::Ctcp,
-        0x11 if f.read::<4>(start).map(u32::from_be_bytes) == Some(0x01f4_01f4) => PayloadClass::Ctcp,
+        0x11 if f.read::<4>(start).map(u32::from_be_bytes) == Some(0x01f4_01f4) => {
+            PayloadClass::Ctcp
+        }
         _ => PayloadClass::None,
     }
 }

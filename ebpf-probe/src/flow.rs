@@ -11,7 +11,14 @@ use crate::verdict::{self, Config, StallSink, halves};
 impl Flow {
     /// Applies segment `seg`, sent by endpoint `dir`, at time `now` (ns).
     #[inline(always)]
-    pub fn update<K: StallSink>(&mut self, dir: usize, seg: &Segment, now: u64, cfg: &Config, sink: &mut K) {
+    pub fn update<K: StallSink>(
+        &mut self,
+        dir: usize,
+        seg: &Segment,
+        now: u64,
+        cfg: &Config,
+        sink: &mut K,
+    ) {
         let irtt = self.irtt;
         let (fwd, rev) = halves(self, dir);
         let dup = verdict::is_verdict_dup(fwd, rev, seg);

@@ -58,7 +58,9 @@ impl Store for HostStore {
     fn create(&mut self, key: &FlowKey, pending: bool) -> Result<*mut Flow, Reason> {
         if pending {
             while self.pending.len() >= self.pending_capacity {
-                let Some(old) = self.pending_order.pop_front() else { break };
+                let Some(old) = self.pending_order.pop_front() else {
+                    break;
+                };
                 self.pending.remove(&old);
             }
             self.pending_order.push_back(*key);

@@ -155,8 +155,18 @@ fn ipv4<F: Frame>(f: &F, l3: usize, key: &mut [[u32; 4]; 2]) -> Result<(usize, u
         return Err(counter::FRAGMENT);
     }
     let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-    key[0] = [0, 0, mapped, u32::from_ne_bytes([h[12], h[13], h[14], h[15]])];
-    key[1] = [0, 0, mapped, u32::from_ne_bytes([h[16], h[17], h[18], h[19]])];
+    key[0] = [
+        0,
+        0,
+        mapped,
+        u32::from_ne_bytes([h[12], h[13], h[14], h[15]]),
+    ];
+    key[1] = [
+        0,
+        0,
+        mapped,
+        u32::from_ne_bytes([h[16], h[17], h[18], h[19]]),
+    ];
     Ok((l3 + ihl, tot - ihl))
 }
 
@@ -232,7 +242,10 @@ fn first_sack<F: Frame>(f: &F, start: usize, end: usize) -> Option<[u32; 2]> {
         return None;
     }
     let b: [u8; 8] = f.read(at)?;
-    Some([be32([b[0], b[1], b[2], b[3]]), be32([b[4], b[5], b[6], b[7]])])
+    Some([
+        be32([b[0], b[1], b[2], b[3]]),
+        be32([b[4], b[5], b[6], b[7]]),
+    ])
 }
 
 /// `(a, pa) < (b, pb)`, written out: array comparison would call memcmp, which BPF lacks.
@@ -284,7 +297,11 @@ pub fn parse_into<F: Frame>(f: &F, kind: LinkKind, out: &mut Packet) -> Result<(
             seg.sack = sack;
         }
     }
-    out.payload = if seglen > 0 { classify::payload(f, l4 + doff, seglen) } else { PayloadClass::None };
+    out.payload = if seglen > 0 {
+        classify::payload(f, l4 + doff, seglen)
+    } else {
+        PayloadClass::None
+    };
     // Endpoint 0 is the lower (address, port); dir is the sender's index.
     let k = &mut out.key;
     out.dir = usize::from(endpoint_lt(&k.addr[1], k.port[1], &k.addr[0], k.port[0]));

@@ -37,7 +37,10 @@ pub fn track<S: Store, K: StallSink>(
     now: u64,
     ifindex: u32,
 ) -> Result<(), Reason> {
-    let (src, dst) = (store.port_flags(pkt.src_port()), store.port_flags(pkt.dst_port()));
+    let (src, dst) = (
+        store.port_flags(pkt.src_port()),
+        store.port_flags(pkt.dst_port()),
+    );
     let ports = src | dst;
     let signature = pkt.payload == PayloadClass::Ctcp;
     let may_create = cfg.track_all || ports & port_flag::CTCP != 0 || signature;
@@ -87,14 +90,22 @@ fn init(flow: &mut Flow, pkt: &Packet, src: u8, dst: u8, now: u64) {
     flow.first_ts = now;
     let on_port = (src | dst) & port_flag::CTCP != 0;
     let ctcp = on_port || pkt.payload == PayloadClass::Ctcp;
-    flow.class = if ctcp { FlowClass::Ctcp as u8 } else { FlowClass::Tcp as u8 };
+    flow.class = if ctcp {
+        FlowClass::Ctcp as u8
+    } else {
+        FlowClass::Tcp as u8
+    };
     let seg = &pkt.seg;
     let sender_is_client = if seg.has(TH_SYN) {
         !seg.has(TH_ACK)
     } else {
         dst & port_flag::CTCP != 0 || src & port_flag::CTCP == 0
     };
-    flow.client = if sender_is_client { pkt.dir as u8 } else { 1 - pkt.dir as u8 };
+    flow.client = if sender_is_client {
+        pkt.dir as u8
+    } else {
+        1 - pkt.dir as u8
+    };
 }
 
 /// Upgrades the class from what the payload shows: `IKETCP` opens an RFC 9329 stream,
@@ -102,8 +113,12 @@ fn init(flow: &mut Flow, pkt: &Packet, src: u8, dst: u8, now: u64) {
 #[inline(always)]
 fn classify(flow: &mut Flow, pkt: &Packet) {
     match pkt.payload {
-        PayloadClass::Rfc9329 if flow.half[pkt.dir & 1].bytes == 0 => flow.class = FlowClass::Rfc9329 as u8,
-        PayloadClass::Ctcp if flow.class == FlowClass::Tcp as u8 => flow.class = FlowClass::Ctcp as u8,
+        PayloadClass::Rfc9329 if flow.half[pkt.dir & 1].bytes == 0 => {
+            flow.class = FlowClass::Rfc9329 as u8
+        }
+        PayloadClass::Ctcp if flow.class == FlowClass::Tcp as u8 => {
+            flow.class = FlowClass::Ctcp as u8
+        }
         _ => {}
     }
 }

@@ -23,7 +23,11 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        Config { dupack_threshold: 3, stall_timeout_ns: 1_000_000_000, track_all: false }
+        Config {
+            dupack_threshold: 3,
+            stall_timeout_ns: 1_000_000_000,
+            track_all: false,
+        }
     }
 }
 
@@ -56,7 +60,8 @@ pub fn is_verdict_dup(r: &Half, d: &Half, seg: &Segment) -> bool {
         return false;
     }
     let same_window = seg.window != 0 && seg.window == r.window;
-    let new_sack = seg.has_sack && (r.flags & half_flag::SACK == 0 || seg.sack[0] != r.sack[0] || seg.sack[1] != r.sack[1]);
+    let new_sack = seg.has_sack
+        && (r.flags & half_flag::SACK == 0 || seg.sack[0] != r.sack[0] || seg.sack[1] != r.sack[1]);
     same_window || new_sack
 }
 
@@ -130,7 +135,10 @@ fn is_empty(span: &[u32; 2]) -> bool {
 fn note_retransmission(d: &mut Half, r: &mut Half, seg: &Segment) {
     let (lo, hi) = (seg.seq, seg.seq.wrapping_add(seg.seglen));
     if !is_empty(&d.retx) && le(lo, d.retx[1]) && le(d.retx[0], hi) {
-        d.retx = [if lt(lo, d.retx[0]) { lo } else { d.retx[0] }, if gt(hi, d.retx[1]) { hi } else { d.retx[1] }];
+        d.retx = [
+            if lt(lo, d.retx[0]) { lo } else { d.retx[0] },
+            if gt(hi, d.retx[1]) { hi } else { d.retx[1] },
+        ];
     } else {
         d.retx = [lo, hi];
     }
