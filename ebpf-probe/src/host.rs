@@ -19,6 +19,8 @@ pub struct HostStore {
     pub ports: Vec<u8>,
     pub capacity: usize,
     pub pending_capacity: usize,
+    /// The kernel's per-CPU counters, indexed by `abi::counter`.
+    pub counters: Vec<u64>,
 }
 
 impl HostStore {
@@ -34,6 +36,7 @@ impl HostStore {
             ports,
             capacity,
             pending_capacity,
+            counters: std::vec![0; counter::COUNT as usize],
         }
     }
 }
@@ -79,6 +82,10 @@ impl Store for HostStore {
         let flow = self.pending.remove(key).ok_or(counter::MAP_ERROR)?;
         self.pending_order.retain(|k| k != key);
         Ok(self.flows.entry(*key).or_insert(flow) as *mut Flow)
+    }
+
+    fn count(&mut self, index: u32) {
+        self.counters[index as usize] += 1;
     }
 }
 

@@ -161,6 +161,11 @@ impl Store for Maps {
         let _ = PENDING.remove(key);
         FLOWS.get_ptr_mut(key).ok_or(counter::MAP_ERROR)
     }
+
+    #[inline(always)]
+    fn count(&mut self, index: u32) {
+        bump(index);
+    }
 }
 
 struct Ring<'a> {

@@ -24,6 +24,8 @@ pub trait Store {
     fn create(&mut self, key: &FlowKey, pending: bool) -> Result<*mut Flow, Reason>;
     /// Moves a pending flow to the established table.
     fn promote(&mut self, key: &FlowKey) -> Result<*mut Flow, Reason>;
+    /// Bumps a counter (`abi::counter`).
+    fn count(&mut self, index: u32);
 }
 
 /// Tracks one packet at time `now` (ns) seen on interface `ifindex`. `Err` carries the
@@ -79,6 +81,9 @@ fn entry<S: Store>(store: &mut S, pkt: &Packet, may_create: bool) -> Result<*mut
     }
     if pkt.seg.has(TH_RST) {
         return Err(counter::NO_FLOW);
+    }
+    if syn {
+        store.count(counter::PENDING_INSERTS);
     }
     store.create(&pkt.key, syn)
 }

@@ -8,7 +8,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use ebpf_probe::abi::{Flow, FlowKey, StallRecord, counter};
 use ebpf_probe::host::{HostStore, Records};
 use ebpf_probe::parse::{LinkKind, parse};
-use ebpf_probe::tracker::track;
+use ebpf_probe::tracker::{Store, track};
 
 /// Where a frame enters the probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,6 +56,14 @@ impl Kernel {
 
     /// Runs one frame at time `now_ns`; returns the program's verdict.
     pub fn feed(&mut self, hook: Hook, frame: &[u8], now_ns: u64) -> u32 {
+        self.try_feed(hook, frame, now_ns)
+            .unwrap_or_else(|e| panic!("test run of {} byte frame on {hook:?}: {e}", frame.len()))
+    }
+
+    /// As `feed`, but returns the kernel's refusal: BPF_PROG_TEST_RUN for TC programs
+    /// rejects some frames (EINVAL) before the program runs, for example an IPv4
+    /// ethertype without a whole IPv4 header.
+    pub fn try_feed(&mut self, hook: Hook, frame: &[u8], now_ns: u64) -> Result<u32, String> {
         self.probe
             .set_clock(Duration::from_nanos(now_ns))
             .expect("set clock");
@@ -67,9 +75,12 @@ impl Kernel {
             Hook::Xdp(l) => self.probe.xdp(l).expect("xdp program").test_run(opts),
             Hook::Tc(l) => self.probe.tc(l).expect("tc program").test_run(opts),
         };
-        result
-            .unwrap_or_else(|e| panic!("test run of {} byte frame on {hook:?}: {e}", frame.len()))
-            .return_value
+        result.map(|r| r.return_value).map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            format!("{e}: {cause}")
+        })
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -93,7 +104,6 @@ impl Kernel {
 pub struct Host {
     pub store: HostStore,
     pub settings: Settings,
-    pub counters: Vec<u64>,
     pub events: Vec<StallRecord>,
 }
 
@@ -107,13 +117,12 @@ impl Host {
         Host {
             store,
             settings,
-            counters: vec![0; counter::COUNT as usize],
             events: Vec::new(),
         }
     }
 
     pub fn feed(&mut self, hook: Hook, frame: &[u8], now_ns: u64) {
-        self.counters[hook.counter() as usize] += 1;
+        self.store.count(hook.counter());
         let result = parse(&frame, hook.link()).and_then(|pkt| {
             let mut sink = Records {
                 key: pkt.key,
@@ -134,7 +143,7 @@ impl Host {
             Ok(()) => counter::TRACKED,
             Err(reason) => reason,
         };
-        self.counters[slot as usize] += 1;
+        self.store.count(slot);
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -145,7 +154,7 @@ impl Host {
         Snapshot {
             flows,
             pending,
-            counters: self.counters.clone(),
+            counters: self.store.counters.clone(),
         }
     }
 }

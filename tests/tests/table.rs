@@ -1,0 +1,187 @@
+//! The flow table in the kernel: half-open connections kept apart from established
+//! ones, a full table refusing and counting, what is in scope, class and client.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use ackwatch::probe::Settings;
+use ackwatch_tests::frames::{L2, TH_ACK, TH_PSH, TH_SYN, Tcp, ctcp_payload, frame};
+use ackwatch_tests::harness::{Hook, Host, Kernel};
+use ackwatch_tests::scenario::ctcp_flow;
+use ebpf_probe::abi::{FlowClass, counter};
+use ebpf_probe::parse::LinkKind;
+use ebpf_probe::verdict::Config;
+
+const XDP: Hook = Hook::Xdp(LinkKind::Ethernet);
+
+fn addr(i: u32, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i)), port)
+}
+
+fn syn(from: SocketAddr, to: SocketAddr) -> Vec<u8> {
+    frame(
+        from,
+        to,
+        &Tcp {
+            seq: 77,
+            flags: TH_SYN,
+            window: 1000,
+            ..Default::default()
+        },
+        &L2::Ethernet,
+    )
+}
+
+fn data(from: SocketAddr, to: SocketAddr, payload: Vec<u8>) -> Vec<u8> {
+    frame(
+        from,
+        to,
+        &Tcp {
+            seq: 100,
+            ack: 200,
+            flags: TH_ACK | TH_PSH,
+            window: 500,
+            payload,
+            ..Default::default()
+        },
+        &L2::Ethernet,
+    )
+}
+
+#[test]
+fn syn_flood_leaves_established_flows_alone() {
+    let settings = Settings {
+        max_flows: 64,
+        max_pending: 256,
+        ..Settings::default()
+    };
+    let mut k = Kernel::load(settings);
+    let server = "198.51.100.1:10000".parse().unwrap();
+    for i in 0..10 {
+        for s in ctcp_flow(addr(1000 + i, 40_000), server, 5, None, 0) {
+            k.feed(s.hook, &s.frame, s.at_ns);
+        }
+    }
+    let before = k.snapshot().flows;
+    assert_eq!(before.len(), 10);
+    // 20,000 SYNs from spoofed sources to the cTCP port.
+    for i in 0..20_000 {
+        k.feed(
+            XDP,
+            &syn(addr(100_000 + i, 1024 + (i % 60_000) as u16), server),
+            5_000_000_000,
+        );
+    }
+    let after = k.snapshot();
+    assert_eq!(
+        after.flows, before,
+        "established flows keep their entries and state"
+    );
+    assert!(
+        after.pending.len() <= 256,
+        "the pending table holds {} > its capacity",
+        after.pending.len()
+    );
+    assert_eq!(
+        after.counters[counter::PENDING_INSERTS as usize],
+        10 + 20_000
+    );
+    assert_eq!(after.counters[counter::TABLE_FULL as usize], 0);
+}
+
+#[test]
+fn full_table_refuses_new_flows_and_counts_them() {
+    let settings = Settings {
+        max_flows: 4,
+        ..Settings::default()
+    };
+    let mut k = Kernel::load(settings.clone());
+    let mut h = Host::new(settings);
+    let server = "198.51.100.1:10000".parse().unwrap();
+    for i in 0..6 {
+        for s in ctcp_flow(addr(2000 + i, 40_000), server, 3, None, 0) {
+            k.feed(s.hook, &s.frame, s.at_ns);
+            h.feed(s.hook, &s.frame, s.at_ns);
+        }
+    }
+    let snap = k.snapshot();
+    assert_eq!(snap.flows.len(), 4);
+    // Flows 5 and 6 stay half open: every later packet of theirs is refused.
+    assert!(snap.counters[counter::TABLE_FULL as usize] >= 2);
+    assert_eq!(
+        snap,
+        h.snapshot(),
+        "kernel and host agree on what was refused"
+    );
+}
+
+#[test]
+fn scope_class_and_client() {
+    let mut k = Kernel::load(Settings::default());
+    let (c, other, sig_srv) = (addr(1, 45_000), addr(2, 5201), addr(3, 8443));
+    // Plain TCP on another port: not tracked.
+    k.feed(XDP, &data(c, other, vec![1; 100]), 1_000_000_000);
+    assert_eq!(k.snapshot().counters[counter::OUT_OF_SCOPE as usize], 1);
+    assert!(k.snapshot().flows.is_empty());
+    // cTCP on 8443, recognized by its trailer; its pure ACKs are looked up too.
+    k.feed(XDP, &data(c, sig_srv, ctcp_payload(200)), 1_000_000_000);
+    let ack = frame(
+        sig_srv,
+        c,
+        &Tcp {
+            seq: 200,
+            ack: 300,
+            flags: TH_ACK,
+            window: 500,
+            ..Default::default()
+        },
+        &L2::Ethernet,
+    );
+    k.feed(Hook::Tc(LinkKind::Ethernet), &ack, 1_001_000_000);
+    let snap = k.snapshot();
+    assert_eq!(snap.flows.len(), 1);
+    let (key, flow) = &snap.flows[0];
+    assert_eq!(flow.class, FlowClass::Ctcp as u8);
+    assert_eq!(
+        flow.half[0].packets + flow.half[1].packets,
+        2,
+        "the ACK was tracked"
+    );
+    assert_eq!(
+        key.port[flow.client as usize], 45_000,
+        "the side not on the server port is the client"
+    );
+    // Another plain flow on 8443 is looked up and not created.
+    k.feed(
+        XDP,
+        &data(addr(9, 46_000), sig_srv, vec![0; 100]),
+        1_002_000_000,
+    );
+    assert_eq!(k.snapshot().flows.len(), 1);
+    assert_eq!(k.snapshot().counters[counter::OUT_OF_SCOPE as usize], 2);
+
+    // Tracking all TCP: plain TCP and RFC 9329 streams are tracked and labelled.
+    let all = Settings {
+        verdict: Config {
+            track_all: true,
+            ..Config::default()
+        },
+        ..Settings::default()
+    };
+    let mut k = Kernel::load(all);
+    k.feed(XDP, &data(c, other, vec![1; 100]), 1_000_000_000);
+    k.feed(
+        XDP,
+        &data(
+            addr(4, 40_000),
+            addr(5, 4500),
+            b"IKETCP\x00\x20rest-of-ike".to_vec(),
+        ),
+        1_000_000_000,
+    );
+    let classes: Vec<u8> = k.snapshot().flows.iter().map(|(_, f)| f.class).collect();
+    assert_eq!(classes.len(), 2);
+    assert!(
+        classes.contains(&(FlowClass::Tcp as u8)) && classes.contains(&(FlowClass::Rfc9329 as u8)),
+        "{classes:?}"
+    );
+}
