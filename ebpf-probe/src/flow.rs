@@ -29,7 +29,12 @@ impl Flow {
         fwd.packets = fwd.packets.wrapping_add(1);
         fwd.bytes = fwd.bytes.wrapping_add(seg.seglen as u64);
         let a = analyze(fwd, rev, seg, now, irtt);
-        verdict::after_segment(self, dir, seg, a, dup, retx, before_next, now, sink);
+        let before = verdict::Before {
+            dup,
+            retx,
+            next: before_next,
+        };
+        verdict::after_segment(self, dir, seg, a, before, now, sink);
 
         // Wireshark's initial RTT: most recent SYN to the first ACK without SYN.
         if seg.has(TH_SYN) && !seg.has(TH_ACK) {

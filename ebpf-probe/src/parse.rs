@@ -291,11 +291,12 @@ pub fn parse_into<F: Frame>(f: &F, kind: LinkKind, out: &mut Packet) -> Result<(
     seg.window = be16(need(f, l4 + 14)?) as u32;
     seg.seglen = seglen as u32;
     seg.has_sack = false;
-    if seglen == 0 && doff > 20 {
-        if let Some(sack) = first_sack(f, l4 + 20, l4 + doff) {
-            seg.has_sack = true;
-            seg.sack = sack;
-        }
+    if seglen == 0
+        && doff > 20
+        && let Some(sack) = first_sack(f, l4 + 20, l4 + doff)
+    {
+        seg.has_sack = true;
+        seg.sack = sack;
     }
     out.payload = if seglen > 0 {
         classify::payload(f, l4 + doff, seglen)

@@ -149,6 +149,8 @@ impl Store for Maps {
         }
     }
 
+    // `&*p`, not `*p`: passing the value would copy a Flow onto the 512-byte stack.
+    #[allow(clippy::needless_borrows_for_generic_args)]
     #[inline(always)]
     fn promote(&mut self, key: &FlowKey) -> Result<*mut Flow, Reason> {
         let p = PENDING.get_ptr(key).ok_or(counter::MAP_ERROR)?;

@@ -65,22 +65,34 @@ pub fn is_verdict_dup(r: &Half, d: &Half, seg: &Segment) -> bool {
     same_window || new_sack
 }
 
+/// What the verdict needs from the state before Wireshark's analysis moved it.
+#[derive(Clone, Copy)]
+pub struct Before {
+    /// The segment is a duplicate ACK by the verdict's definition.
+    pub dup: bool,
+    /// It resent data below the sender's `nextseq`.
+    pub retx: bool,
+    /// The sender's `nextseq`.
+    pub next: u32,
+}
+
 /// Verdict bookkeeping for a segment from side `s` after Wireshark's analysis moved the
-/// state. `dup` and `retx` were computed before it: whether the segment is a verdict
-/// duplicate ACK, and whether it resent data below `nextseq`; `before_next` is `s`'s
-/// `nextseq` before the packet.
+/// state (`analysis` holds its bits).
 #[inline(always)]
 pub fn after_segment<K: StallSink>(
     flow: &mut Flow,
     s: usize,
     seg: &Segment,
     analysis: u32,
-    dup: bool,
-    retx: bool,
-    before_next: u32,
+    before: Before,
     now: u64,
     sink: &mut K,
 ) {
+    let Before {
+        dup,
+        retx,
+        next: before_next,
+    } = before;
     let (me, peer) = halves(flow, s);
     // As D: remember what was resent and what never passed the monitor.
     if me.flags & half_flag::SEEN == 0 {

@@ -298,8 +298,10 @@ impl Generator {
         if roll < 0.75 {
             // Client retransmission: of the hole, or of older data.
             let r = &c.at_server;
-            let (seq, len) = if r.hole_end.is_some() && rng.gen_bool(0.8) {
-                (r.rcv, r.hole_end.unwrap().wrapping_sub(r.rcv).min(1400))
+            let (seq, len) = if let Some(end) = r.hole_end
+                && rng.gen_bool(0.8)
+            {
+                (r.rcv, end.wrapping_sub(r.rcv).min(1400))
             } else {
                 let back = rng.gen_range(1..3000u32);
                 (c.c_next.wrapping_sub(back), back.min(1200))

@@ -110,9 +110,11 @@ pub fn ctcp_flow(
     }
     let end = c_isn + 1 + segments * len;
     let mut q = 0;
-    while q < quiet_ms && hole.is_some() {
+    while let Some(h) = hole
+        && q < quiet_ms
+    {
         q += 100;
-        let sack = vec![(hole.unwrap() + len, end)];
+        let sack = vec![(h + len, end)];
         let ack = Tcp {
             seq: s_isn + 1,
             ack: acked,
