@@ -6,7 +6,8 @@
 
 mod setup;
 
-use std::process::Command;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -49,17 +50,56 @@ fn test() -> Result<()> {
     if unsafe { libc_geteuid() } != 0 {
         bail!("the kernel tests load BPF programs: run `cargo xtask test` as root");
     }
-    // The shared state machine's own unit tests (the probe crate is not a default member).
-    cargo(&["test", "-p", "ebpf-probe", "--lib"])?;
-    cargo(&[
-        "test",
-        "-p",
-        "ackwatch",
-        "-p",
-        "ackwatch-tests",
-        "-p",
-        "xtask",
-    ])
+    let mut total = Tally::default();
+    // The shared state machine's own unit tests (the probe crate is not a default member),
+    // then the agent's and the kernel and integration tests.
+    let runs: [&[&str]; 2] = [
+        &["test", "-p", "ebpf-probe", "--lib"],
+        &["test", "-p", "ackwatch", "-p", "ackwatch-tests"],
+    ];
+    let mut ok = true;
+    for args in runs {
+        ok &= cargo_test(args, &mut total)?;
+    }
+    // One closing line for the whole suite.
+    println!("ackwatch: {} passed, {} failed", total.passed, total.failed);
+    if !ok || total.failed > 0 {
+        bail!("tests failed");
+    }
+    Ok(())
+}
+
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test ...`, echoing its output and adding up its `test result:` lines.
+fn cargo_test(args: &[&str], tally: &mut Tally) -> Result<bool> {
+    let mut child = Command::new(env!("CARGO"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let out = child.stdout.take().context("cargo stdout")?;
+    for line in BufReader::new(out).lines() {
+        let line = line?;
+        println!("{line}");
+        let Some(rest) = line.strip_prefix("test result: ") else {
+            continue;
+        };
+        for part in rest.split(['.', ';']) {
+            let mut words = part.split_whitespace();
+            let n = words.next().and_then(|n| n.parse::<u64>().ok());
+            match (n, words.next()) {
+                (Some(n), Some("passed")) => tally.passed += n,
+                (Some(n), Some("failed")) => tally.failed += n,
+                _ => {}
+            }
+        }
+    }
+    Ok(child.wait()?.success())
 }
 
 unsafe extern "C" {

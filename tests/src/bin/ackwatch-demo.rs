@@ -26,7 +26,7 @@ fn main() {
     let mut steps: Vec<_> = healthy.into_iter().chain(stalled).collect();
     steps.sort_by_key(|s| s.at_ns);
     println!(
-        "replaying {} packets: a healthy cTCP flow, and one whose segment 8 is lost after the monitor",
+        "replaying {} packets: a healthy cTCP flow, and one whose ninth segment is lost after the monitor",
         steps.len()
     );
     for s in &steps {
