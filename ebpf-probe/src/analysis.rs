@@ -29,6 +29,11 @@ const FAST_RETX_NS: u64 = 20_000_000;
 const OOO_DEFAULT_NS: u64 = 3_000_000;
 
 const SFR: u8 = TH_SYN | TH_FIN | TH_RST;
+/// Wireshark's `dupacknum = -1` in its unsigned field, set on the peer after an
+/// ACKed-unseen segment: being >= 2, it makes the next matching retransmission "fast"
+/// within 20 ms, as tshark 4.0.17 reports (zeek/reassembly.pcap, frames 8, 10, 12).
+/// The next duplicate ACK restarts the count at 1.
+const DUPACK_NEUTRALIZED: u32 = u32::MAX;
 
 /// Analyses one segment sent by `fwd`'s side, updates both directions' state and
 /// `fwd`'s counters, and returns the analysis bits (`A_*`). `irtt` is the flow's
@@ -41,12 +46,18 @@ pub fn analyze(fwd: &mut Half, rev: &mut Half, seg: &Segment, now: u64, irtt: u6
         fwd.dupacknum = 0;
     }
     if a & A_DUP_ACK != 0 {
-        fwd.dupacknum = fwd.dupacknum.wrapping_add(1);
+        // After an ACKed-unseen segment the run restarts at 1 (Wireshark's -1 case).
+        fwd.dupacknum = if fwd.dupacknum == DUPACK_NEUTRALIZED {
+            1
+        } else {
+            fwd.dupacknum.wrapping_add(1)
+        };
     }
     if seg.has(TH_ACK) && rev.maxseqtobeacked != 0 && gt(seg.ack, rev.maxseqtobeacked) {
         a |= A_ACKED_UNSEEN;
         // Report each unseen stretch once.
         rev.maxseqtobeacked = rev.nextseq;
+        rev.dupacknum = DUPACK_NEUTRALIZED;
     }
     a |= retransmission_kind(fwd, rev, seg, now, irtt, a);
     a = opaque(&mut fwd.last_analysis, a);

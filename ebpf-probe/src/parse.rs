@@ -10,6 +10,11 @@ use crate::classify::{self, PayloadClass};
 pub trait Frame {
     fn wire_len(&self) -> usize;
     fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+    /// An IP length beyond the frame is cut to the frame (a capture, read as Wireshark
+    /// reads it) instead of refused (a live packet the receiver would drop).
+    fn cuts_ip_length(&self) -> bool {
+        false
+    }
 }
 
 impl Frame for &[u8] {
@@ -20,6 +25,28 @@ impl Frame for &[u8] {
     #[inline(always)]
     fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
         self.get(off..off.checked_add(N)?)?.try_into().ok()
+    }
+}
+
+/// A captured frame: headers parse from the captured bytes, lengths from the frame's
+/// length on the wire (more than the bytes when the snap length cut it), and an IP
+/// length beyond that is cut to it, as Wireshark does.
+pub struct Snapped<'a> {
+    pub bytes: &'a [u8],
+    pub wire_len: usize,
+}
+
+impl Frame for Snapped<'_> {
+    #[inline(always)]
+    fn wire_len(&self) -> usize {
+        self.wire_len
+    }
+    #[inline(always)]
+    fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        self.bytes.read(off)
+    }
+    fn cuts_ip_length(&self) -> bool {
+        true
     }
 }
 
@@ -139,13 +166,10 @@ fn ipv4<F: Frame>(f: &F, l3: usize, key: &mut [[u32; 4]; 2]) -> Result<(usize, u
     if h[0] >> 4 != 4 || ihl < 20 {
         return Err(counter::BAD_HEADER_LEN);
     }
-    let tot = be16([h[2], h[3]]) as usize;
+    let tot = ip_len(f, l3, be16([h[2], h[3]]) as usize)?;
     let h: [u8; 20] = need(f, l3)?;
     if tot < ihl {
         return Err(counter::BAD_HEADER_LEN);
-    }
-    if l3 + tot > f.wire_len() {
-        return Err(counter::TRUNCATED);
     }
     if h[9] != IPPROTO_TCP {
         return Err(counter::NOT_TCP);
@@ -178,10 +202,7 @@ fn ipv6<F: Frame>(f: &F, l3: usize, key: &mut [[u32; 4]; 2]) -> Result<(usize, u
     if h[0] >> 4 != 6 {
         return Err(counter::BAD_HEADER_LEN);
     }
-    let payload = be16([h[4], h[5]]) as usize;
-    if l3 + 40 + payload > f.wire_len() {
-        return Err(counter::TRUNCATED);
-    }
+    let payload = ip_len(f, l3, 40 + be16([h[4], h[5]]) as usize)? - 40;
     for (i, a) in key.iter_mut().enumerate() {
         for (j, w) in a.iter_mut().enumerate() {
             *w = u32::from_ne_bytes(need(f, l3 + 8 + 16 * i + 4 * j)?);
@@ -212,6 +233,19 @@ fn ipv6<F: Frame>(f: &F, l3: usize, key: &mut [[u32; 4]; 2]) -> Result<(usize, u
         return tcp_span(off, l3 + 40 + payload);
     }
     Err(counter::EXT_HEADER_LIMIT)
+}
+
+/// The IP packet's length `len` from `l3`, checked against the frame.
+#[inline(always)]
+fn ip_len<F: Frame>(f: &F, l3: usize, len: usize) -> Result<usize, Reason> {
+    let room = f.wire_len().saturating_sub(l3);
+    if len <= room {
+        Ok(len)
+    } else if f.cuts_ip_length() {
+        Ok(room)
+    } else {
+        Err(counter::TRUNCATED)
+    }
 }
 
 #[inline(always)]

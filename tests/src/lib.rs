@@ -5,3 +5,4 @@ pub mod conversation;
 pub mod frames;
 pub mod harness;
 pub mod scenario;
+pub mod tshark;

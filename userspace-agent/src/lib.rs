@@ -1,4 +1,10 @@
-//! The ackwatch agent as a library: loading the probe and reading its maps. The
+//! The ackwatch agent as a library: loading the probe and reading its maps, reading
+//! captures and analysing them offline, and the flow reports both produce. The
 //! `ackwatch` binary, the integration tests and the xtasks build on it.
 
+pub mod analyze;
+pub mod capture;
+pub mod cli;
+pub mod flows;
 pub mod probe;
+pub mod report;

@@ -1,4 +1,71 @@
-fn main() {
-    eprintln!("ackwatch: the daemon is not built yet");
-    std::process::exit(2);
+//! `ackwatch`: the agent's command line.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use ackwatch::analyze::{Analyzer, Options};
+use ackwatch::capture::{Capture, CaptureError};
+use ackwatch::cli::{AnalyzeArgs, Cli, Command};
+use ackwatch::flows::FlowReport;
+use ackwatch::report;
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Analyze(args) => analyze(&args),
+    }
+}
+
+/// Exit 0; 1 when the capture was cut short (results up to there are printed); 2 on
+/// bad input.
+fn analyze(args: &AnalyzeArgs) -> ExitCode {
+    let mut capture = match Capture::open(&args.file) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ackwatch: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let opts = Options {
+        verdict: args.verdict.config(),
+        ctcp_ports: args.verdict.ctcp_ports.clone(),
+        idle_timeout_ns: args.verdict.idle_timeout.as_nanos() as u64,
+        sweep_interval_ns: args.verdict.sweep_interval.as_nanos() as u64,
+    };
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut kept: Vec<FlowReport> = Vec::new();
+    let (json, stalled_only) = (args.json, args.stalled);
+    let mut analyzer = Analyzer::new(opts, |r: FlowReport| {
+        if stalled_only && !r.is_stalled() {
+            return;
+        }
+        if json {
+            // Streamed: memory holds live flows only.
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&r).expect("flow report serializes")
+            );
+        } else {
+            kept.push(r);
+        }
+    });
+    let read = capture.for_each(|frame| analyzer.feed(&frame));
+    let counters = analyzer.finish();
+    if !json {
+        let _ = report::text(&mut out, &kept, &counters, capture.frames());
+    }
+    let _ = out.flush();
+    match read {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ CaptureError::Truncated { .. }) => {
+            eprintln!("ackwatch: {e}; results above cover the frames read");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("ackwatch: {e}");
+            ExitCode::from(2)
+        }
+    }
 }

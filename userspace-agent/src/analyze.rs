@@ -1,0 +1,173 @@
+//! Offline analysis: a capture through the same state machine as the probe, with the
+//! capture's timestamps as the clock and the agent's sweep applied every second of
+//! capture time (stalls of senders that fell silent, idle eviction), so that memory
+//! holds the live flows only.
+
+use std::collections::HashMap;
+
+use ebpf_probe::abi::{FlowKey, StallRecord, StallWhat, counter};
+use ebpf_probe::host::{HostStore, Records};
+use ebpf_probe::parse::{LinkKind, Snapped, parse};
+use ebpf_probe::tracker::track;
+use ebpf_probe::verdict::{Config, end_stalls};
+
+use crate::capture::{Frame, Link};
+use crate::flows::{Episode, FlowReport};
+
+/// Settings that change the verdict, as for `ackwatch run`.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub verdict: Config,
+    pub ctcp_ports: Vec<u16>,
+    pub idle_timeout_ns: u64,
+    pub sweep_interval_ns: u64,
+}
+
+/// Capacities far above what a capture holds live: the analyser never refuses a flow.
+const HOST_TABLE: usize = 1 << 24;
+
+pub struct Analyzer<F: FnMut(FlowReport)> {
+    opts: Options,
+    store: HostStore,
+    episodes: HashMap<FlowKey, Vec<Episode>>,
+    next_sweep: u64,
+    now: u64,
+    /// Receives each flow when it leaves the table (idle, or at the end).
+    done: F,
+}
+
+impl<F: FnMut(FlowReport)> Analyzer<F> {
+    pub fn new(opts: Options, done: F) -> Self {
+        let store = HostStore::new(HOST_TABLE, HOST_TABLE, &opts.ctcp_ports);
+        Analyzer {
+            opts,
+            store,
+            episodes: HashMap::new(),
+            next_sweep: 0,
+            now: 0,
+            done,
+        }
+    }
+
+    /// Counters as the probe keeps them (`abi::counter`).
+    pub fn counters(&self) -> &[u64] {
+        &self.store.counters
+    }
+
+    pub fn feed(&mut self, frame: &Frame<'_>) {
+        self.now = self.now.max(frame.ts_ns);
+        if self.now >= self.next_sweep {
+            self.sweep();
+            self.next_sweep = self.now + self.opts.sweep_interval_ns;
+        }
+        let result = strip_link(frame).and_then(|(bytes, link)| {
+            let header = frame.data.len() - bytes.len();
+            let wire_len = frame.orig_len.max(frame.data.len()) - header;
+            let pkt = parse(&Snapped { bytes, wire_len }, link)?;
+            let mut sink = Records {
+                key: pkt.key,
+                out: Vec::new(),
+            };
+            let r = track(
+                &mut self.store,
+                &mut sink,
+                &self.opts.verdict,
+                &pkt,
+                frame.ts_ns,
+                0,
+            );
+            self.note(sink.out);
+            r
+        });
+        let slot = result.err().unwrap_or(counter::TRACKED);
+        self.store.counters[slot as usize] += 1;
+    }
+
+    /// Applies the stall rule to quiet flows and evicts idle ones.
+    fn sweep(&mut self) {
+        let (now, cfg, idle) = (self.now, self.opts.verdict, self.opts.idle_timeout_ns);
+        let mut records = Vec::new();
+        let mut idle_keys = Vec::new();
+        for table in [&mut self.store.flows, &mut self.store.pending] {
+            for (key, flow) in table.iter_mut() {
+                let mut sink = Records {
+                    key: *key,
+                    out: Vec::new(),
+                };
+                flow.check_stalls(&cfg, now, &mut sink);
+                if now.saturating_sub(flow.last_ts) >= idle {
+                    end_stalls(flow, now, &mut sink);
+                    idle_keys.push(*key);
+                }
+                records.extend(sink.out);
+            }
+        }
+        self.note(records);
+        for key in idle_keys {
+            self.retire(key);
+        }
+    }
+
+    fn note(&mut self, records: Vec<StallRecord>) {
+        for r in records {
+            let eps = self.episodes.entry(r.key).or_default();
+            match StallWhat::try_from(r.what) {
+                Ok(StallWhat::Started) => eps.push(Episode::started(&r)),
+                Ok(what) => {
+                    if let Some(open) = eps
+                        .iter_mut()
+                        .rev()
+                        .find(|e| e.is_open() && e.stuck_index == r.stuck)
+                    {
+                        open.close(&r, what);
+                    }
+                }
+                Err(_) => {}
+            }
+        }
+    }
+
+    fn retire(&mut self, key: FlowKey) {
+        let flow = self
+            .store
+            .flows
+            .remove(&key)
+            .or_else(|| self.store.pending.remove(&key));
+        if let Some(flow) = flow {
+            let episodes = self.episodes.remove(&key).unwrap_or_default();
+            (self.done)(FlowReport::new(&key, &flow, episodes));
+        }
+    }
+
+    /// End of capture: a last sweep, then every flow still held, oldest first.
+    pub fn finish(mut self) -> Vec<u64> {
+        self.sweep();
+        let mut keys: Vec<(u64, FlowKey)> = self
+            .store
+            .flows
+            .iter()
+            .chain(self.store.pending.iter())
+            .map(|(k, f)| (f.first_ts, *k))
+            .collect();
+        keys.sort();
+        for (_, key) in keys {
+            self.retire(key);
+        }
+        self.store.counters.clone()
+    }
+}
+
+/// The frame's bytes from where the probe's parser starts, and how to parse them.
+fn strip_link<'a>(frame: &Frame<'a>) -> Result<(&'a [u8], LinkKind), u32> {
+    let (data, skip, proto_at) = match frame.link {
+        Link::Ethernet => return Ok((frame.data, LinkKind::Ethernet)),
+        Link::RawIp => return Ok((frame.data, LinkKind::RawIp)),
+        Link::Sll => (frame.data, 16, 14),
+        Link::Sll2 => (frame.data, 20, 0),
+    };
+    let proto = data.get(proto_at..proto_at + 2).ok_or(counter::TRUNCATED)?;
+    if proto != [0x08, 0x00] && proto != [0x86, 0xdd] {
+        return Err(counter::NOT_IP);
+    }
+    Ok((data.get(skip..).ok_or(counter::TRUNCATED)?, LinkKind::RawIp))
+}

@@ -1,0 +1,87 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use ebpf_probe::verdict::Config;
+
+#[derive(Parser)]
+#[command(
+    name = "ackwatch",
+    version,
+    about = "Finds TCP-encapsulated VPN flows stuck on duplicate ACKs"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Analyse a pcap or pcapng capture with the probe's own state machine.
+    Analyze(AnalyzeArgs),
+}
+
+#[derive(Args)]
+pub struct AnalyzeArgs {
+    /// The capture: pcap or pcapng; Ethernet, Linux cooked (SLL, SLL2) or raw IP.
+    pub file: PathBuf,
+    /// Only flows that stalled.
+    #[arg(long)]
+    pub stalled: bool,
+    /// One JSON object per flow and line.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub verdict: VerdictArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Track {
+    /// cTCP only: a configured server port, or the cTCP payload signature.
+    Ctcp,
+    /// Every TCP flow.
+    All,
+}
+
+/// Settings that change the verdict; the same for `run` and `analyze`.
+#[derive(Args, Clone)]
+pub struct VerdictArgs {
+    /// Which flows to track.
+    #[arg(long, value_enum, default_value_t = Track::Ctcp, env = "ACKWATCH_TRACK")]
+    pub track: Track,
+    /// cTCP server port (repeatable).
+    #[arg(long = "ctcp-port", default_values_t = [10000u16], value_parser = clap::value_parser!(u16).range(1..))]
+    pub ctcp_ports: Vec<u16>,
+    /// K: duplicate ACKs for one hole before a flow may be stalled.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    pub dupack_threshold: u32,
+    /// T: how long the receiver's ACK must stay at the hole.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub stall_timeout: Duration,
+    /// Flows without a packet for this long are evicted.
+    #[arg(long, default_value = "300s", value_parser = duration)]
+    pub idle_timeout: Duration,
+    /// How often quiet flows are checked and idle ones evicted.
+    #[arg(long, default_value = "1s", value_parser = duration)]
+    pub sweep_interval: Duration,
+}
+
+impl VerdictArgs {
+    pub fn config(&self) -> Config {
+        Config {
+            dupack_threshold: self.dupack_threshold,
+            stall_timeout_ns: self.stall_timeout.as_nanos() as u64,
+            track_all: self.track == Track::All,
+        }
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 1s, 5m)"))?;
+    if d.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(d)
+}
