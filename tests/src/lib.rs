@@ -4,5 +4,44 @@
 pub mod conversation;
 pub mod frames;
 pub mod harness;
+pub mod pcap;
 pub mod scenario;
 pub mod tshark;
+
+/// The `ackwatch` binary of this build (target/<profile>/ackwatch), which
+/// `cargo xtask test` builds before the tests.
+pub fn ackwatch_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>")
+        .join("ackwatch");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build -p ackwatch` first (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A scratch folder removed when dropped, pass or fail.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Scratch {
+        let d = std::env::temp_dir().join(format!("ackwatch-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).expect("create scratch folder");
+        Scratch(d)
+    }
+
+    pub fn join(&self, file: &str) -> std::path::PathBuf {
+        self.0.join(file)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

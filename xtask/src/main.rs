@@ -57,6 +57,8 @@ fn test() -> Result<()> {
         &["test", "-p", "ebpf-probe", "--lib"],
         &["test", "-p", "ackwatch", "-p", "ackwatch-tests"],
     ];
+    // The integration tests run the `ackwatch` binary.
+    cargo(&["build", "-p", "ackwatch", "--bin", "ackwatch"])?;
     let mut ok = true;
     for args in runs {
         ok &= cargo_test(args, &mut total)?;
