@@ -11,12 +11,13 @@ pub mod tshark;
 /// The `ackwatch` binary of this build (target/<profile>/ackwatch), which
 /// `cargo xtask test` builds before the tests.
 pub fn ackwatch_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>")
-        .join("ackwatch");
+    let exe = std::env::current_exe().expect("own binary path");
+    // Tests live in target/<profile>/deps, binaries in target/<profile>.
+    let mut dir = exe.parent().expect("target/<profile>").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("ackwatch");
     assert!(
         bin.exists(),
         "{} is missing: run `cargo build -p ackwatch` first (cargo xtask test does)",

@@ -26,6 +26,12 @@ enum Task {
     Test,
     /// Replay a healthy and a stalled cTCP flow through the loaded probe.
     Demo,
+    /// Benchmarks: offline analysis against tshark; writes bench/results.json.
+    Bench {
+        /// Packets in the generated capture.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -34,6 +40,21 @@ fn main() -> Result<()> {
     match cli.task {
         Task::Setup => Ok(()),
         Task::Test => test(),
+        Task::Bench { packets } => {
+            cargo(&["build", "--release", "-p", "ackwatch", "--bin", "ackwatch"])?;
+            let n = packets.to_string();
+            cargo(&[
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "ackwatch-tests",
+                "--bin",
+                "ackwatch-bench",
+                "--",
+                &n,
+            ])
+        }
         Task::Demo => cargo(&[
             "run",
             "--quiet",
