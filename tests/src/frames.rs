@@ -80,7 +80,32 @@ fn tcp_bytes(src: SocketAddr, dst: SocketAddr, t: &Tcp) -> Vec<u8> {
     h.extend_from_slice(&[0, 0, 0, 0]);
     h.extend_from_slice(&opts);
     h.extend_from_slice(&t.payload);
+    // A real checksum: the lab sends these to real TCP stacks.
+    let mut pseudo = Vec::with_capacity(40 + h.len());
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&[0, 6]);
+            pseudo.extend_from_slice(&(h.len() as u16).to_be_bytes());
+        }
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            pseudo.extend_from_slice(&s.octets());
+            pseudo.extend_from_slice(&d.octets());
+            pseudo.extend_from_slice(&(h.len() as u32).to_be_bytes());
+            pseudo.extend_from_slice(&[0, 0, 0, 6]);
+        }
+        _ => panic!("mixed address families {src} -> {dst}"),
+    }
+    pseudo.extend_from_slice(&h);
+    let sum = checksum(&pseudo);
+    h[16..18].copy_from_slice(&sum.to_be_bytes());
     h
+}
+
+/// The IP packet (no L2 header) of a segment from `src` to `dst`.
+pub fn ip_packet(src: SocketAddr, dst: SocketAddr, tcp: &Tcp) -> Vec<u8> {
+    frame(src, dst, tcp, &L2::RawIp)
 }
 
 fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {

@@ -4,6 +4,7 @@
 pub mod conversation;
 pub mod frames;
 pub mod harness;
+pub mod lab;
 pub mod pcap;
 pub mod scenario;
 pub mod tshark;

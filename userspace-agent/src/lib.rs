@@ -3,6 +3,7 @@
 //! `ackwatch` binary, the integration tests and the xtasks build on it.
 
 pub mod analyze;
+pub mod attach;
 pub mod capture;
 pub mod cli;
 pub mod flows;

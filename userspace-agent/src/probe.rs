@@ -47,6 +47,8 @@ pub enum ProbeError {
     Map(&'static str, aya::maps::MapError),
     #[error("map {0} missing from the BPF object")]
     MissingMap(&'static str),
+    #[error("interface {0}: {1}")]
+    Interface(String, std::io::Error),
 }
 
 /// Program names in the object, by hook and link kind.

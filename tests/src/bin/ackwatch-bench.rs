@@ -40,14 +40,21 @@ fn capture(path: &Path, packets: usize, live: usize) {
 /// Wall time in seconds and peak RSS in KiB of a command, output discarded.
 fn measure(cmd: &mut Command) -> (f64, u64) {
     let t = Instant::now();
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("run");
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("run");
     // wait4, not getrusage(RUSAGE_CHILDREN): the peak RSS of this child alone.
     let mut status = 0;
     // SAFETY: a zeroed rusage is valid; wait4 fills it for our own child.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
     let secs = t.elapsed().as_secs_f64();
-    assert!(pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{cmd:?} failed");
+    assert!(
+        pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{cmd:?} failed"
+    );
     (secs, ru.ru_maxrss as u64)
 }
 

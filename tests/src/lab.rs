@@ -1,0 +1,140 @@
+//! The namespace lab: a client, a gateway and a headend joined by veths, IPv4 and IPv6,
+//! offloads off, so that every segment crosses the probe as it is sent. Addresses
+//! exist only inside these namespaces. Everything is removed on drop, pass or fail.
+//!
+//! ```text
+//!   [client] c0 ───── g0 [gateway] g1 ───── h0 [headend]
+//!   10.77.1.2        10.77.1.1  10.77.2.1       10.77.2.2
+//!   fd77:1::2        fd77:1::1  fd77:2::1       fd77:2::2
+//! ```
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+pub const CLIENT4: &str = "10.77.1.2";
+pub const CLIENT6: &str = "fd77:1::2";
+pub const HEADEND4: &str = "10.77.2.2";
+pub const HEADEND6: &str = "fd77:2::2";
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+pub struct Lab {
+    pub client: String,
+    pub gateway: String,
+    pub headend: String,
+}
+
+/// Runs `cmd` (split on spaces), panicking with its stderr on failure.
+pub fn sh(cmd: &str) {
+    let parts: Vec<&str> = cmd.split_whitespace().collect();
+    let out = Command::new(parts[0])
+        .args(&parts[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Lab {
+    pub fn new() -> Lab {
+        let id = format!(
+            "aw{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let lab = Lab {
+            client: format!("{id}-c"),
+            gateway: format!("{id}-g"),
+            headend: format!("{id}-h"),
+        };
+        for ns in [&lab.client, &lab.gateway, &lab.headend] {
+            sh(&format!("ip netns add {ns}"));
+            sh(&format!("ip -n {ns} link set lo up"));
+        }
+        let (c, g, h) = (&lab.client, &lab.gateway, &lab.headend);
+        sh(&format!(
+            "ip link add c0 netns {c} type veth peer name g0 netns {g}"
+        ));
+        sh(&format!(
+            "ip link add g1 netns {g} type veth peer name h0 netns {h}"
+        ));
+        for (ns, dev, v4, v6) in [
+            (c, "c0", "10.77.1.2/24", "fd77:1::2/64"),
+            (g, "g0", "10.77.1.1/24", "fd77:1::1/64"),
+            (g, "g1", "10.77.2.1/24", "fd77:2::1/64"),
+            (h, "h0", "10.77.2.2/24", "fd77:2::2/64"),
+        ] {
+            sh(&format!("ip -n {ns} addr add {v4} dev {dev}"));
+            sh(&format!("ip -n {ns} addr add {v6} dev {dev} nodad"));
+            sh(&format!("ip -n {ns} link set {dev} up"));
+            sh(&format!(
+                "ip netns exec {ns} ethtool -K {dev} gro off gso off tso off"
+            ));
+        }
+        sh(&format!("ip -n {c} route add default via 10.77.1.1"));
+        sh(&format!("ip -n {c} -6 route add default via fd77:1::1"));
+        sh(&format!("ip -n {h} route add default via 10.77.2.1"));
+        sh(&format!("ip -n {h} -6 route add default via fd77:2::1"));
+        sh(&format!(
+            "ip netns exec {g} sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
+        ));
+        lab
+    }
+
+    /// Runs `nft -f -` with `rules` in namespace `ns`.
+    pub fn nft(&self, ns: &str, rules: &str) {
+        use std::io::Write;
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", ns, "nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nft in {ns}: {}\n{rules}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for ns in [&self.client, &self.gateway, &self.headend] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// Moves the calling thread into network namespace `ns`.
+pub fn enter(ns: &str) {
+    let f =
+        File::open(format!("/run/netns/{ns}")).unwrap_or_else(|e| panic!("namespace {ns}: {e}"));
+    // SAFETY: setns on an open namespace file; affects this thread only.
+    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+}
+
+/// Runs `f` on a thread inside namespace `ns`.
+pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(ns);
+            f()
+        })
+        .join()
+        .expect("namespace thread panicked")
+    })
+}
