@@ -86,6 +86,14 @@ impl Lab {
         lab
     }
 
+    /// Adds table `table` with one base chain on `hook` holding `rule`, in namespace `ns`.
+    pub fn nft_rule(&self, ns: &str, table: &str, hook: &str, rule: &str) {
+        let rules = format!(
+            "table inet {table} {{\n chain c {{\n  type filter hook {hook} priority 0; policy accept;\n  {rule}\n }}\n}}\n"
+        );
+        self.nft(ns, &rules);
+    }
+
     /// Runs `nft -f -` with `rules` in namespace `ns`.
     pub fn nft(&self, ns: &str, rules: &str) {
         use std::io::Write;
@@ -106,6 +114,20 @@ impl Lab {
             out.status.success(),
             "nft in {ns}: {}\n{rules}",
             String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Lab {
+    /// The client kernel would answer the emulator's SYN-ACK with a RST (it never made
+    /// that connection): drop those.
+    pub fn quiet_client_kernel(&self) {
+        let (lo, hi) = (crate::ctcp::PORTS.start, crate::ctcp::PORTS.end - 1);
+        self.nft_rule(
+            &self.client,
+            "ackwatch_emulator",
+            "output",
+            &format!("tcp sport {lo}-{hi} tcp flags rst drop"),
         );
     }
 }

@@ -2,9 +2,11 @@
 //! around the loaded probe, and generators of TCP conversations.
 
 pub mod conversation;
+pub mod ctcp;
 pub mod frames;
 pub mod harness;
 pub mod lab;
+pub mod live;
 pub mod pcap;
 pub mod scenario;
 pub mod tshark;

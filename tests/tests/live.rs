@@ -1,45 +1,236 @@
 //! Live detection in the namespace lab: the real probe attached to veths, the real
-//! Linux TCP stack as the headend, real and emulated cTCP clients.
+//! Linux TCP stack as the headend, real and emulated cTCP clients. Each test builds its
+//! own lab and removes it, pass or fail.
 
-use ackwatch::probe::{Probe, Settings};
-use ackwatch_tests::lab::{HEADEND4, Lab, in_ns};
-use aya::programs::xdp::XdpMode;
+use std::net::SocketAddr;
+use std::time::Duration;
 
-#[test]
-fn healthy_tcp_flow_is_tracked_on_the_headend() {
-    let lab = Lab::new();
-    let mut probe = Probe::load(&Settings::default()).expect("load");
-    in_ns(&lab.headend, || {
-        probe.attach_ingress("h0", XdpMode::Default).expect("xdp");
-        probe.attach_egress("h0").expect("tc");
-    });
-    let server = std::thread::spawn({
-        let ns = lab.headend.clone();
-        move || {
-            ackwatch_tests::lab::enter(&ns);
-            let l = std::net::TcpListener::bind("0.0.0.0:10000").unwrap();
-            let (mut s, _) = l.accept().unwrap();
-            let mut buf = Vec::new();
-            std::io::Read::read_to_end(&mut s, &mut buf).unwrap();
-            buf.len()
+use ackwatch::probe::Settings;
+use ackwatch_tests::ctcp::CtcpClient;
+use ackwatch_tests::lab::{CLIENT4, CLIENT6, HEADEND4, HEADEND6, Lab, in_ns};
+use ackwatch_tests::live::{Headend, Placement, attach, records_for};
+use ebpf_probe::abi::{LossSide, StallKind, StallRecord, StallWhat, event};
+
+const ISN: u32 = 1000;
+const LEN: usize = 400;
+/// The lost segment: the ninth.
+const HOLE: u32 = ISN + 1 + 8 * LEN as u32;
+
+fn addr(ip: &str, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.parse().unwrap(), port)
+}
+
+/// Where the ninth segment is dropped.
+#[derive(Clone, Copy)]
+enum Loss {
+    /// After the probe saw it.
+    Downstream,
+    /// Before the probe.
+    Upstream,
+}
+
+fn drop_rule(lab: &Lab, placement: Placement, loss: Loss, port: u16) {
+    let rule = format!(
+        "tcp dport {port} tcp sequence {HOLE} meta length != {} drop",
+        LEN + 41
+    );
+    // Downstream of a headend probe is the headend's own input; of a gateway probe, the
+    // gateway's forwarding. Upstream is the hop before the probe.
+    let (ns, hook) = match (placement, loss) {
+        (Placement::Headend, Loss::Downstream) => (&lab.headend, "input"),
+        (Placement::Headend, Loss::Upstream) | (Placement::Gateway, Loss::Downstream) => {
+            (&lab.gateway, "forward")
+        }
+        (Placement::Gateway, Loss::Upstream) => (&lab.client, "output"),
+    };
+    lab.nft_rule(ns, "ackwatch_loss", hook, &rule);
+}
+
+/// A cTCP flow of 20 segments whose ninth is lost, then a segment every 100 ms for
+/// `keep_sending`; with `answer_after`, the client resends the hole (one byte longer,
+/// so the loss rule lets it pass) that long after the loss.
+fn ctcp_stall(
+    lab: &Lab,
+    client: SocketAddr,
+    server: SocketAddr,
+    keep_sending: Duration,
+    answer_after: Option<Duration>,
+) {
+    in_ns(&lab.client, || {
+        let mut c = CtcpClient::connect(client, server, ISN).expect("handshake with the headend");
+        for _ in 0..20 {
+            c.send_data(LEN).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let start = std::time::Instant::now();
+        let mut answered = false;
+        while start.elapsed() < keep_sending {
+            if let Some(after) = answer_after
+                && !answered
+                && start.elapsed() >= after
+            {
+                c.resend(HOLE, LEN + 1).unwrap();
+                answered = true;
+            }
+            c.send_data(LEN).unwrap();
+            c.ignore_for(Duration::from_millis(100)).unwrap();
         }
     });
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    in_ns(&lab.client, || {
-        let mut s = std::net::TcpStream::connect((HEADEND4, 10000)).unwrap();
-        std::io::Write::write_all(&mut s, &vec![7u8; 100_000]).unwrap();
-    });
-    assert_eq!(server.join().unwrap(), 100_000);
-    let flows = probe.flows().unwrap();
-    assert_eq!(flows.len(), 1, "{flows:?}");
-    let f = &flows[0].1;
-    println!(
-        "{:?}",
-        (
-            f.half[0].packets,
-            f.half[1].packets,
-            f.half[0].bytes + f.half[1].bytes
-        )
+}
+
+fn started(records: &[StallRecord]) -> Vec<&StallRecord> {
+    records
+        .iter()
+        .filter(|r| r.what == StallWhat::Started as u8)
+        .collect()
+}
+
+fn check_stall(records: &[StallRecord], client: SocketAddr, loss: LossSide) -> u64 {
+    let s = started(records);
+    assert_eq!(s.len(), 1, "exactly one stall: {records:?}");
+    let r = s[0];
+    assert_eq!(r.hole, HOLE);
+    assert_eq!(r.stuck, r.client, "the client is stuck");
+    assert_eq!(
+        r.key.port[r.client as usize],
+        client.port(),
+        "the right flow"
     );
-    assert_eq!(f.half[0].bytes + f.half[1].bytes, 100_000);
+    assert_eq!(r.kind, StallKind::Unanswered as u8);
+    assert_eq!(r.loss, loss as u8);
+    let delay = r.at - r.since;
+    assert!(
+        delay >= 1_000_000_000 && delay <= 2_000_000_000,
+        "reported {delay} ns after the first duplicate ACK"
+    );
+    delay
+}
+
+fn downstream_stall(placement: Placement, client: SocketAddr, server: SocketAddr) {
+    let lab = Lab::new();
+    lab.quiet_client_kernel();
+    drop_rule(&lab, placement, Loss::Downstream, server.port());
+    let _headend = Headend::start(&lab, &[server.port()]);
+    let mut probe = attach(&lab, &Settings::default(), placement);
+    ctcp_stall(&lab, client, server, Duration::from_millis(1600), None);
+    let records = records_for(&mut probe, Duration::from_millis(100));
+    let delay = check_stall(&records, client, LossSide::Downstream);
+    println!(
+        "{placement:?}, {}: stall reported {} ms after the first duplicate ACK",
+        server,
+        delay / 1_000_000
+    );
+}
+
+#[test]
+fn ctcp_loss_downstream_of_the_headend_probe() {
+    downstream_stall(
+        Placement::Headend,
+        addr(CLIENT4, 50_001),
+        addr(HEADEND4, 10_000),
+    );
+}
+
+#[test]
+fn ctcp_loss_downstream_of_the_gateway_probe() {
+    downstream_stall(
+        Placement::Gateway,
+        addr(CLIENT4, 50_002),
+        addr(HEADEND4, 10_000),
+    );
+}
+
+#[test]
+fn ctcp_loss_downstream_ipv6() {
+    downstream_stall(
+        Placement::Headend,
+        addr(CLIENT6, 50_003),
+        addr(HEADEND6, 10_000),
+    );
+}
+
+#[test]
+fn ctcp_on_another_port_is_recognized_by_its_payload() {
+    downstream_stall(
+        Placement::Headend,
+        addr(CLIENT4, 50_004),
+        addr(HEADEND4, 8443),
+    );
+}
+
+#[test]
+fn ctcp_loss_upstream_of_the_probe() {
+    for placement in [Placement::Headend, Placement::Gateway] {
+        let lab = Lab::new();
+        lab.quiet_client_kernel();
+        drop_rule(&lab, placement, Loss::Upstream, 10_000);
+        let _headend = Headend::start(&lab, &[10_000]);
+        let mut probe = attach(&lab, &Settings::default(), placement);
+        let client = addr(CLIENT4, 50_010);
+        ctcp_stall(
+            &lab,
+            client,
+            addr(HEADEND4, 10_000),
+            Duration::from_millis(1600),
+            None,
+        );
+        let records = records_for(&mut probe, Duration::from_millis(100));
+        let delay = check_stall(&records, client, LossSide::Upstream);
+        let flows = probe.flows().unwrap();
+        let f = &flows
+            .iter()
+            .find(|(k, _)| k.port.contains(&client.port()))
+            .expect("flow")
+            .1;
+        assert_eq!(
+            f.half[f.client as usize].events[event::LOST_SEGMENT],
+            1,
+            "{placement:?}: one lost segment"
+        );
+        println!(
+            "{placement:?}, upstream: stall reported {} ms after the first duplicate ACK",
+            delay / 1_000_000
+        );
+    }
+}
+
+#[test]
+fn ctcp_client_that_answers() {
+    // Answers before T: no stall. After T: a stall, then a recovery.
+    for (after, stalls) in [
+        (Duration::from_millis(300), 0),
+        (Duration::from_millis(1500), 1),
+    ] {
+        let lab = Lab::new();
+        lab.quiet_client_kernel();
+        drop_rule(&lab, Placement::Headend, Loss::Downstream, 10_000);
+        let _headend = Headend::start(&lab, &[10_000]);
+        let mut probe = attach(&lab, &Settings::default(), Placement::Headend);
+        ctcp_stall(
+            &lab,
+            addr(CLIENT4, 50_020),
+            addr(HEADEND4, 10_000),
+            Duration::from_millis(2000),
+            Some(after),
+        );
+        let records = records_for(&mut probe, Duration::from_millis(100));
+        assert_eq!(
+            started(&records).len(),
+            stalls,
+            "answer after {after:?}: {records:?}"
+        );
+        if stalls == 1 {
+            let rec: Vec<&StallRecord> = records
+                .iter()
+                .filter(|r| r.what == StallWhat::Recovered as u8)
+                .collect();
+            assert_eq!(rec.len(), 1, "{records:?}");
+            assert_eq!(rec[0].retx_seen, 1);
+            let open = (rec[0].at - rec[0].since) / 1_000_000;
+            println!(
+                "answered after {after:?}: stalled, recovered after the hole was open {open} ms"
+            );
+            assert!(open >= 1_400, "{open} ms");
+        }
+    }
 }
