@@ -160,3 +160,30 @@ pub fn in_ns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
         .expect("namespace thread panicked")
     })
 }
+
+/// Sends raw frames out of `ifname` in namespace `ns` (AF_PACKET), each at its offset
+/// from now: crafted traffic, VLAN tags included, for the probe on the peer interface.
+pub fn inject(ns: &str, ifname: &str, frames: &[(std::time::Duration, Vec<u8>)]) {
+    in_ns(ns, || {
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: plain socket calls; the sockaddr_ll is zeroed then filled.
+        unsafe {
+            let ifindex = libc::if_nametoindex(name.as_ptr());
+            assert!(ifindex != 0, "no interface {ifname} in {ns}");
+            let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_ifindex = ifindex as i32;
+            let start = std::time::Instant::now();
+            for (at, f) in frames {
+                if let Some(wait) = at.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                let n = libc::sendto(fd, f.as_ptr() as *const _, f.len(), 0, &sll as *const _ as *const _, size_of::<libc::sockaddr_ll>() as u32);
+                assert!(n == f.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+            }
+            libc::close(fd);
+        }
+    })
+}

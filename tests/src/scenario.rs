@@ -16,7 +16,13 @@ pub const MS: u64 = 1_000_000;
 /// retransmits. Client packets enter by XDP, headend packets leave by TC, as on a
 /// headend. One segment every 5 ms from t = 1 s, then `quiet_ms` more of duplicate ACKs
 /// every 100 ms (the client keeps quiet).
-pub fn ctcp_flow(
+pub fn ctcp_flow(client: SocketAddr, server: SocketAddr, segments: u32, lost: Option<u32>, quiet_ms: u64) -> Vec<Step> {
+    ctcp_flow_on(&L2::Ethernet, client, server, segments, lost, quiet_ms)
+}
+
+/// `ctcp_flow` over the given layer 2 (VLAN tags, say).
+pub fn ctcp_flow_on(
+    l2: &L2,
     client: SocketAddr,
     server: SocketAddr,
     segments: u32,
@@ -24,14 +30,13 @@ pub fn ctcp_flow(
     quiet_ms: u64,
 ) -> Vec<Step> {
     let (c_isn, s_isn, len) = (1_000u32, 900_000u32, 400u32);
-    let l2 = L2::Ethernet;
     let (up, down) = (Hook::Xdp(LinkKind::Ethernet), Hook::Tc(LinkKind::Ethernet));
     let mut t = 1_000 * MS;
     let mut out = Vec::new();
     let mut push = |hook, src, dst, tcp: Tcp, at| {
         out.push(Step {
             hook,
-            frame: frame(src, dst, &tcp, &l2),
+            frame: frame(src, dst, &tcp, l2),
             at_ns: at,
         })
     };

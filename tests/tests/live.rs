@@ -234,3 +234,120 @@ fn ctcp_client_that_answers() {
         }
     }
 }
+
+/// Real TCP to the headend over `flows` connections of `bytes` each, at once.
+fn real_tcp_uploads(lab: &Lab, server: SocketAddr, flows: usize, bytes: usize) {
+    std::thread::scope(|s| {
+        for _ in 0..flows {
+            s.spawn(|| {
+                ackwatch_tests::lab::enter(&lab.client);
+                let mut c = std::net::TcpStream::connect(server).expect("connect");
+                std::io::Write::write_all(&mut c, &vec![0x42u8; bytes]).expect("upload");
+            });
+        }
+    });
+}
+
+#[test]
+fn real_tcp_with_random_loss_never_stalls() {
+    let lab = Lab::new();
+    let server = addr(HEADEND4, 10_000);
+    // 2% of client segments lost at the gateway: real TCP recovers, with duplicate
+    // ACKs and retransmissions, and must not be flagged.
+    lab.nft_rule(&lab.gateway, "ackwatch_loss", "forward", "tcp dport 10000 numgen random mod 50 == 0 drop");
+    let headend = Headend::start(&lab, &[10_000]);
+    let mut probe = attach(&lab, &Settings::default(), Placement::Headend);
+    real_tcp_uploads(&lab, server, 20, 2_000_000);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(headend.stop(), 40_000_000, "every byte arrived");
+    let records = records_for(&mut probe, Duration::from_millis(100));
+    let flows = probe.flows().unwrap();
+    assert_eq!(flows.len(), 20);
+    let sum = |e: usize| flows.iter().map(|(_, f)| (f.half[0].events[e] + f.half[1].events[e]) as u64).sum::<u64>();
+    let (dups, retx, not_adv) = (sum(event::DUP_ACK), sum(event::RETRANSMISSION), sum(event::NOT_ADVANCED));
+    println!("20 x 2 MB with 2% loss: {dups} duplicate ACKs, {retx} retransmissions, {not_adv} resent segments, {} stall records", records.len());
+    assert!(dups > 0 && not_adv > 0, "loss must show");
+    assert!(records.is_empty(), "healthy TCP flagged: {records:?}");
+}
+
+#[test]
+fn vlan_tagged_ctcp_stall() {
+    use ackwatch_tests::frames::L2;
+    use ackwatch_tests::scenario::ctcp_flow_on;
+    let lab = Lab::new();
+    let mut probe = attach(&lab, &Settings::default(), Placement::Headend);
+    // This kernel has no VLAN devices: both directions are crafted, 802.1Q-tagged, and
+    // sent from the gateway's side of the veth into the headend's XDP.
+    let client = addr("192.0.2.20", 40_002);
+    let steps = ctcp_flow_on(&L2::Vlan(vec![(0x8100, 42)]), client, addr("198.51.100.1", 10_000), 20, Some(8), 1500);
+    let t0 = steps[0].at_ns;
+    let frames: Vec<(Duration, Vec<u8>)> = steps.iter().map(|s| (Duration::from_nanos(s.at_ns - t0), s.frame.clone())).collect();
+    ackwatch_tests::lab::inject(&lab.gateway, "g1", &frames);
+    let records = records_for(&mut probe, Duration::from_millis(100));
+    let s = started(&records);
+    assert_eq!(s.len(), 1, "{records:?}");
+    assert_eq!(s[0].hole, 1001 + 8 * 400);
+    assert_eq!(s[0].stuck, s[0].client);
+    assert_eq!(s[0].loss, LossSide::Downstream as u8);
+}
+
+#[test]
+fn a_thousand_healthy_flows_and_ten_stalled() {
+    let lab = Lab::new();
+    lab.quiet_client_kernel();
+    drop_rule(&lab, Placement::Headend, Loss::Downstream, 10_000);
+    let _headend = Headend::start(&lab, &[10_000]);
+    let mut probe = attach(&lab, &Settings::default(), Placement::Headend);
+    let server = addr(HEADEND4, 10_000);
+    let stalled: Vec<SocketAddr> = (0..10).map(|i| addr(CLIENT4, 50_100 + i)).collect();
+    std::thread::scope(|s| {
+        for &c in &stalled {
+            let lab = &lab;
+            s.spawn(move || ctcp_stall(lab, c, server, Duration::from_millis(1600), None));
+        }
+        // 1,000 healthy connections open at once, each sending 4 kB.
+        s.spawn(|| {
+            ackwatch_tests::lab::enter(&lab.client);
+            let mut open = Vec::new();
+            for _ in 0..1000 {
+                let mut c = std::net::TcpStream::connect(server).expect("connect");
+                std::io::Write::write_all(&mut c, &[1u8; 4096]).unwrap();
+                open.push(c);
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        });
+    });
+    let records = records_for(&mut probe, Duration::from_millis(200));
+    let flows = probe.flows().unwrap();
+    assert!(flows.len() >= 1010, "{} flows tracked", flows.len());
+    let s = started(&records);
+    let mut reported: Vec<u16> = s.iter().map(|r| r.key.port[r.client as usize]).collect();
+    reported.sort();
+    let want: Vec<u16> = stalled.iter().map(|a| a.port()).collect();
+    assert_eq!(reported, want, "exactly the ten stalled flows: {records:?}");
+    assert!(s.iter().all(|r| r.hole == HOLE && r.loss == LossSide::Downstream as u8));
+}
+
+#[test]
+fn other_ports_are_tracked_only_when_tracking_all() {
+    use ebpf_probe::abi::{FlowClass, counter};
+    use ebpf_probe::verdict::Config;
+    for track_all in [false, true] {
+        let lab = Lab::new();
+        let headend = Headend::start(&lab, &[5201]);
+        let settings = Settings { verdict: Config { track_all, ..Config::default() }, ..Settings::default() };
+        let probe = attach(&lab, &settings, Placement::Headend);
+        real_tcp_uploads(&lab, addr(HEADEND4, 5201), 1, 100_000);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(headend.stop(), 100_000);
+        let flows = probe.flows().unwrap();
+        let out_of_scope = probe.counters().unwrap()[counter::OUT_OF_SCOPE as usize];
+        if track_all {
+            assert_eq!(flows.len(), 1);
+            assert_eq!(flows[0].1.class, FlowClass::Tcp as u8);
+        } else {
+            assert!(flows.is_empty(), "{flows:?}");
+            assert!(out_of_scope > 50, "the upload's packets count as out of scope: {out_of_scope}");
+        }
+    }
+}
