@@ -171,7 +171,11 @@ pub fn inject(ns: &str, ifname: &str, frames: &[(std::time::Duration, Vec<u8>)])
             let ifindex = libc::if_nametoindex(name.as_ptr());
             assert!(ifindex != 0, "no interface {ifname} in {ns}");
             let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
-            assert!(fd >= 0, "AF_PACKET socket: {}", std::io::Error::last_os_error());
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
             let mut sll: libc::sockaddr_ll = std::mem::zeroed();
             sll.sll_family = libc::AF_PACKET as u16;
             sll.sll_ifindex = ifindex as i32;
@@ -180,8 +184,19 @@ pub fn inject(ns: &str, ifname: &str, frames: &[(std::time::Duration, Vec<u8>)])
                 if let Some(wait) = at.checked_sub(start.elapsed()) {
                     std::thread::sleep(wait);
                 }
-                let n = libc::sendto(fd, f.as_ptr() as *const _, f.len(), 0, &sll as *const _ as *const _, size_of::<libc::sockaddr_ll>() as u32);
-                assert!(n == f.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+                let n = libc::sendto(
+                    fd,
+                    f.as_ptr() as *const _,
+                    f.len(),
+                    0,
+                    &sll as *const _ as *const _,
+                    size_of::<libc::sockaddr_ll>() as u32,
+                );
+                assert!(
+                    n == f.len() as isize,
+                    "sendto: {}",
+                    std::io::Error::last_os_error()
+                );
             }
             libc::close(fd);
         }

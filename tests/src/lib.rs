@@ -34,7 +34,9 @@ pub struct Scratch(pub std::path::PathBuf);
 
 impl Scratch {
     pub fn new(name: &str) -> Scratch {
-        let d = std::env::temp_dir().join(format!("ackwatch-{name}-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let d = std::env::temp_dir().join(format!("ackwatch-{name}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&d).expect("create scratch folder");
         Scratch(d)
     }

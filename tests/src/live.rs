@@ -125,3 +125,103 @@ pub fn records_for(probe: &mut Probe, d: Duration) -> Vec<StallRecord> {
     out.extend(probe.drain_events().expect("ring buffer"));
     out
 }
+
+/// tcpdump on an interface of a lab namespace, for the tshark comparison.
+pub struct Tcpdump {
+    child: std::process::Child,
+    pub file: std::path::PathBuf,
+}
+
+impl Tcpdump {
+    pub fn start(ns: &str, ifname: &str, file: std::path::PathBuf) -> Tcpdump {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("ip")
+            .args([
+                "netns", "exec", ns, "tcpdump", "-i", ifname, "-U", "-s", "256", "-w",
+            ])
+            .arg(&file)
+            .arg("tcp")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("tcpdump");
+        // Wait for "listening on ...": packets before it would be missed.
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        err.read_line(&mut line).expect("tcpdump output");
+        assert!(line.contains("listening"), "tcpdump: {line}");
+        Tcpdump { child, file }
+    }
+
+    /// Stops the capture and returns its file.
+    pub fn finish(mut self) -> std::path::PathBuf {
+        // Let the last packets in flight reach the capture.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+        self.file.clone()
+    }
+}
+
+impl Drop for Tcpdump {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Per direction of every flow the probe holds, its packet, duplicate-ACK, lost-segment
+/// and resent-segment counts against tshark's on `capture`; returns the directions
+/// compared. Resent segments are retransmissions plus out-of-order ones: which of the
+/// two a segment is depends on a window of one initial RTT (microseconds on veth) that
+/// the probe measures at XDP/TC time and tshark at capture time, so only the sum can be
+/// held equal live; offline, on one clock, the split matches too (tests/parity.rs).
+pub fn compare_with_tshark(probe: &Probe, capture: &std::path::Path) -> usize {
+    use ebpf_probe::abi::event;
+    let want = crate::tshark::counts(capture);
+    let mut compared = 0;
+    for (key, flow) in probe.flows().expect("flows") {
+        for i in 0..2 {
+            let (src, dst) = (
+                ackwatch::flows::endpoint(&key, i),
+                ackwatch::flows::endpoint(&key, i ^ 1),
+            );
+            let h = &flow.half[i];
+            let w = want
+                .get(&(src.to_string(), dst.to_string()))
+                .cloned()
+                .unwrap_or_default();
+            let resent = (h.events[event::RETRANSMISSION] + h.events[event::OUT_OF_ORDER]) as u64;
+            let got = (
+                h.packets,
+                h.events[event::DUP_ACK] as u64,
+                h.events[event::LOST_SEGMENT] as u64,
+                resent,
+            );
+            assert_eq!(
+                got,
+                (
+                    w.packets,
+                    w.dup_acks,
+                    w.lost_segments,
+                    w.retransmissions + w.out_of_order
+                ),
+                "{src} -> {dst}: (packets, duplicate ACKs, lost segments, retransmissions + out-of-order) \
+                 ackwatch vs tshark {}",
+                crate::tshark::version()
+            );
+            if h.events[event::RETRANSMISSION] as u64 != w.retransmissions {
+                println!(
+                    "{src} -> {dst}: retransmissions {} / out-of-order {} here, {} / {} in tshark (timing split)",
+                    h.events[event::RETRANSMISSION],
+                    h.events[event::OUT_OF_ORDER],
+                    w.retransmissions,
+                    w.out_of_order
+                );
+            }
+            compared += 1;
+        }
+    }
+    compared
+}

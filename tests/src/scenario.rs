@@ -16,7 +16,13 @@ pub const MS: u64 = 1_000_000;
 /// retransmits. Client packets enter by XDP, headend packets leave by TC, as on a
 /// headend. One segment every 5 ms from t = 1 s, then `quiet_ms` more of duplicate ACKs
 /// every 100 ms (the client keeps quiet).
-pub fn ctcp_flow(client: SocketAddr, server: SocketAddr, segments: u32, lost: Option<u32>, quiet_ms: u64) -> Vec<Step> {
+pub fn ctcp_flow(
+    client: SocketAddr,
+    server: SocketAddr,
+    segments: u32,
+    lost: Option<u32>,
+    quiet_ms: u64,
+) -> Vec<Step> {
     ctcp_flow_on(&L2::Ethernet, client, server, segments, lost, quiet_ms)
 }
 

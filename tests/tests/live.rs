@@ -6,9 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use ackwatch::probe::Settings;
+use ackwatch_tests::Scratch;
 use ackwatch_tests::ctcp::CtcpClient;
 use ackwatch_tests::lab::{CLIENT4, CLIENT6, HEADEND4, HEADEND6, Lab, in_ns};
-use ackwatch_tests::live::{Headend, Placement, attach, records_for};
+use ackwatch_tests::live::{Headend, Placement, Tcpdump, attach, compare_with_tshark, records_for};
 use ebpf_probe::abi::{LossSide, StallKind, StallRecord, StallWhat, event};
 
 const ISN: u32 = 1000;
@@ -112,9 +113,24 @@ fn downstream_stall(placement: Placement, client: SocketAddr, server: SocketAddr
     drop_rule(&lab, placement, Loss::Downstream, server.port());
     let _headend = Headend::start(&lab, &[server.port()]);
     let mut probe = attach(&lab, &Settings::default(), placement);
+    let scratch = Scratch::new("live-downstream");
+    // The capture sees what the probe sees: the headend's interface, or the gateway's
+    // client side (where the client's segments enter; the headend's answers enter g1).
+    let (ns, dev) = if placement == Placement::Headend {
+        (&lab.headend, "h0")
+    } else {
+        (&lab.gateway, "g1")
+    };
+    let dump = Tcpdump::start(ns, dev, scratch.join("dump.pcap"));
     ctcp_stall(&lab, client, server, Duration::from_millis(1600), None);
+    let capture = dump.finish();
     let records = records_for(&mut probe, Duration::from_millis(100));
     let delay = check_stall(&records, client, LossSide::Downstream);
+    // On another port the probe starts at the first data segment (the signature), so
+    // its handshake packets are not counted: compare on the cTCP port only.
+    if placement == Placement::Headend && server.port() == 10_000 {
+        compare_with_tshark(&probe, &capture);
+    }
     println!(
         "{placement:?}, {}: stall reported {} ms after the first duplicate ACK",
         server,
@@ -254,20 +270,42 @@ fn real_tcp_with_random_loss_never_stalls() {
     let server = addr(HEADEND4, 10_000);
     // 2% of client segments lost at the gateway: real TCP recovers, with duplicate
     // ACKs and retransmissions, and must not be flagged.
-    lab.nft_rule(&lab.gateway, "ackwatch_loss", "forward", "tcp dport 10000 numgen random mod 50 == 0 drop");
+    lab.nft_rule(
+        &lab.gateway,
+        "ackwatch_loss",
+        "forward",
+        "tcp dport 10000 numgen random mod 50 == 0 drop",
+    );
     let headend = Headend::start(&lab, &[10_000]);
     let mut probe = attach(&lab, &Settings::default(), Placement::Headend);
+    let scratch = Scratch::new("live-loss");
+    let dump = Tcpdump::start(&lab.headend, "h0", scratch.join("h0.pcap"));
     real_tcp_uploads(&lab, server, 20, 2_000_000);
     std::thread::sleep(Duration::from_millis(300));
+    let capture = dump.finish();
     assert_eq!(headend.stop(), 40_000_000, "every byte arrived");
     let records = records_for(&mut probe, Duration::from_millis(100));
     let flows = probe.flows().unwrap();
     assert_eq!(flows.len(), 20);
-    let sum = |e: usize| flows.iter().map(|(_, f)| (f.half[0].events[e] + f.half[1].events[e]) as u64).sum::<u64>();
-    let (dups, retx, not_adv) = (sum(event::DUP_ACK), sum(event::RETRANSMISSION), sum(event::NOT_ADVANCED));
-    println!("20 x 2 MB with 2% loss: {dups} duplicate ACKs, {retx} retransmissions, {not_adv} resent segments, {} stall records", records.len());
+    let sum = |e: usize| {
+        flows
+            .iter()
+            .map(|(_, f)| (f.half[0].events[e] + f.half[1].events[e]) as u64)
+            .sum::<u64>()
+    };
+    let (dups, retx, not_adv) = (
+        sum(event::DUP_ACK),
+        sum(event::RETRANSMISSION),
+        sum(event::NOT_ADVANCED),
+    );
+    println!(
+        "20 x 2 MB with 2% loss: {dups} duplicate ACKs, {retx} retransmissions, {not_adv} resent segments, {} stall records",
+        records.len()
+    );
     assert!(dups > 0 && not_adv > 0, "loss must show");
     assert!(records.is_empty(), "healthy TCP flagged: {records:?}");
+    let n = compare_with_tshark(&probe, &capture);
+    println!("{n} directions: the same counts as tshark on a capture of the same run");
 }
 
 #[test]
@@ -279,9 +317,19 @@ fn vlan_tagged_ctcp_stall() {
     // This kernel has no VLAN devices: both directions are crafted, 802.1Q-tagged, and
     // sent from the gateway's side of the veth into the headend's XDP.
     let client = addr("192.0.2.20", 40_002);
-    let steps = ctcp_flow_on(&L2::Vlan(vec![(0x8100, 42)]), client, addr("198.51.100.1", 10_000), 20, Some(8), 1500);
+    let steps = ctcp_flow_on(
+        &L2::Vlan(vec![(0x8100, 42)]),
+        client,
+        addr("198.51.100.1", 10_000),
+        20,
+        Some(8),
+        1500,
+    );
     let t0 = steps[0].at_ns;
-    let frames: Vec<(Duration, Vec<u8>)> = steps.iter().map(|s| (Duration::from_nanos(s.at_ns - t0), s.frame.clone())).collect();
+    let frames: Vec<(Duration, Vec<u8>)> = steps
+        .iter()
+        .map(|s| (Duration::from_nanos(s.at_ns - t0), s.frame.clone()))
+        .collect();
     ackwatch_tests::lab::inject(&lab.gateway, "g1", &frames);
     let records = records_for(&mut probe, Duration::from_millis(100));
     let s = started(&records);
@@ -325,7 +373,10 @@ fn a_thousand_healthy_flows_and_ten_stalled() {
     reported.sort();
     let want: Vec<u16> = stalled.iter().map(|a| a.port()).collect();
     assert_eq!(reported, want, "exactly the ten stalled flows: {records:?}");
-    assert!(s.iter().all(|r| r.hole == HOLE && r.loss == LossSide::Downstream as u8));
+    assert!(
+        s.iter()
+            .all(|r| r.hole == HOLE && r.loss == LossSide::Downstream as u8)
+    );
 }
 
 #[test]
@@ -335,7 +386,13 @@ fn other_ports_are_tracked_only_when_tracking_all() {
     for track_all in [false, true] {
         let lab = Lab::new();
         let headend = Headend::start(&lab, &[5201]);
-        let settings = Settings { verdict: Config { track_all, ..Config::default() }, ..Settings::default() };
+        let settings = Settings {
+            verdict: Config {
+                track_all,
+                ..Config::default()
+            },
+            ..Settings::default()
+        };
         let probe = attach(&lab, &settings, Placement::Headend);
         real_tcp_uploads(&lab, addr(HEADEND4, 5201), 1, 100_000);
         std::thread::sleep(Duration::from_millis(100));
@@ -347,7 +404,10 @@ fn other_ports_are_tracked_only_when_tracking_all() {
             assert_eq!(flows[0].1.class, FlowClass::Tcp as u8);
         } else {
             assert!(flows.is_empty(), "{flows:?}");
-            assert!(out_of_scope > 50, "the upload's packets count as out of scope: {out_of_scope}");
+            assert!(
+                out_of_scope > 50,
+                "the upload's packets count as out of scope: {out_of_scope}"
+            );
         }
     }
 }
