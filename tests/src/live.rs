@@ -129,6 +129,7 @@ pub fn records_for(probe: &mut Probe, d: Duration) -> Vec<StallRecord> {
 /// tcpdump on an interface of a lab namespace, for the tshark comparison.
 pub struct Tcpdump {
     child: std::process::Child,
+    stderr: std::io::BufReader<std::process::ChildStderr>,
     pub file: std::path::PathBuf,
 }
 
@@ -150,7 +151,11 @@ impl Tcpdump {
         let mut line = String::new();
         err.read_line(&mut line).expect("tcpdump output");
         assert!(line.contains("listening"), "tcpdump: {line}");
-        Tcpdump { child, file }
+        Tcpdump {
+            child,
+            stderr: err,
+            file,
+        }
     }
 
     /// Stops the capture and returns its file.
@@ -160,6 +165,14 @@ impl Tcpdump {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
+        // A capture that missed packets cannot be compared.
+        let mut stats = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.stderr, &mut stats);
+        let dropped = stats
+            .lines()
+            .find(|l| l.contains("dropped by kernel"))
+            .unwrap_or("");
+        assert!(dropped.starts_with("0 "), "tcpdump missed packets: {stats}");
         self.file.clone()
     }
 }

@@ -76,7 +76,17 @@ fn test() -> Result<()> {
     // then the agent's and the kernel and integration tests.
     let runs: [&[&str]; 2] = [
         &["test", "-p", "ebpf-probe", "--lib"],
-        &["test", "-p", "ackwatch", "-p", "ackwatch-tests"],
+        // One test at a time: the live tests time detection and capture at line rate
+        // on two cores.
+        &[
+            "test",
+            "-p",
+            "ackwatch",
+            "-p",
+            "ackwatch-tests",
+            "--",
+            "--test-threads=1",
+        ],
     ];
     // The integration tests run the `ackwatch` binary.
     cargo(&["build", "-p", "ackwatch", "--bin", "ackwatch"])?;
