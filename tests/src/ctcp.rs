@@ -181,6 +181,17 @@ impl CtcpClient {
     /// Sends a cTCP segment of `len` bytes; returns its sequence number.
     pub fn send_data(&mut self, len: usize) -> io::Result<u32> {
         let seq = self.next;
+        self.send_segment(seq, len)?;
+        self.next = seq.wrapping_add(len as u32);
+        Ok(seq)
+    }
+
+    /// Sends again the segment at `seq` (for the emulator that does answer).
+    pub fn resend(&mut self, seq: u32, len: usize) -> io::Result<()> {
+        self.send_segment(seq, len)
+    }
+
+    fn send_segment(&self, seq: u32, len: usize) -> io::Result<()> {
         let t = Tcp {
             seq,
             ack: self.ack,
@@ -191,23 +202,9 @@ impl CtcpClient {
         };
         match self.send_tcp(t) {
             // The client's own firewall dropped it (EPERM): lost before leaving.
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
-            r => r?,
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(()),
+            r => r,
         }
-        self.next = seq.wrapping_add(len as u32);
-        Ok(seq)
-    }
-
-    /// Sends again the segment at `seq` (for the emulator that does answer).
-    pub fn resend(&mut self, seq: u32, len: usize) -> io::Result<()> {
-        self.send_tcp(Tcp {
-            seq,
-            ack: self.ack,
-            flags: TH_ACK | TH_PSH,
-            window: 502,
-            payload: ctcp_payload(len),
-            ..Default::default()
-        })
     }
 
     /// Reads and ignores what the server sent for up to `d` (duplicate ACKs included);

@@ -40,6 +40,12 @@ pub fn sh(cmd: &str) {
     );
 }
 
+impl Default for Lab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Lab {
     pub fn new() -> Lab {
         let id = format!(
@@ -73,7 +79,7 @@ impl Lab {
             sh(&format!("ip -n {ns} addr add {v6} dev {dev} nodad"));
             sh(&format!("ip -n {ns} link set {dev} up"));
             sh(&format!(
-                "ip netns exec {ns} ethtool -K {dev} gro off gso off tso off"
+                "ip netns exec {ns} ethtool -K {dev} gro off gso off tso off tx off"
             ));
         }
         sh(&format!("ip -n {c} route add default via 10.77.1.1"));
@@ -83,6 +89,20 @@ impl Lab {
         sh(&format!(
             "ip netns exec {g} sysctl -q -w net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
         ));
+        // Keep the client kernel's own ports clear of the emulator's (ctcp::PORTS).
+        let range = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                c,
+                "sysctl",
+                "-q",
+                "-w",
+                "net.ipv4.ip_local_port_range=20000 40000",
+            ])
+            .status()
+            .expect("sysctl");
+        assert!(range.success(), "setting the client's port range");
         lab
     }
 
@@ -134,6 +154,42 @@ impl Lab {
 
 impl Drop for Lab {
     fn drop(&mut self) {
+        if std::env::var_os("ACKWATCH_LAB_STATS").is_some() {
+            for (ns, dev) in [
+                (&self.gateway, "g1"),
+                (&self.headend, "h0"),
+                (&self.client, "c0"),
+                (&self.gateway, "g0"),
+            ] {
+                let out = Command::new("ip")
+                    .args(["-s", "-n", ns, "link", "show", dev])
+                    .output()
+                    .unwrap();
+                eprintln!("{ns} {dev}: {}", String::from_utf8_lossy(&out.stdout));
+            }
+            for ns in [&self.client, &self.headend, &self.gateway] {
+                let out = Command::new("ip")
+                    .args(["netns", "exec", ns, "nft", "list", "ruleset"])
+                    .output()
+                    .unwrap();
+                eprintln!(
+                    "{ns} nft: {}",
+                    String::from_utf8_lossy(&out.stdout)
+                        .lines()
+                        .filter(|l| l.contains("counter") || l.contains("drop"))
+                        .collect::<Vec<_>>()
+                        .join(" | ")
+                );
+                let out = Command::new("ip")
+                    .args(["netns", "exec", ns, "nstat", "-az"])
+                    .output()
+                    .unwrap();
+                let s = String::from_utf8_lossy(&out.stdout);
+                for l in s.lines().filter(|l| !l.contains(" 0 ")) {
+                    eprintln!("{ns}: {l}");
+                }
+            }
+        }
         for ns in [&self.client, &self.gateway, &self.headend] {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }

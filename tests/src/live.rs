@@ -138,7 +138,19 @@ impl Tcpdump {
         use std::io::BufRead;
         let mut child = std::process::Command::new("ip")
             .args([
-                "netns", "exec", ns, "tcpdump", "-i", ifname, "-U", "-s", "256", "-w",
+                "netns",
+                "exec",
+                ns,
+                "tcpdump",
+                "--immediate-mode",
+                "-B",
+                "65536",
+                "-i",
+                ifname,
+                "-U",
+                "-s",
+                "256",
+                "-w",
             ])
             .arg(&file)
             .arg("tcp")
@@ -160,8 +172,14 @@ impl Tcpdump {
 
     /// Stops the capture and returns its file.
     pub fn finish(mut self) -> std::path::PathBuf {
-        // Let the last packets in flight reach the capture.
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        // tcpdump may lag behind the traffic; packets still in its socket buffer at
+        // SIGTERM are lost uncounted. Stop once the file has stopped growing.
+        let size = |f: &std::path::Path| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
+        let mut last = u64::MAX;
+        while size(&self.file) != last {
+            last = size(&self.file);
+            std::thread::sleep(std::time::Duration::from_millis(300));
+        }
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
@@ -172,7 +190,15 @@ impl Tcpdump {
             .lines()
             .find(|l| l.contains("dropped by kernel"))
             .unwrap_or("");
-        assert!(dropped.starts_with("0 "), "tcpdump missed packets: {stats}");
+        let count = |what: &str| {
+            let line = stats.lines().find(|l| l.contains(what))?;
+            line.split(' ').next()?.parse::<u64>().ok()
+        };
+        let (captured, received) = (count("captured"), count("received by filter"));
+        assert!(
+            dropped.starts_with("0 ") && captured == received,
+            "tcpdump missed packets: {stats}"
+        );
         self.file.clone()
     }
 }

@@ -42,29 +42,26 @@ fn main() -> Result<()> {
         Task::Test => test(),
         Task::Bench { packets } => {
             cargo(&["build", "--release", "-p", "ackwatch", "--bin", "ackwatch"])?;
-            let n = packets.to_string();
-            cargo(&[
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "ackwatch-tests",
-                "--bin",
-                "ackwatch-bench",
-                "--",
-                &n,
-            ])
+            run_tests_bin("ackwatch-bench", &[&packets.to_string()])
         }
-        Task::Demo => cargo(&[
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "ackwatch-tests",
-            "--bin",
-            "ackwatch-demo",
-        ]),
+        Task::Demo => run_tests_bin("ackwatch-demo", &[]),
     }
+}
+
+/// Runs a binary of the tests crate, optimized.
+fn run_tests_bin(bin: &str, args: &[&str]) -> Result<()> {
+    let mut all = vec![
+        "run",
+        "--quiet",
+        "--release",
+        "-p",
+        "ackwatch-tests",
+        "--bin",
+        bin,
+        "--",
+    ];
+    all.extend_from_slice(args);
+    cargo(&all)
 }
 
 fn test() -> Result<()> {

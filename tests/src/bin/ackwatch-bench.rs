@@ -38,6 +38,8 @@ fn capture(path: &Path, packets: usize, live: usize) {
 }
 
 /// Wall time in seconds and peak RSS in KiB of a command, output discarded.
+// The child is reaped by wait4, which also gives its own rusage.
+#[allow(clippy::zombie_processes)]
 fn measure(cmd: &mut Command) -> (f64, u64) {
     let t = Instant::now();
     let child = cmd
