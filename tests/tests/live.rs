@@ -126,6 +126,17 @@ fn downstream_stall(placement: Placement, client: SocketAddr, server: SocketAddr
     let capture = dump.finish();
     let records = records_for(&mut probe, Duration::from_millis(100));
     let delay = check_stall(&records, client, LossSide::Downstream);
+    // The emulator's own kernel sent no RST: the flow is still open.
+    let flows = probe.flows().unwrap();
+    let (_, flow) = flows
+        .iter()
+        .find(|(k, _)| k.port.contains(&client.port()))
+        .expect("the flow");
+    assert_eq!(
+        flow.state,
+        ebpf_probe::abi::FlowState::Stalled as u8,
+        "not closed by a RST"
+    );
     // On another port the probe starts at the first data segment (the signature), so
     // its handshake packets are not counted: compare on the cTCP port only.
     if placement == Placement::Headend && server.port() == 10_000 {
@@ -451,5 +462,47 @@ fn other_ports_are_tracked_only_when_tracking_all() {
                 "the upload's packets count as out of scope: {out_of_scope}"
             );
         }
+    }
+}
+
+/// A test that fails half way leaves no namespace, program or link behind: the lab's
+/// namespaces (and with them the veths and the programs' links) are deleted and the
+/// probe's programs unloaded as the panic unwinds.
+#[test]
+fn nothing_is_left_behind_when_a_test_fails() {
+    let seen = std::sync::Mutex::new((Vec::new(), Vec::new()));
+    let result = std::panic::catch_unwind(|| {
+        let lab = Lab::new();
+        let probe = attach(&lab, &Settings::default(), Placement::Headend);
+        *seen.lock().unwrap() = (
+            vec![lab.client.clone(), lab.gateway.clone(), lab.headend.clone()],
+            probe.program_ids(),
+        );
+        panic!("a deliberate failure");
+    });
+    assert!(result.is_err());
+    let (namespaces, programs) = seen.into_inner().unwrap();
+    assert_eq!(programs.len(), 4);
+    let listed = String::from_utf8(
+        std::process::Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    for ns in &namespaces {
+        assert!(
+            !listed
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(ns)),
+            "namespace {ns} left behind"
+        );
+    }
+    let loaded: Vec<u32> = aya::programs::loaded_programs()
+        .filter_map(|p| p.ok().map(|p| p.id()))
+        .collect();
+    for id in &programs {
+        assert!(!loaded.contains(id), "program {id} left loaded");
     }
 }

@@ -113,6 +113,14 @@ impl Probe {
         program(&mut self.ebpf, tc_program(link))
     }
 
+    /// Kernel ids of the loaded programs.
+    pub fn program_ids(&self) -> Vec<u32> {
+        PROGRAMS
+            .iter()
+            .filter_map(|name| self.ebpf.program(name)?.info().ok().map(|i| i.id()))
+            .collect()
+    }
+
     /// Instructions the verifier processed for a program.
     pub fn verified_instructions(&mut self, name: &'static str) -> Result<u32, ProbeError> {
         let prog = self
