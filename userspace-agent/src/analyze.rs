@@ -5,14 +5,14 @@
 
 use std::collections::HashMap;
 
-use ebpf_probe::abi::{FlowKey, StallRecord, StallWhat, counter};
+use ebpf_probe::abi::{FlowKey, StallRecord, counter};
 use ebpf_probe::host::{HostStore, Records};
 use ebpf_probe::parse::{LinkKind, Snapped, parse};
 use ebpf_probe::tracker::track;
 use ebpf_probe::verdict::{Config, end_stalls};
 
 use crate::capture::{Frame, Link};
-use crate::flows::{Episode, FlowReport};
+use crate::flows::{self, Episode, FlowReport};
 
 /// Settings that change the verdict, as for `ackwatch run`.
 #[derive(Clone, Debug)]
@@ -110,20 +110,7 @@ impl<F: FnMut(FlowReport)> Analyzer<F> {
 
     fn note(&mut self, records: Vec<StallRecord>) {
         for r in records {
-            let eps = self.episodes.entry(r.key).or_default();
-            match StallWhat::try_from(r.what) {
-                Ok(StallWhat::Started) => eps.push(Episode::started(&r)),
-                Ok(what) => {
-                    if let Some(open) = eps
-                        .iter_mut()
-                        .rev()
-                        .find(|e| e.is_open() && e.stuck_index == r.stuck)
-                    {
-                        open.close(&r, what);
-                    }
-                }
-                Err(_) => {}
-            }
+            flows::apply(self.episodes.entry(r.key).or_default(), &r, 0);
         }
     }
 
@@ -135,7 +122,7 @@ impl<F: FnMut(FlowReport)> Analyzer<F> {
             .or_else(|| self.store.pending.remove(&key));
         if let Some(flow) = flow {
             let episodes = self.episodes.remove(&key).unwrap_or_default();
-            (self.done)(FlowReport::new(&key, &flow, episodes));
+            (self.done)(FlowReport::new(&key, &flow, episodes, 0));
         }
     }
 

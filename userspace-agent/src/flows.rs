@@ -1,6 +1,7 @@
 //! The flow object ackwatch reports: `ackwatch analyze --json` prints one per line, and
 //! the agent's flows API returns the same. Timestamps are nanoseconds on the clock the
-//! flow was seen with (capture time offline), rendered as RFC 3339.
+//! flow was seen with (capture time offline, the kernel's monotonic clock live) plus
+//! `offset`, the distance to the wall clock (0 offline), rendered as RFC 3339.
 
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, UNIX_EPOCH};
@@ -63,7 +64,7 @@ pub struct Episode {
 }
 
 impl Episode {
-    pub fn started(r: &StallRecord) -> Episode {
+    pub fn started(r: &StallRecord, offset: u64) -> Episode {
         Episode {
             hole_seq: r.hole,
             stuck_side: if r.stuck == r.client {
@@ -74,8 +75,8 @@ impl Episode {
             kind: kind_name(r.kind),
             dup_acks: r.dup_acks,
             loss: loss_name(r.loss),
-            start_ts: rfc3339(r.since),
-            detected_ts: rfc3339(r.at),
+            start_ts: rfc3339(r.since + offset),
+            detected_ts: rfc3339(r.at + offset),
             end_ts: None,
             outcome: "open",
             retransmission_seen: r.retx_seen != 0,
@@ -87,8 +88,8 @@ impl Episode {
         self.end_ts.is_none()
     }
 
-    pub fn close(&mut self, r: &StallRecord, what: StallWhat) {
-        self.end_ts = Some(rfc3339(r.at));
+    pub fn close(&mut self, r: &StallRecord, what: StallWhat, offset: u64) {
+        self.end_ts = Some(rfc3339(r.at + offset));
         self.outcome = if what == StallWhat::Recovered {
             "recovered"
         } else {
@@ -100,7 +101,7 @@ impl Episode {
 }
 
 impl FlowReport {
-    pub fn new(key: &FlowKey, flow: &Flow, stalls: Vec<Episode>) -> FlowReport {
+    pub fn new(key: &FlowKey, flow: &Flow, stalls: Vec<Episode>, offset: u64) -> FlowReport {
         let c = flow.client as usize & 1;
         let (client, server) = (endpoint(key, c), endpoint(key, c ^ 1));
         FlowReport {
@@ -108,8 +109,8 @@ impl FlowReport {
             server: server.to_string(),
             class: class_name(flow.class),
             state: state_name(flow.state),
-            first_ts: rfc3339(flow.first_ts),
-            last_ts: rfc3339(flow.last_ts),
+            first_ts: rfc3339(flow.first_ts + offset),
+            last_ts: rfc3339(flow.last_ts + offset),
             stalls,
             directions: [
                 direction(&flow.half[c], client, server),
@@ -149,6 +150,35 @@ pub fn endpoint(key: &FlowKey, i: usize) -> SocketAddr {
         .map(IpAddr::V4)
         .unwrap_or(IpAddr::V6(ip));
     SocketAddr::new(ip, key.port[i & 1])
+}
+
+/// Adds a stall record to a flow's episodes: a start opens one, a recovery or an end
+/// closes the open one of the same stuck side.
+pub fn apply(episodes: &mut Vec<Episode>, r: &StallRecord, offset: u64) {
+    match StallWhat::try_from(r.what) {
+        Ok(StallWhat::Started) => episodes.push(Episode::started(r, offset)),
+        Ok(what) => {
+            if let Some(open) = episodes
+                .iter_mut()
+                .rev()
+                .find(|e| e.is_open() && e.stuck_index == r.stuck)
+            {
+                open.close(r, what, offset);
+            }
+        }
+        Err(_) => {}
+    }
+}
+
+/// Wall clock minus the monotonic clock the probe stamps with, in nanoseconds.
+pub fn monotonic_to_wall() -> u64 {
+    let now = |clock| {
+        // SAFETY: clock_gettime fills the zeroed timespec.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    now(libc::CLOCK_REALTIME).saturating_sub(now(libc::CLOCK_MONOTONIC))
 }
 
 pub fn rfc3339(ns: u64) -> String {

@@ -1,85 +1,95 @@
-//! `cargo xtask demo`: a healthy and a stalled cTCP flow replayed through the real,
-//! loaded probe (BPF_PROG_TEST_RUN), then what ackwatch saw. Needs root.
+//! `cargo xtask demo`: the lab with the probe on the headend, a healthy real TCP flow
+//! and a cTCP flow whose ninth segment is lost after the probe, then what ackwatch saw:
+//! the stall as it is reported, the flow table with what to do, the counters. Cleans up
+//! after itself. Needs root.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use ackwatch::flows::{self, FlowReport};
 use ackwatch::probe::Settings;
-use ackwatch_tests::harness::Kernel;
-use ackwatch_tests::scenario::ctcp_flow;
-use ebpf_probe::abi::{FlowState, LossSide, StallKind, StallWhat, counter, event};
+use ackwatch_tests::ctcp::CtcpClient;
+use ackwatch_tests::lab::{CLIENT4, HEADEND4, Lab, enter, in_ns};
+use ackwatch_tests::live::{Headend, Placement, attach};
+use ebpf_probe::abi::{StallWhat, counter};
 
 fn main() {
-    let healthy = ctcp_flow(
-        "192.0.2.10:40001".parse().unwrap(),
-        "198.51.100.1:10000".parse().unwrap(),
-        20,
-        None,
-        0,
+    let offset = flows::monotonic_to_wall();
+    println!("ackwatch demo: building the lab: client -- gateway -- headend (network namespaces)");
+    let lab = Lab::new();
+    lab.quiet_client_kernel();
+    let (isn, len) = (1000u32, 400usize);
+    let hole = isn + 1 + 8 * len as u32;
+    lab.nft_rule(
+        &lab.headend,
+        "demo_loss",
+        "input",
+        &format!("tcp dport 10000 tcp sequence {hole} drop"),
     );
-    let stalled = ctcp_flow(
-        "192.0.2.20:40002".parse().unwrap(),
-        "198.51.100.1:10000".parse().unwrap(),
-        20,
-        Some(8),
-        1500,
-    );
-    println!("ackwatch demo: loading the probe (XDP + TC programs) into this kernel...");
-    let mut k = Kernel::load(Settings::default());
-    let mut steps: Vec<_> = healthy.into_iter().chain(stalled).collect();
-    steps.sort_by_key(|s| s.at_ns);
+    let headend = Headend::start(&lab, &[10_000]);
+    let mut probe = attach(&lab, &Settings::default(), Placement::Headend);
     println!(
-        "replaying {} packets: a healthy cTCP flow, and one whose ninth segment is lost after the monitor",
-        steps.len()
+        "probe attached to the headend's h0: XDP ingress, TC egress; K = 3 duplicate ACKs, T = 1 s"
     );
-    for s in &steps {
-        k.feed(s.hook, &s.frame, s.at_ns);
-    }
-    println!("\nstall events from the ring buffer:");
-    for e in k.events() {
-        let what = StallWhat::try_from(e.what)
-            .map(|w| format!("{w:?}"))
-            .unwrap_or_default();
-        let kind = StallKind::try_from(e.kind)
-            .map(|w| format!("{w:?}"))
-            .unwrap_or_default();
-        let loss = LossSide::try_from(e.loss)
-            .map(|w| format!("{w:?}"))
-            .unwrap_or_default();
-        let stuck = if e.stuck == e.client {
-            "client"
-        } else {
-            "server"
-        };
-        println!(
-            "  {what:<9} stuck={stuck} kind={kind} loss={loss} hole_seq={} dup_acks={} after {} ms",
-            e.hole,
-            e.dup_acks,
-            (e.at - e.since) / 1_000_000
-        );
-    }
+    println!(
+        "traffic: a real TCP upload of 2 MB, and a cTCP client whose 9th segment is dropped inside the headend\n"
+    );
+
+    let server: SocketAddr = format!("{HEADEND4}:10000").parse().unwrap();
+    let ctcp_client: SocketAddr = format!("{CLIENT4}:50000").parse().unwrap();
+    let mut episodes: HashMap<_, Vec<_>> = HashMap::new();
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            enter(&lab.client);
+            let mut c = std::net::TcpStream::connect(server).expect("connect");
+            std::io::Write::write_all(&mut c, &vec![0x42u8; 2_000_000]).expect("upload");
+        });
+        s.spawn(|| {
+            in_ns(&lab.client, || {
+                let mut c = CtcpClient::connect(ctcp_client, server, isn).expect("cTCP handshake");
+                for _ in 0..40 {
+                    c.send_data(len).unwrap();
+                    c.ignore_for(Duration::from_millis(50)).unwrap();
+                }
+            })
+        });
+        while start.elapsed() < Duration::from_millis(2300) {
+            for r in probe.drain_events().expect("events") {
+                let what = StallWhat::try_from(r.what)
+                    .map(|w| format!("{w:?}"))
+                    .unwrap_or_default();
+                let stuck = flows::endpoint(&r.key, r.stuck as usize);
+                println!(
+                    "event  {} stall {what}: {stuck} is stuck, hole at seq {}, {} duplicate ACKs, {}, loss {}",
+                    flows::rfc3339(r.at + offset),
+                    r.hole,
+                    r.dup_acks,
+                    flows::kind_name(r.kind),
+                    flows::loss_name(r.loss)
+                );
+                flows::apply(episodes.entry(r.key).or_default(), &r, offset);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    headend.stop();
+    let reports: Vec<FlowReport> = probe
+        .flows()
+        .expect("flows")
+        .iter()
+        .map(|(k, f)| FlowReport::new(k, f, episodes.remove(k).unwrap_or_default(), offset))
+        .collect();
+    let counters = probe.counters().expect("counters");
     println!("\nflow table:");
-    for (key, f) in k.snapshot().flows {
-        let c = f.client as usize & 1;
-        let client = format!(
-            "{}:{}",
-            std::net::Ipv6Addr::from(key.addr_bytes(c)).to_canonical(),
-            key.port[c]
-        );
-        let state = FlowState::try_from(f.state)
-            .map(|s| format!("{s:?}"))
-            .unwrap_or_default();
-        let [cl, sv] = [&f.half[c], &f.half[c ^ 1]];
-        println!(
-            "  {client:<22} state={state:<9} client pkts={} server pkts={} server dup_acks={} client retransmissions={}",
-            cl.packets,
-            sv.packets,
-            sv.events[event::DUP_ACK],
-            cl.events[event::RETRANSMISSION]
-        );
-    }
-    let c = k.probe.counters().expect("counters");
-    println!(
-        "\ncounters: xdp packets={} tc packets={} tracked={}",
-        c[counter::PACKETS_XDP as usize],
-        c[counter::PACKETS_TC as usize],
-        c[counter::TRACKED as usize]
-    );
+    let mut out = std::io::stdout();
+    ackwatch::report::text(
+        &mut out,
+        &reports,
+        &counters,
+        counters[counter::PACKETS_XDP as usize] + counters[counter::PACKETS_TC as usize],
+    )
+    .unwrap();
+    println!("\nremoving the lab and the probe");
 }
