@@ -96,12 +96,13 @@ fn describe(e: &Episode) -> String {
     };
     let loss = match e.loss {
         "upstream" => {
-            format!("the segment was lost before the capture point (between the {who} and here)")
+            format!("the segment was lost before the monitor (between the {who} and the monitor)")
         }
         "downstream" => {
-            "the capture saw the segment: it was lost after the capture point".to_string()
+            "the monitor saw the segment: it was lost after it, on the way to the receiver"
+                .to_string()
         }
-        _ => "where the segment was lost is unknown (the capture started mid-flow)".to_string(),
+        _ => "where the segment was lost is unknown (the monitor joined mid-flow)".to_string(),
     };
     format!("{what}; {loss}")
 }
