@@ -264,3 +264,96 @@ pub fn compare_with_tshark(probe: &Probe, capture: &std::path::Path) -> usize {
     }
     compared
 }
+
+/// `GET path` from inside namespace `ns`: (status, body).
+pub fn http_get(ns: &str, addr: &str, path: &str) -> (u16, String) {
+    in_ns(ns, || {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(addr).expect("connect to the agent");
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: ackwatch\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    })
+}
+
+/// The `ackwatch run` daemon, started in a lab namespace; killed when dropped.
+pub struct Agent {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub ns: String,
+}
+
+pub const AGENT_ADDR: &str = "127.0.0.1:9977";
+
+impl Agent {
+    pub fn start(ns: &str, args: &[&str]) -> Agent {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(crate::ackwatch_binary())
+            .arg("run")
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start ackwatch run");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let out = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for l in out.lines().map_while(Result::ok) {
+                if tx.send(l).is_err() {
+                    break;
+                }
+            }
+        });
+        let agent = Agent {
+            child,
+            lines,
+            ns: ns.to_string(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let up = in_ns(ns, || std::net::TcpStream::connect(AGENT_ADDR).is_ok());
+            if up {
+                return agent;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the agent did not come up");
+    }
+
+    /// The next JSON event line within `d`.
+    pub fn next_event(&self, d: Duration) -> Option<serde_json::Value> {
+        let line = self.lines.recv_timeout(d).ok()?;
+        Some(
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON event: {line}: {e}")),
+        )
+    }
+
+    /// SIGTERM; returns the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        // SAFETY: signalling our own child (ip exec's into the agent).
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        self.child.wait().ok()?.code()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

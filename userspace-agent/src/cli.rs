@@ -19,8 +19,46 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Attach the probe to interfaces and report stuck flows (the daemon).
+    Run(RunArgs),
     /// Analyse a pcap or pcapng capture with the probe's own state machine.
     Analyze(AnalyzeArgs),
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Interface to watch (repeatable): XDP on its ingress, TC on its egress.
+    #[arg(
+        long = "iface",
+        required = true,
+        env = "ACKWATCH_IFACE",
+        value_delimiter = ','
+    )]
+    pub ifaces: Vec<String>,
+    /// Watch ingress only (a transit gateway: XDP on both of its interfaces).
+    #[arg(long)]
+    pub no_egress: bool,
+    /// XDP mode: auto (native where the driver has it, else generic), native or generic.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
+    /// Capacity of the established-flow table.
+    #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(16..))]
+    pub max_flows: u32,
+    /// Address of /metrics, /healthz and /flows (a headend faces the Internet: loopback by default).
+    #[arg(long, default_value = "127.0.0.1:9977", env = "ACKWATCH_LISTEN")]
+    pub listen: std::net::SocketAddr,
+    /// Log level of the human logs on stderr.
+    #[arg(long, default_value = "info", env = "ACKWATCH_LOG_LEVEL")]
+    pub log_level: log::LevelFilter,
+    #[command(flatten)]
+    pub verdict: VerdictArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    Auto,
+    Native,
+    Generic,
 }
 
 #[derive(Args)]

@@ -4,8 +4,14 @@
 
 pub mod analyze;
 pub mod attach;
+pub mod caps;
 pub mod capture;
 pub mod cli;
+pub mod daemon;
+pub mod events;
 pub mod flows;
+pub mod http;
+pub mod metrics;
 pub mod probe;
 pub mod report;
+pub mod sweep;

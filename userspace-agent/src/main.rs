@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use ackwatch::analyze::{Analyzer, Options};
 use ackwatch::capture::{Capture, CaptureError};
-use ackwatch::cli::{AnalyzeArgs, Cli, Command};
+use ackwatch::cli::{AnalyzeArgs, Cli, Command, RunArgs};
+use ackwatch::daemon::{self, RunError};
 use ackwatch::flows::FlowReport;
 use ackwatch::report;
 use clap::Parser;
@@ -13,7 +14,31 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Run(args) => run(&args),
         Command::Analyze(args) => analyze(&args),
+    }
+}
+
+/// Exit 0 after SIGINT/SIGTERM; 2 on bad input; 1 when the probe cannot be started.
+fn run(args: &RunArgs) -> ExitCode {
+    env_logger::Builder::new()
+        .filter_level(args.log_level)
+        .target(env_logger::Target::Stderr)
+        .init();
+    let result = daemon::start(args).and_then(|shared| {
+        let rt = tokio::runtime::Runtime::new().map_err(|e| RunError::Failed(e.to_string()))?;
+        rt.block_on(daemon::serve(shared, args))
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ RunError::Input(_)) => {
+            eprintln!("ackwatch: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("ackwatch: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -190,15 +190,43 @@ impl Probe {
             .map_mut("EVENTS")
             .ok_or(ProbeError::MissingMap("EVENTS"))?;
         let mut ring = RingBuf::try_from(map).map_err(|e| ProbeError::Map("EVENTS", e))?;
-        let mut out = Vec::new();
-        while let Some(item) = ring.next() {
-            if item.len() == size_of::<StallRecord>() {
-                // SAFETY: the probe writes whole StallRecords; the length is checked.
-                out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const StallRecord) });
-            }
-        }
-        Ok(out)
+        Ok(drain(&mut ring))
     }
+
+    /// Moves the ring buffer out, for a reader that waits on its descriptor.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, ProbeError> {
+        let map = self
+            .ebpf
+            .take_map("EVENTS")
+            .ok_or(ProbeError::MissingMap("EVENTS"))?;
+        RingBuf::try_from(map).map_err(|e| ProbeError::Map("EVENTS", e))
+    }
+
+    /// Replaces an established flow's entry (the sweep's stall verdict).
+    pub fn write_flow(&mut self, key: &FlowKey, flow: &Flow) -> Result<(), ProbeError> {
+        let mut table: HashMap<&mut MapData, FlowKey, Flow> = map_mut(&mut self.ebpf, "FLOWS")?;
+        table
+            .insert(key, flow, 0)
+            .map_err(|e| ProbeError::Map("FLOWS", e))
+    }
+
+    /// Removes an established flow (idle or closed).
+    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), ProbeError> {
+        let mut table: HashMap<&mut MapData, FlowKey, Flow> = map_mut(&mut self.ebpf, "FLOWS")?;
+        table.remove(key).map_err(|e| ProbeError::Map("FLOWS", e))
+    }
+}
+
+/// Every record waiting in `ring`.
+pub fn drain<T: std::borrow::BorrowMut<MapData>>(ring: &mut RingBuf<T>) -> Vec<StallRecord> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        if item.len() == size_of::<StallRecord>() {
+            // SAFETY: the probe writes whole StallRecords; the length is checked.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr() as *const StallRecord) });
+        }
+    }
+    out
 }
 
 fn not_found() -> aya::programs::ProgramError {

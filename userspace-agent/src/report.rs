@@ -109,13 +109,19 @@ fn describe(e: &Episode) -> String {
 
 /// The operator's choices, from semantics.md.
 pub fn advice(f: &FlowReport, e: &Episode) -> String {
-    if f.class == "ctcp" && e.kind == "unanswered" {
-        let (client, server) = (host(&f.client), &f.server);
+    advice_for(f.class, e.kind, &f.client, &f.server)
+}
+
+/// What to do about a stall of `kind` on a flow of `class` between `client` and
+/// `server` ("ip:port").
+pub fn advice_for(class: &str, kind: &str, client: &str, server: &str) -> String {
+    if class == "ctcp" && kind == "unanswered" {
         format!(
             "move this client to IPsec over UDP (NAT-T, UDP 4500) or native ESP, or to AnyConnect; \
              or exempt the flow from stateful checks on the ASA \
-             (access-list ctcp-bypass extended permit tcp host {client} host {} eq {}, \
+             (access-list ctcp-bypass extended permit tcp host {} host {} eq {}, \
              matched by a class with set connection advanced-options tcp-state-bypass); and find the loss",
+            host(client),
             host(server),
             port(server)
         )

@@ -1,0 +1,158 @@
+//! `ackwatch run`, the daemon, in the lab: its JSON events, its sweep, its HTTP side,
+//! its exit codes, and a clean detach.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use ackwatch_tests::ctcp::CtcpClient;
+use ackwatch_tests::lab::{CLIENT4, HEADEND4, Lab, in_ns};
+use ackwatch_tests::live::{AGENT_ADDR, Agent, Headend, http_get};
+
+const ISN: u32 = 1000;
+const LEN: usize = 400;
+const HOLE: u32 = ISN + 1 + 8 * LEN as u32;
+
+fn lab_with_loss() -> (Lab, Headend) {
+    let lab = Lab::new();
+    lab.quiet_client_kernel();
+    lab.nft_rule(
+        &lab.headend,
+        "ackwatch_loss",
+        "input",
+        &format!("tcp dport 10000 tcp sequence {HOLE} drop"),
+    );
+    let headend = Headend::start(&lab, &[10_000]);
+    (lab, headend)
+}
+
+/// 20 cTCP segments, the ninth lost; then `more` segments every 100 ms.
+fn ctcp(lab: &Lab, port: u16, more: usize) {
+    let (client, server): (SocketAddr, SocketAddr) = (
+        format!("{CLIENT4}:{port}").parse().unwrap(),
+        format!("{HEADEND4}:10000").parse().unwrap(),
+    );
+    in_ns(&lab.client, || {
+        let mut c = CtcpClient::connect(client, server, ISN).expect("handshake");
+        for _ in 0..20 {
+            c.send_data(LEN).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for _ in 0..more {
+            c.send_data(LEN).unwrap();
+            c.ignore_for(Duration::from_millis(100)).unwrap();
+        }
+    });
+}
+
+#[test]
+fn stall_event_flows_api_and_metrics() {
+    let (lab, _headend) = lab_with_loss();
+    let agent = Agent::start(&lab.headend, &["--iface", "h0", "--listen", AGENT_ADDR]);
+    ctcp(&lab, 50_200, 16);
+    let e = agent
+        .next_event(Duration::from_secs(3))
+        .expect("a stall_started event");
+    assert_eq!(e["event"], "stall_started", "{e}");
+    assert_eq!(e["iface"], "h0");
+    assert_eq!(e["class"], "ctcp");
+    assert_eq!(e["client"], "10.77.1.2:50200");
+    assert_eq!(e["server"], "10.77.2.2:10000");
+    assert_eq!(e["stuck_side"], "client");
+    assert_eq!(e["kind"], "unanswered");
+    assert_eq!(e["hole_seq"], HOLE);
+    assert_eq!(e["loss"], "downstream");
+    assert!(e["advice"].as_str().unwrap().contains("tcp-state-bypass"));
+    assert!(e["ts"].as_str().unwrap().ends_with('Z'));
+
+    let (status, body) = http_get(&lab.headend, AGENT_ADDR, "/flows?state=stalled");
+    assert_eq!(status, 200);
+    let flows: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(flows.as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(flows[0]["client"], "10.77.1.2:50200");
+    assert_eq!(flows[0]["stalls"][0]["hole_seq"], HOLE);
+    assert_eq!(
+        http_get(&lab.headend, AGENT_ADDR, "/healthz"),
+        (200, "ok\n".to_string())
+    );
+    std::thread::sleep(Duration::from_millis(1100)); // one sweep mirrors the kernel's counters
+    let (_, metrics) = http_get(&lab.headend, AGENT_ADDR, "/metrics");
+    for line in [
+        "ackwatch_stalls_total{class=\"ctcp\"} 1",
+        "ackwatch_flows{class=\"ctcp\",state=\"stalled\"} 1",
+        "ackwatch_flow_table_entries 1",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+    assert!(metrics.contains("ackwatch_packets_total{hook=\"xdp\"}"));
+
+    assert_eq!(agent.stop(), Some(0), "SIGTERM: a clean exit");
+    let link = Command::new("ip")
+        .args(["-n", &lab.headend, "link", "show", "h0"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "XDP left attached"
+    );
+}
+
+/// A sender that falls silent right after the loss: no packet triggers the check in
+/// the kernel; the sweep reports it within T + one sweep interval.
+#[test]
+fn the_sweep_reports_a_silent_sender() {
+    let (lab, _headend) = lab_with_loss();
+    let agent = Agent::start(
+        &lab.headend,
+        &[
+            "--iface",
+            "h0",
+            "--listen",
+            AGENT_ADDR,
+            "--sweep-interval",
+            "1s",
+        ],
+    );
+    let start = Instant::now();
+    ctcp(&lab, 50_201, 0);
+    let e = agent
+        .next_event(Duration::from_secs(4))
+        .expect("the sweep's stall_started");
+    let waited = start.elapsed();
+    assert_eq!(e["event"], "stall_started", "{e}");
+    assert_eq!(e["hole_seq"], HOLE);
+    assert!(
+        waited <= Duration::from_millis(2_300),
+        "reported {waited:?} after the last packet (T + sweep = 2 s)"
+    );
+    println!(
+        "silent sender: reported {} ms after the flow started",
+        waited.as_millis()
+    );
+    assert!(
+        agent.next_event(Duration::from_millis(1500)).is_none(),
+        "one event per episode"
+    );
+}
+
+#[test]
+fn bad_input_gets_one_line_and_exit_code_2() {
+    let bin = ackwatch_tests::ackwatch_binary();
+    for (args, says) in [
+        (
+            &["run", "--iface", "nosuch0"][..],
+            "unknown interface nosuch0",
+        ),
+        (&["run", "--iface", "lo", "--ctcp-port", "70000"], "70000"),
+        (&["run", "--iface", "lo", "--stall-timeout", "soon"], "soon"),
+        (
+            &["run", "--iface", "lo", "--listen", "not-an-address"],
+            "not-an-address",
+        ),
+    ] {
+        let out = Command::new(&bin).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

@@ -1,0 +1,194 @@
+//! `ackwatch run`: load and attach the probe, print each stall transition as a JSON
+//! line, sweep the table, serve /metrics, /healthz and /flows; detach on SIGINT or
+//! SIGTERM.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aya::programs::xdp::XdpMode;
+use ebpf_probe::abi::{FlowKey, StallRecord};
+use tokio::io::unix::AsyncFd;
+
+use crate::caps;
+use crate::cli::{RunArgs, XdpModeArg};
+use crate::events::event_json;
+use crate::flows::{self, Episode};
+use crate::metrics::Metrics;
+use crate::probe::{self, Probe, Settings};
+use crate::sweep::sweep;
+
+/// Why `run` stopped before starting: bad input (exit 2) or a failure (exit 1).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Input(String),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What the tasks share.
+pub struct Shared {
+    pub probe: Mutex<Probe>,
+    pub episodes: Mutex<HashMap<FlowKey, Vec<Episode>>>,
+    pub metrics: Metrics,
+    /// Wall clock minus the probe's monotonic clock.
+    pub offset: u64,
+    ifnames: HashMap<u32, String>,
+}
+
+impl Shared {
+    /// Prints, counts and remembers one stall transition.
+    fn record(&self, r: &StallRecord) {
+        let iface = self
+            .ifnames
+            .get(&r.ifindex)
+            .map(String::as_str)
+            .unwrap_or("unknown");
+        let line = event_json(r, iface, self.offset);
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+        self.metrics.on_record(r);
+        flows::apply(
+            self.episodes.lock().unwrap().entry(r.key).or_default(),
+            r,
+            self.offset,
+        );
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    // SAFETY: clock_gettime fills the zeroed timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Checks the input and the machine, loads and attaches the probe.
+pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
+    for i in &args.ifaces {
+        if !caps::interface_exists(i) {
+            return Err(RunError::Input(format!("unknown interface {i}")));
+        }
+    }
+    let missing = caps::missing_capabilities();
+    if !missing.is_empty() {
+        return Err(RunError::Input(format!(
+            "missing capabilities: {} (run as root, or grant them)",
+            missing.join(", ")
+        )));
+    }
+    let settings = Settings {
+        max_flows: args.max_flows,
+        max_pending: (args.max_flows / 4).max(1024),
+        verdict: args.verdict.config(),
+        ctcp_ports: args.verdict.ctcp_ports.clone(),
+        clock_from_map: false,
+    };
+    let mut probe = Probe::load(&settings).map_err(|e| RunError::Failed(e.to_string()))?;
+    let mode = match args.xdp_mode {
+        XdpModeArg::Auto => XdpMode::Default,
+        XdpModeArg::Native => XdpMode::Driver,
+        XdpModeArg::Generic => XdpMode::Skb,
+    };
+    let mut ifnames = HashMap::new();
+    for i in &args.ifaces {
+        let kind = probe
+            .attach_ingress(i, mode)
+            .map_err(|e| RunError::Failed(format!("{i}: {e}")))?;
+        if !args.no_egress {
+            probe
+                .attach_egress(i)
+                .map_err(|e| RunError::Failed(format!("{i}: {e}")))?;
+        }
+        log::info!(
+            "attached to {i} ({kind:?}): XDP ingress ({:?}){}",
+            args.xdp_mode,
+            if args.no_egress { "" } else { ", TC egress" }
+        );
+        ifnames.insert(caps::ifindex(i), i.clone());
+    }
+    Ok(Arc::new(Shared {
+        probe: Mutex::new(probe),
+        episodes: Mutex::new(HashMap::new()),
+        metrics: Metrics::new(args.max_flows),
+        offset: flows::monotonic_to_wall(),
+        ifnames,
+    }))
+}
+
+/// Runs until SIGINT or SIGTERM; dropping the probe then detaches it.
+pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> {
+    let ring = shared
+        .probe
+        .lock()
+        .unwrap()
+        .take_events()
+        .map_err(|e| RunError::Failed(e.to_string()))?;
+    // SAFETY: the AsyncFd owns the ring buffer, so its descriptor stays open while
+    // registered.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| RunError::Failed(format!("ring buffer: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| RunError::Input(format!("cannot listen on {}: {e}", args.listen)))?;
+    log::info!(
+        "serving /metrics, /healthz and /flows on http://{}",
+        args.listen
+    );
+    let http = tokio::spawn(crate::http::serve(listener, shared.clone()));
+
+    let events = {
+        let shared = shared.clone();
+        async move {
+            loop {
+                let Ok(mut guard) = ring.readable_mut().await else {
+                    return;
+                };
+                for r in probe::drain(guard.get_inner_mut()) {
+                    shared.record(&r);
+                }
+                guard.clear_ready();
+            }
+        }
+    };
+    let sweeps = {
+        let (shared, cfg) = (shared.clone(), args.verdict.config());
+        let idle = args.verdict.idle_timeout.as_nanos() as u64;
+        let mut tick = tokio::time::interval(args.verdict.sweep_interval);
+        async move {
+            loop {
+                tick.tick().await;
+                let swept = {
+                    let mut probe = shared.probe.lock().unwrap();
+                    match sweep(&mut probe, &cfg, idle, monotonic_ns()) {
+                        Ok(s) => probe.counters().map(|c| (s, c)),
+                        Err(e) => Err(e),
+                    }
+                };
+                match swept {
+                    Ok((s, counters)) => {
+                        for r in &s.records {
+                            shared.record(r);
+                        }
+                        shared.metrics.refresh(&counters, &s.flows, s.entries);
+                    }
+                    Err(e) => log::warn!("sweep: {e}"),
+                }
+            }
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| RunError::Failed(e.to_string()))?;
+    tokio::select! {
+        _ = events => {}
+        _ = sweeps => {}
+        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: detaching"),
+        _ = term.recv() => log::info!("SIGTERM: detaching"),
+    }
+    http.abort();
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    Ok(())
+}

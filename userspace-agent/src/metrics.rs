@@ -1,0 +1,192 @@
+//! Prometheus metrics. Bounded labels only: hook, reason, class, state; a 5-tuple never
+//! becomes a label. Kernel counters are mirrored at each sweep.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+use ebpf_probe::abi::{StallRecord, StallWhat, counter};
+
+use crate::flows::class_name;
+
+pub const CLASSES: [&str; 3] = ["ctcp", "rfc9329", "tcp"];
+pub const STATES: [&str; 4] = ["active", "stalled", "recovered", "closed"];
+
+pub struct Metrics {
+    registry: Registry,
+    packets: IntCounterVec,
+    untracked: IntCounterVec,
+    refused: IntCounterVec,
+    events_lost: IntCounterVec,
+    stalls: IntCounterVec,
+    recoveries: IntCounterVec,
+    stall_seconds: Histogram,
+    flows: IntGaugeVec,
+    entries: IntGauge,
+    /// Kernel counters at the last mirror, to add only what is new.
+    last: std::sync::Mutex<Vec<u64>>,
+}
+
+fn counter_vec(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("metric");
+    for v in values {
+        c.with_label_values(&[v]); // start at 0 for every known value
+    }
+    r.register(Box::new(c.clone())).expect("register");
+    c
+}
+
+impl Metrics {
+    pub fn new(capacity: u32) -> Metrics {
+        let r = Registry::new();
+        let build = IntGaugeVec::new(
+            Opts::new("ackwatch_build_info", "ackwatch's version"),
+            &["version"],
+        )
+        .unwrap();
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        r.register(Box::new(build)).unwrap();
+        let cap =
+            IntGauge::new("ackwatch_flow_table_capacity", "Capacity of the flow table").unwrap();
+        cap.set(capacity as i64);
+        r.register(Box::new(cap)).unwrap();
+        let entries = IntGauge::new("ackwatch_flow_table_entries", "Flows in the table").unwrap();
+        r.register(Box::new(entries.clone())).unwrap();
+        let flows = IntGaugeVec::new(
+            Opts::new("ackwatch_flows", "Flows by class and state"),
+            &["class", "state"],
+        )
+        .unwrap();
+        for c in CLASSES {
+            for s in STATES {
+                flows.with_label_values(&[c, s]);
+            }
+        }
+        r.register(Box::new(flows.clone())).unwrap();
+        let stall_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "ackwatch_stall_duration_seconds",
+                "How long ended or recovered stalls lasted, from the first duplicate ACK",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0]),
+        )
+        .unwrap();
+        r.register(Box::new(stall_seconds.clone())).unwrap();
+        Metrics {
+            packets: counter_vec(
+                &r,
+                "ackwatch_packets_total",
+                "Packets seen by the probe",
+                "hook",
+                &["xdp", "tc"],
+            ),
+            untracked: counter_vec(
+                &r,
+                "ackwatch_untracked_packets_total",
+                "Packets not tracked, by reason",
+                "reason",
+                &counter::REASON_NAMES,
+            ),
+            refused: counter_vec(
+                &r,
+                "ackwatch_flow_table_refused_total",
+                "New flows refused",
+                "reason",
+                &["table_full"],
+            ),
+            events_lost: counter_vec(
+                &r,
+                "ackwatch_events_lost_total",
+                "Stall records lost",
+                "reason",
+                &["ring_buffer_full"],
+            ),
+            stalls: counter_vec(
+                &r,
+                "ackwatch_stalls_total",
+                "Stall episodes started",
+                "class",
+                &CLASSES,
+            ),
+            recoveries: counter_vec(
+                &r,
+                "ackwatch_stall_recoveries_total",
+                "Stall episodes recovered",
+                "class",
+                &CLASSES,
+            ),
+            stall_seconds,
+            flows,
+            entries,
+            last: std::sync::Mutex::new(vec![0; counter::COUNT as usize]),
+            registry: r,
+        }
+    }
+
+    /// Counts a stall transition.
+    pub fn on_record(&self, r: &StallRecord) {
+        let class = class_name(r.class);
+        match StallWhat::try_from(r.what) {
+            Ok(StallWhat::Started) => self.stalls.with_label_values(&[class]).inc(),
+            Ok(what) => {
+                if what == StallWhat::Recovered {
+                    self.recoveries.with_label_values(&[class]).inc();
+                }
+                self.stall_seconds
+                    .observe(r.at.saturating_sub(r.since) as f64 / 1e9);
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Mirrors the probe's counters (`abi::counter`) and the table's make-up.
+    pub fn refresh(&self, counters: &[u64], flows: &[[i64; 4]; 3], entries: usize) {
+        let mut last = self.last.lock().unwrap();
+        let full_before = last[counter::TABLE_FULL as usize];
+        let mut add = |i: u32, c: &prometheus::IntCounter| {
+            let (now, before) = (counters[i as usize], last[i as usize]);
+            c.inc_by(now.saturating_sub(before));
+            last[i as usize] = now;
+        };
+        add(
+            counter::PACKETS_XDP,
+            &self.packets.with_label_values(&["xdp"]),
+        );
+        add(
+            counter::PACKETS_TC,
+            &self.packets.with_label_values(&["tc"]),
+        );
+        for (i, name) in counter::REASON_NAMES.iter().enumerate() {
+            add(i as u32, &self.untracked.with_label_values(&[name]));
+        }
+        let full = counters[counter::TABLE_FULL as usize].saturating_sub(full_before);
+        self.refused.with_label_values(&["table_full"]).inc_by(full);
+        add(
+            counter::RINGBUF_FULL,
+            &self.events_lost.with_label_values(&["ring_buffer_full"]),
+        );
+        for (c, class) in CLASSES.iter().enumerate() {
+            for (s, state) in STATES.iter().enumerate() {
+                self.flows
+                    .with_label_values(&[class, state])
+                    .set(flows[c][s]);
+            }
+        }
+        self.entries.set(entries as i64);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("encode metrics");
+        String::from_utf8(out).expect("utf-8 metrics")
+    }
+}
