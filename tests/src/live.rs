@@ -357,3 +357,56 @@ impl Drop for Agent {
         let _ = self.child.wait();
     }
 }
+
+/// A server program (Prometheus, Alertmanager) run in a lab namespace; killed when
+/// dropped.
+pub struct Service {
+    child: std::process::Child,
+}
+
+impl Service {
+    /// Starts `program args` in `ns` and waits until `addr` accepts connections.
+    pub fn start(ns: &str, program: &str, args: &[String], addr: &str) -> Service {
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, program])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if in_ns(ns, || std::net::TcpStream::connect(addr).is_ok()) {
+                return Service { child };
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{program} did not come up on {addr}");
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `GET path` in `ns` until `done` holds for the JSON body, for up to `d`.
+pub fn poll_json(
+    ns: &str,
+    addr: &str,
+    path: &str,
+    d: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + d;
+    loop {
+        let (_, body) = http_get(ns, addr, path);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+        if done(&v) || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

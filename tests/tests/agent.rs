@@ -156,3 +156,143 @@ fn bad_input_gets_one_line_and_exit_code_2() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// A real Alertmanager shows the pushed alert with its labels, then resolved; a real
+/// Prometheus scraping the agent shows the stall in its query API.
+#[test]
+fn alertmanager_and_prometheus() {
+    use ackwatch_tests::Scratch;
+    use ackwatch_tests::live::{Service, poll_json};
+    let lab = Lab::new();
+    lab.quiet_client_kernel();
+    // The loss spares a resend one byte longer (the client answers late, below).
+    lab.nft_rule(
+        &lab.headend,
+        "ackwatch_loss",
+        "input",
+        &format!(
+            "tcp dport 10000 tcp sequence {HOLE} meta length != {} drop",
+            LEN + 41
+        ),
+    );
+    let _headend = Headend::start(&lab, &[10_000]);
+    let dir = Scratch::new("agent-services");
+    std::fs::write(
+        dir.join("am.yml"),
+        "route:\n  receiver: none\nreceivers:\n  - name: none\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("prom.yml"),
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ackwatch\n    static_configs:\n      - targets: ['{AGENT_ADDR}']\n"),
+    )
+    .unwrap();
+    let path = |f: &str| dir.join(f).display().to_string();
+    let _am = Service::start(
+        &lab.headend,
+        "prometheus-alertmanager",
+        &[
+            format!("--config.file={}", path("am.yml")),
+            format!("--storage.path={}", path("am")),
+            "--web.listen-address=127.0.0.1:9093".into(),
+            "--cluster.listen-address=".into(),
+        ],
+        "127.0.0.1:9093",
+    );
+    let _prom = Service::start(
+        &lab.headend,
+        "prometheus",
+        &[
+            format!("--config.file={}", path("prom.yml")),
+            format!("--storage.tsdb.path={}", path("prom")),
+            "--web.listen-address=127.0.0.1:9090".into(),
+        ],
+        "127.0.0.1:9090",
+    );
+    let agent = Agent::start(
+        &lab.headend,
+        &[
+            "--iface",
+            "h0",
+            "--listen",
+            AGENT_ADDR,
+            "--alertmanager-url",
+            "http://127.0.0.1:9093",
+        ],
+    );
+    let (client, server): (SocketAddr, SocketAddr) = (
+        format!("{CLIENT4}:50300").parse().unwrap(),
+        format!("{HEADEND4}:10000").parse().unwrap(),
+    );
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            in_ns(&lab.client, || {
+                let mut c = CtcpClient::connect(client, server, ISN).expect("handshake");
+                for _ in 0..20 {
+                    c.send_data(LEN).unwrap();
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                // Keep the flow going, stalled, long enough to see the alert; then answer.
+                for _ in 0..40 {
+                    c.send_data(LEN).unwrap();
+                    c.ignore_for(Duration::from_millis(100)).unwrap();
+                }
+                c.resend(HOLE, LEN + 1).unwrap();
+                c.ignore_for(Duration::from_millis(500)).unwrap();
+            })
+        });
+        let e = agent
+            .next_event(Duration::from_secs(4))
+            .expect("stall_started");
+        assert_eq!(e["event"], "stall_started");
+        let ours = |a: &serde_json::Value| {
+            a["labels"]["alertname"] == "CtcpFlowStalled"
+                && a["labels"]["client"] == "10.77.1.2:50300"
+        };
+        let alerts = poll_json(
+            &lab.headend,
+            "127.0.0.1:9093",
+            "/api/v2/alerts",
+            Duration::from_secs(5),
+            |v| v.as_array().is_some_and(|a| a.iter().any(ours)),
+        );
+        let alert = alerts
+            .as_array()
+            .and_then(|a| a.iter().find(|x| ours(x)))
+            .unwrap_or_else(|| panic!("no alert in {alerts}"));
+        assert_eq!(alert["labels"]["server"], "10.77.2.2:10000");
+        assert_eq!(alert["labels"]["class"], "ctcp");
+        assert_eq!(alert["labels"]["iface"], "h0");
+        assert_eq!(alert["labels"]["severity"], "critical");
+        assert!(
+            alert["annotations"]["tcp_state_bypass"]
+                .as_str()
+                .unwrap()
+                .contains("permit tcp host 10.77.1.2 host 10.77.2.2 eq 10000")
+        );
+        let q = poll_json(
+            &lab.headend,
+            "127.0.0.1:9090",
+            "/api/v1/query?query=ackwatch_stalls_total%7Bclass%3D%22ctcp%22%7D",
+            Duration::from_secs(8),
+            |v| v["data"]["result"][0]["value"][1] == "1",
+        );
+        assert_eq!(q["data"]["result"][0]["value"][1], "1", "Prometheus: {q}");
+        let e = agent
+            .next_event(Duration::from_secs(6))
+            .expect("stall_recovered");
+        assert_eq!(e["event"], "stall_recovered", "{e}");
+        assert!(e["stalled_ms"].as_u64().unwrap() >= 1_000);
+        let alerts = poll_json(
+            &lab.headend,
+            "127.0.0.1:9093",
+            "/api/v2/alerts",
+            Duration::from_secs(5),
+            |v| v.as_array().is_some_and(|a| !a.iter().any(ours)),
+        );
+        assert!(
+            !alerts.as_array().unwrap().iter().any(ours),
+            "the alert is still active: {alerts}"
+        );
+    });
+}

@@ -47,6 +47,13 @@ pub struct RunArgs {
     /// Address of /metrics, /healthz and /flows (a headend faces the Internet: loopback by default).
     #[arg(long, default_value = "127.0.0.1:9977", env = "ACKWATCH_LISTEN")]
     pub listen: std::net::SocketAddr,
+    /// Alertmanager to push stalls to (repeatable), e.g. http://127.0.0.1:9093.
+    #[arg(
+        long = "alertmanager-url",
+        env = "ACKWATCH_ALERTMANAGER_URL",
+        value_delimiter = ','
+    )]
+    pub alertmanager_urls: Vec<crate::alert::Endpoint>,
     /// Log level of the human logs on stderr.
     #[arg(long, default_value = "info", env = "ACKWATCH_LOG_LEVEL")]
     pub log_level: log::LevelFilter,

@@ -11,6 +11,7 @@ use aya::programs::xdp::XdpMode;
 use ebpf_probe::abi::{FlowKey, StallRecord};
 use tokio::io::unix::AsyncFd;
 
+use crate::alert::Alerter;
 use crate::caps;
 use crate::cli::{RunArgs, XdpModeArg};
 use crate::events::event_json;
@@ -36,6 +37,7 @@ pub struct Shared {
     /// Wall clock minus the probe's monotonic clock.
     pub offset: u64,
     ifnames: HashMap<u32, String>,
+    alerter: std::sync::OnceLock<Alerter>,
 }
 
 impl Shared {
@@ -51,19 +53,15 @@ impl Shared {
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
         self.metrics.on_record(r);
+        if let Some(a) = self.alerter.get() {
+            a.record(r, iface, self.offset);
+        }
         flows::apply(
             self.episodes.lock().unwrap().entry(r.key).or_default(),
             r,
             self.offset,
         );
     }
-}
-
-fn monotonic_ns() -> u64 {
-    // SAFETY: clock_gettime fills the zeroed timespec.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Checks the input and the machine, loads and attaches the probe.
@@ -116,6 +114,7 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
         metrics: Metrics::new(args.max_flows),
         offset: flows::monotonic_to_wall(),
         ifnames,
+        alerter: std::sync::OnceLock::new(),
     }))
 }
 
@@ -139,6 +138,17 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
         args.listen
     );
     let http = tokio::spawn(crate::http::serve(listener, shared.clone()));
+    if !args.alertmanager_urls.is_empty() {
+        let (errors, dropped) = (
+            shared.metrics.alertmanager_errors.clone(),
+            shared.metrics.alerts_dropped.clone(),
+        );
+        let _ = shared.alerter.set(Alerter::start(
+            args.alertmanager_urls.clone(),
+            errors,
+            dropped,
+        ));
+    }
 
     let events = {
         let shared = shared.clone();
@@ -163,7 +173,7 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                 tick.tick().await;
                 let swept = {
                     let mut probe = shared.probe.lock().unwrap();
-                    match sweep(&mut probe, &cfg, idle, monotonic_ns()) {
+                    match sweep(&mut probe, &cfg, idle, flows::monotonic_now()) {
                         Ok(s) => probe.counters().map(|c| (s, c)),
                         Err(e) => Err(e),
                     }

@@ -170,15 +170,21 @@ pub fn apply(episodes: &mut Vec<Episode>, r: &StallRecord, offset: u64) {
     }
 }
 
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    // SAFETY: clock_gettime fills the zeroed timespec.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The monotonic clock the probe stamps with (bpf_ktime_get_ns), in nanoseconds.
+pub fn monotonic_now() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
 /// Wall clock minus the monotonic clock the probe stamps with, in nanoseconds.
 pub fn monotonic_to_wall() -> u64 {
-    let now = |clock| {
-        // SAFETY: clock_gettime fills the zeroed timespec.
-        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    };
-    now(libc::CLOCK_REALTIME).saturating_sub(now(libc::CLOCK_MONOTONIC))
+    clock_ns(libc::CLOCK_REALTIME).saturating_sub(monotonic_now())
 }
 
 pub fn rfc3339(ns: u64) -> String {

@@ -24,6 +24,8 @@ pub struct Metrics {
     stall_seconds: Histogram,
     flows: IntGaugeVec,
     entries: IntGauge,
+    pub alertmanager_errors: prometheus::IntCounter,
+    pub alerts_dropped: prometheus::IntCounter,
     /// Kernel counters at the last mirror, to add only what is new.
     last: std::sync::Mutex<Vec<u64>>,
 }
@@ -39,6 +41,12 @@ fn counter_vec(
     for v in values {
         c.with_label_values(&[v]); // start at 0 for every known value
     }
+    r.register(Box::new(c.clone())).expect("register");
+    c
+}
+
+fn plain_counter(r: &Registry, name: &str, help: &str) -> prometheus::IntCounter {
+    let c = prometheus::IntCounter::new(name, help).expect("metric");
     r.register(Box::new(c.clone())).expect("register");
     c
 }
@@ -125,6 +133,16 @@ impl Metrics {
             stall_seconds,
             flows,
             entries,
+            alertmanager_errors: plain_counter(
+                &r,
+                "ackwatch_alertmanager_errors_total",
+                "Pushes to Alertmanager that failed after retries",
+            ),
+            alerts_dropped: plain_counter(
+                &r,
+                "ackwatch_alerts_dropped_total",
+                "Alerts not queued for Alertmanager (queue full)",
+            ),
             last: std::sync::Mutex::new(vec![0; counter::COUNT as usize]),
             registry: r,
         }

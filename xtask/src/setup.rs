@@ -9,7 +9,15 @@ use anyhow::{Context, Result, bail};
 
 /// Debian packages the tests and the lab use.
 const DEBIAN_PACKAGES: &[&str] = &[
-    "bpftool", "iproute2", "ethtool", "tshark", "tcpdump", "nftables",
+    "bpftool",
+    "iproute2",
+    "ethtool",
+    "tshark",
+    "tcpdump",
+    "nftables",
+    "prometheus",
+    "prometheus-alertmanager",
+    "libcap2-bin",
 ];
 
 pub fn run() -> Result<()> {
