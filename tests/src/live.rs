@@ -374,10 +374,12 @@ impl Service {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("{program}: {e}"));
+        // Owned first: a panic below still kills it.
+        let service = Service { child };
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if in_ns(ns, || std::net::TcpStream::connect(addr).is_ok()) {
-                return Service { child };
+                return service;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
