@@ -301,12 +301,39 @@ pub const AGENT_ADDR: &str = "127.0.0.1:9977";
 
 impl Agent {
     pub fn start(ns: &str, args: &[&str]) -> Agent {
+        let bin = crate::ackwatch_binary().display().to_string();
+        let mut cmd = vec![bin.as_str(), "run"];
+        cmd.extend_from_slice(args);
+        Agent::start_command(ns, &cmd)
+    }
+
+    /// As `start`, as user nobody with only CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON
+    /// (capsh), as the systemd unit runs it.
+    pub fn start_with_three_capabilities(ns: &str, args: &[&str]) -> Agent {
+        let run = format!(
+            "exec {} run {}",
+            crate::ackwatch_binary().display(),
+            args.join(" ")
+        );
+        let caps = "cap_bpf,cap_net_admin,cap_perfmon";
+        let cmd = [
+            "capsh",
+            &format!("--caps={caps},cap_setpcap,cap_setuid,cap_setgid+eip"),
+            "--keep=1",
+            "--user=nobody",
+            &format!("--addamb={caps}"),
+            "--",
+            "-c",
+            &run,
+        ];
+        Agent::start_command(ns, &cmd)
+    }
+
+    fn start_command(ns: &str, cmd: &[&str]) -> Agent {
         use std::io::BufRead;
         let mut child = std::process::Command::new("ip")
             .args(["netns", "exec", ns])
-            .arg(crate::ackwatch_binary())
-            .arg("run")
-            .args(args)
+            .args(cmd)
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("start ackwatch run");

@@ -85,6 +85,16 @@ fn stall_event_flows_api_and_metrics() {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
     assert!(metrics.contains("ackwatch_packets_total{hook=\"xdp\"}"));
+    let info = metrics
+        .lines()
+        .find(|l| l.starts_with("ackwatch_stalled_flow_info{"))
+        .expect("a stalled-flow series");
+    assert!(
+        info.contains("client=\"10.77.1.2:50200\"")
+            && info.contains("iface=\"h0\"")
+            && info.ends_with(" 1"),
+        "{info}"
+    );
 
     assert_eq!(agent.stop(), Some(0), "SIGTERM: a clean exit");
     let link = Command::new("ip")
@@ -295,4 +305,21 @@ fn alertmanager_and_prometheus() {
             "the alert is still active: {alerts}"
         );
     });
+}
+
+/// As the systemd unit runs it: user nobody, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON only.
+#[test]
+fn runs_with_only_three_capabilities() {
+    let (lab, _headend) = lab_with_loss();
+    let agent = Agent::start_with_three_capabilities(
+        &lab.headend,
+        &["--iface", "h0", "--listen", AGENT_ADDR],
+    );
+    ctcp(&lab, 50_202, 16);
+    let e = agent
+        .next_event(Duration::from_secs(3))
+        .expect("a stall_started event");
+    assert_eq!(e["event"], "stall_started");
+    assert_eq!(http_get(&lab.headend, AGENT_ADDR, "/healthz").0, 200);
+    assert_eq!(agent.stop(), Some(0));
 }

@@ -54,6 +54,9 @@ pub struct RunArgs {
         value_delimiter = ','
     )]
     pub alertmanager_urls: Vec<crate::alert::Endpoint>,
+    /// At most this many ackwatch_stalled_flow_info series (one per stalled flow).
+    #[arg(long, default_value_t = 100)]
+    pub max_stalled_series: usize,
     /// Log level of the human logs on stderr.
     #[arg(long, default_value = "info", env = "ACKWATCH_LOG_LEVEL")]
     pub log_level: log::LevelFilter,

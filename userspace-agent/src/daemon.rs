@@ -52,7 +52,7 @@ impl Shared {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
-        self.metrics.on_record(r);
+        self.metrics.on_record(r, iface);
         if let Some(a) = self.alerter.get() {
             a.record(r, iface, self.offset);
         }
@@ -111,7 +111,7 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
     Ok(Arc::new(Shared {
         probe: Mutex::new(probe),
         episodes: Mutex::new(HashMap::new()),
-        metrics: Metrics::new(args.max_flows),
+        metrics: Metrics::new(args.max_flows, args.max_stalled_series),
         offset: flows::monotonic_to_wall(),
         ifnames,
         alerter: std::sync::OnceLock::new(),

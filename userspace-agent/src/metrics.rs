@@ -8,7 +8,9 @@ use prometheus::{
 
 use ebpf_probe::abi::{StallRecord, StallWhat, counter};
 
-use crate::flows::class_name;
+use prometheus::core::Collector;
+
+use crate::flows::{class_name, endpoint};
 
 pub const CLASSES: [&str; 3] = ["ctcp", "rfc9329", "tcp"];
 pub const STATES: [&str; 4] = ["active", "stalled", "recovered", "closed"];
@@ -24,6 +26,9 @@ pub struct Metrics {
     stall_seconds: Histogram,
     flows: IntGaugeVec,
     entries: IntGauge,
+    stalled_info: IntGaugeVec,
+    /// At most this many ackwatch_stalled_flow_info series at once.
+    max_stalled_series: usize,
     pub alertmanager_errors: prometheus::IntCounter,
     pub alerts_dropped: prometheus::IntCounter,
     /// Kernel counters at the last mirror, to add only what is new.
@@ -52,7 +57,7 @@ fn plain_counter(r: &Registry, name: &str, help: &str) -> prometheus::IntCounter
 }
 
 impl Metrics {
-    pub fn new(capacity: u32) -> Metrics {
+    pub fn new(capacity: u32, max_stalled_series: usize) -> Metrics {
         let r = Registry::new();
         let build = IntGaugeVec::new(
             Opts::new("ackwatch_build_info", "ackwatch's version"),
@@ -87,7 +92,18 @@ impl Metrics {
         )
         .unwrap();
         r.register(Box::new(stall_seconds.clone())).unwrap();
+        let stalled_info = IntGaugeVec::new(
+            Opts::new(
+                "ackwatch_stalled_flow_info",
+                "1 for each stalled flow, up to --max-stalled-series of them",
+            ),
+            &["client", "server", "class", "iface"],
+        )
+        .unwrap();
+        r.register(Box::new(stalled_info.clone())).unwrap();
         Metrics {
+            stalled_info,
+            max_stalled_series,
             packets: counter_vec(
                 &r,
                 "ackwatch_packets_total",
@@ -148,12 +164,29 @@ impl Metrics {
         }
     }
 
-    /// Counts a stall transition.
-    pub fn on_record(&self, r: &StallRecord) {
+    /// Counts a stall transition; `iface` is where the flow was last seen.
+    pub fn on_record(&self, r: &StallRecord, iface: &str) {
         let class = class_name(r.class);
+        let c = r.client as usize & 1;
+        let (client, server) = (
+            endpoint(&r.key, c).to_string(),
+            endpoint(&r.key, c ^ 1).to_string(),
+        );
+        let info = [client.as_str(), server.as_str(), class, iface];
         match StallWhat::try_from(r.what) {
-            Ok(StallWhat::Started) => self.stalls.with_label_values(&[class]).inc(),
+            Ok(StallWhat::Started) => {
+                self.stalls.with_label_values(&[class]).inc();
+                let series = self
+                    .stalled_info
+                    .collect()
+                    .first()
+                    .map_or(0, |f| f.get_metric().len());
+                if series < self.max_stalled_series {
+                    self.stalled_info.with_label_values(&info).set(1);
+                }
+            }
             Ok(what) => {
+                let _ = self.stalled_info.remove_label_values(&info);
                 if what == StallWhat::Recovered {
                     self.recoveries.with_label_values(&[class]).inc();
                 }
