@@ -268,25 +268,7 @@ pub fn compare_with_tshark(probe: &Probe, capture: &std::path::Path) -> usize {
 /// `GET path` from inside namespace `ns`: (status, body).
 pub fn http_get(ns: &str, addr: &str, path: &str) -> (u16, String) {
     in_ns(ns, || {
-        use std::io::Write;
-        let mut s = std::net::TcpStream::connect(addr).expect("connect to the agent");
-        write!(
-            s,
-            "GET {path} HTTP/1.1\r\nHost: ackwatch\r\nConnection: close\r\n\r\n"
-        )
-        .unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let status = resp
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = resp
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        (status, body)
+        ackwatch::client::http_get(addr, path).expect("GET from the agent")
     })
 }
 

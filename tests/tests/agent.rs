@@ -75,6 +75,23 @@ fn stall_event_flows_api_and_metrics() {
         http_get(&lab.headend, AGENT_ADDR, "/healthz"),
         (200, "ok\n".to_string())
     );
+    // `ackwatch flows`, the operator's view of the same table.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.headend])
+        .arg(ackwatch_tests::ackwatch_binary())
+        .args(["flows", "--stalled", "--api", AGENT_ADDR])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains("10.77.1.2:50200") && table.contains(&format!("hole at seq {HOLE}")),
+        "{table}"
+    );
     std::thread::sleep(Duration::from_millis(1100)); // one sweep mirrors the kernel's counters
     let (_, metrics) = http_get(&lab.headend, AGENT_ADDR, "/metrics");
     for line in [

@@ -23,6 +23,21 @@ pub enum Command {
     Run(RunArgs),
     /// Analyse a pcap or pcapng capture with the probe's own state machine.
     Analyze(AnalyzeArgs),
+    /// Print the flow table of a running agent.
+    Flows(FlowsArgs),
+}
+
+#[derive(Args)]
+pub struct FlowsArgs {
+    /// Only stalled flows.
+    #[arg(long)]
+    pub stalled: bool,
+    /// One JSON object per flow and line.
+    #[arg(long)]
+    pub json: bool,
+    /// The agent's HTTP address (its --listen).
+    #[arg(long, default_value = "127.0.0.1:9977", env = "ACKWATCH_LISTEN")]
+    pub api: String,
 }
 
 #[derive(Args)]

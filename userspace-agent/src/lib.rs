@@ -8,6 +8,7 @@ pub mod attach;
 pub mod caps;
 pub mod capture;
 pub mod cli;
+pub mod client;
 pub mod daemon;
 pub mod events;
 pub mod flows;

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use ackwatch::analyze::{Analyzer, Options};
 use ackwatch::capture::{Capture, CaptureError};
-use ackwatch::cli::{AnalyzeArgs, Cli, Command, RunArgs};
+use ackwatch::cli::{AnalyzeArgs, Cli, Command, FlowsArgs, RunArgs};
+use ackwatch::client;
 use ackwatch::daemon::{self, RunError};
 use ackwatch::flows::FlowReport;
 use ackwatch::report;
@@ -16,6 +17,33 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(&args),
         Command::Analyze(args) => analyze(&args),
+        Command::Flows(args) => flows(&args),
+    }
+}
+
+/// Exit 0; 1 when the agent cannot be reached or answers with an error.
+fn flows(args: &FlowsArgs) -> ExitCode {
+    let path = if args.stalled {
+        "/flows?state=stalled"
+    } else {
+        "/flows"
+    };
+    let got = client::http_get(&args.api, path)
+        .map_err(|e| format!("cannot reach the agent at {}: {e}", args.api))
+        .and_then(|(status, body)| match status {
+            200 => serde_json::from_str::<Vec<serde_json::Value>>(&body)
+                .map_err(|e| format!("bad answer from the agent: {e}")),
+            s => Err(format!("the agent answered {s}: {body}")),
+        });
+    match got {
+        Ok(flows) => {
+            let _ = client::print_flows(&mut std::io::stdout().lock(), &flows, args.json);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ackwatch: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 
