@@ -40,16 +40,14 @@ fn main() -> Result<()> {
     match cli.task {
         Task::Setup => Ok(()),
         Task::Test => test(),
-        Task::Bench { packets } => {
-            cargo(&["build", "--release", "-p", "ackwatch", "--bin", "ackwatch"])?;
-            run_tests_bin("ackwatch-bench", &[&packets.to_string()])
-        }
+        Task::Bench { packets } => run_tests_bin("ackwatch-bench", &[&packets.to_string()]),
         Task::Demo => run_tests_bin("ackwatch-demo", &[]),
     }
 }
 
-/// Runs a binary of the tests crate, optimized.
+/// Runs a binary of the tests crate, optimized, beside the `ackwatch` it drives.
 fn run_tests_bin(bin: &str, args: &[&str]) -> Result<()> {
+    cargo(&["build", "--release", "-p", "ackwatch", "--bin", "ackwatch"])?;
     let mut all = vec![
         "run",
         "--quiet",

@@ -1,22 +1,18 @@
-//! `cargo xtask demo`: the lab with the probe on the headend, a healthy real TCP flow
-//! and a cTCP flow whose ninth segment is lost after the probe, then what ackwatch saw:
-//! the stall as it is reported, the flow table with what to do, the counters. Cleans up
+//! `cargo xtask demo`: the lab, the `ackwatch run` agent on the headend, a healthy real
+//! TCP flow and a cTCP flow whose ninth segment is lost after the probe; then what an
+//! operator sees: the agent's JSON events, `ackwatch flows`, the metrics. Cleans up
 //! after itself. Needs root.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ackwatch::flows::{self, FlowReport};
-use ackwatch::probe::Settings;
 use ackwatch_tests::ctcp::CtcpClient;
 use ackwatch_tests::lab::{CLIENT4, HEADEND4, Lab, enter, in_ns};
-use ackwatch_tests::live::{Headend, Placement, attach};
-use ebpf_probe::abi::{StallWhat, counter};
+use ackwatch_tests::live::{AGENT_ADDR, Agent, Headend, http_get};
 
 fn main() {
-    let offset = flows::monotonic_to_wall();
-    println!("ackwatch demo: building the lab: client -- gateway -- headend (network namespaces)");
+    println!("== building the lab: client -- gateway -- headend (network namespaces, veths)");
     let lab = Lab::new();
     lab.quiet_client_kernel();
     let (isn, len) = (1000u32, 400usize);
@@ -28,18 +24,24 @@ fn main() {
         &format!("tcp dport 10000 tcp sequence {hole} drop"),
     );
     let headend = Headend::start(&lab, &[10_000]);
-    let mut probe = attach(&lab, &Settings::default(), Placement::Headend);
-    println!(
-        "probe attached to the headend's h0: XDP ingress, TC egress; K = 3 duplicate ACKs, T = 1 s"
+    println!("== starting the agent on the headend: ackwatch run --iface h0 --listen {AGENT_ADDR}");
+    let agent = Agent::start(
+        &lab.headend,
+        &[
+            "--iface",
+            "h0",
+            "--listen",
+            AGENT_ADDR,
+            "--log-level",
+            "warn",
+        ],
     );
     println!(
-        "traffic: a real TCP upload of 2 MB, and a cTCP client whose 9th segment is dropped inside the headend\n"
+        "== traffic: a real TCP upload of 2 MB, and a cTCP client whose 9th segment is dropped inside the headend"
     );
 
     let server: SocketAddr = format!("{HEADEND4}:10000").parse().unwrap();
     let ctcp_client: SocketAddr = format!("{CLIENT4}:50000").parse().unwrap();
-    let mut episodes: HashMap<_, Vec<_>> = HashMap::new();
-    let start = Instant::now();
     std::thread::scope(|s| {
         s.spawn(|| {
             enter(&lab.client);
@@ -55,41 +57,36 @@ fn main() {
                 }
             })
         });
-        while start.elapsed() < Duration::from_millis(2300) {
-            for r in probe.drain_events().expect("events") {
-                let what = StallWhat::try_from(r.what)
-                    .map(|w| format!("{w:?}"))
-                    .unwrap_or_default();
-                let stuck = flows::endpoint(&r.key, r.stuck as usize);
-                println!(
-                    "event  {} stall {what}: {stuck} is stuck, hole at seq {}, {} duplicate ACKs, {}, loss {}",
-                    flows::rfc3339(r.at + offset),
-                    r.hole,
-                    r.dup_acks,
-                    flows::kind_name(r.kind),
-                    flows::loss_name(r.loss)
-                );
-                flows::apply(episodes.entry(r.key).or_default(), &r, offset);
+        println!("\n== the agent's events (stdout, JSON lines):");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(2500) {
+            if let Some(e) = agent.next_event(Duration::from_millis(100)) {
+                println!("{e}");
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     });
+    std::thread::sleep(Duration::from_millis(1100)); // one sweep: the metrics catch up
+    println!("\n== ackwatch flows");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &lab.headend])
+        .arg(ackwatch_tests::ackwatch_binary())
+        .args(["flows", "--api", AGENT_ADDR])
+        .output()
+        .expect("ackwatch flows");
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    println!("\n== GET /metrics (excerpt)");
+    let (_, metrics) = http_get(&lab.headend, AGENT_ADDR, "/metrics");
+    for l in metrics.lines().filter(|l| {
+        !l.starts_with('#')
+            && (l.starts_with("ackwatch_stall")
+                || l.starts_with("ackwatch_packets")
+                || l.starts_with("ackwatch_flow_table"))
+    }) {
+        if !l.contains("_bucket") {
+            println!("{l}");
+        }
+    }
     headend.stop();
-    let reports: Vec<FlowReport> = probe
-        .flows()
-        .expect("flows")
-        .iter()
-        .map(|(k, f)| FlowReport::new(k, f, episodes.remove(k).unwrap_or_default(), offset))
-        .collect();
-    let counters = probe.counters().expect("counters");
-    println!("\nflow table:");
-    let mut out = std::io::stdout();
-    ackwatch::report::text(
-        &mut out,
-        &reports,
-        &counters,
-        counters[counter::PACKETS_XDP as usize] + counters[counter::PACKETS_TC as usize],
-    )
-    .unwrap();
-    println!("\nremoving the lab and the probe");
+    println!("\n== stopping the agent (SIGTERM: it detaches) and removing the lab");
+    agent.stop();
 }
