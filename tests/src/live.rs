@@ -28,16 +28,16 @@ pub fn attach(lab: &Lab, settings: &Settings, placement: Placement) -> Probe {
     match placement {
         Placement::Headend => in_ns(&lab.headend, || {
             probe
-                .attach_ingress("h0", XdpMode::Default)
+                .attach_ingress("h0", XdpMode::Default, None)
                 .expect("attach XDP to h0");
-            probe.attach_egress("h0").expect("attach TC to h0");
+            probe.attach_egress("h0", None).expect("attach TC to h0");
         }),
         Placement::Gateway => in_ns(&lab.gateway, || {
             probe
-                .attach_ingress("g0", XdpMode::Default)
+                .attach_ingress("g0", XdpMode::Default, None)
                 .expect("attach XDP to g0");
             probe
-                .attach_ingress("g1", XdpMode::Default)
+                .attach_ingress("g1", XdpMode::Default, None)
                 .expect("attach XDP to g1");
         }),
     }
@@ -272,11 +272,41 @@ pub fn http_get(ns: &str, addr: &str, path: &str) -> (u16, String) {
     })
 }
 
+/// A BPF filesystem mounted on a scratch folder, for an agent's pins; unmounted when
+/// dropped. (A process started by `ip netns exec` does not see /sys/fs/bpf.)
+pub struct BpfFs {
+    dir: crate::Scratch,
+}
+
+impl BpfFs {
+    pub fn mount() -> BpfFs {
+        let dir = crate::Scratch::new("bpffs");
+        let path = dir.0.display().to_string();
+        crate::lab::sh(&format!("mount -t bpf -o mode=0777 bpf {path}"));
+        BpfFs { dir }
+    }
+
+    /// The agent's --pin-path.
+    pub fn pin_path(&self) -> String {
+        self.dir.join("ackwatch").display().to_string()
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.dir.0)
+            .status();
+    }
+}
+
 /// The `ackwatch run` daemon, started in a lab namespace; killed when dropped.
 pub struct Agent {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
     pub ns: String,
+    /// Its own BPF filesystem, when the caller gave no --pin-path.
+    _bpffs: Option<BpfFs>,
 }
 
 pub const AGENT_ADDR: &str = "127.0.0.1:9977";
@@ -284,18 +314,27 @@ pub const AGENT_ADDR: &str = "127.0.0.1:9977";
 impl Agent {
     pub fn start(ns: &str, args: &[&str]) -> Agent {
         let bin = crate::ackwatch_binary().display().to_string();
+        let bpffs = (!args.contains(&"--pin-path")).then(BpfFs::mount);
+        let pin = bpffs.as_ref().map(BpfFs::pin_path).unwrap_or_default();
         let mut cmd = vec![bin.as_str(), "run"];
         cmd.extend_from_slice(args);
-        Agent::start_command(ns, &cmd)
+        if bpffs.is_some() {
+            cmd.extend_from_slice(&["--pin-path", &pin]);
+        }
+        let mut agent = Agent::start_command(ns, &cmd);
+        agent._bpffs = bpffs;
+        agent
     }
 
     /// As `start`, as user nobody with only CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON
     /// (capsh), as the systemd unit runs it.
     pub fn start_with_three_capabilities(ns: &str, args: &[&str]) -> Agent {
+        let bpffs = BpfFs::mount();
         let run = format!(
-            "exec {} run {}",
+            "exec {} run {} --pin-path {}",
             crate::ackwatch_binary().display(),
-            args.join(" ")
+            args.join(" "),
+            bpffs.pin_path()
         );
         let caps = "cap_bpf,cap_net_admin,cap_perfmon";
         let cmd = [
@@ -308,7 +347,9 @@ impl Agent {
             "-c",
             &run,
         ];
-        Agent::start_command(ns, &cmd)
+        let mut agent = Agent::start_command(ns, &cmd);
+        agent._bpffs = Some(bpffs);
+        agent
     }
 
     fn start_command(ns: &str, cmd: &[&str]) -> Agent {
@@ -332,6 +373,7 @@ impl Agent {
             child,
             lines,
             ns: ns.to_string(),
+            _bpffs: None,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

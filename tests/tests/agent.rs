@@ -13,6 +13,8 @@ const ISN: u32 = 1000;
 const LEN: usize = 400;
 const HOLE: u32 = ISN + 1 + 8 * LEN as u32;
 
+/// A lab whose headend drops the cTCP segment at HOLE after the probe saw it; a resend
+/// one byte longer passes (a client that answers late).
 fn lab_with_loss() -> (Lab, Headend) {
     let lab = Lab::new();
     lab.quiet_client_kernel();
@@ -20,7 +22,10 @@ fn lab_with_loss() -> (Lab, Headend) {
         &lab.headend,
         "ackwatch_loss",
         "input",
-        &format!("tcp dport 10000 tcp sequence {HOLE} drop"),
+        &format!(
+            "tcp dport 10000 tcp sequence {HOLE} meta length != {} drop",
+            LEN + 41
+        ),
     );
     let headend = Headend::start(&lab, &[10_000]);
     (lab, headend)
@@ -114,14 +119,16 @@ fn stall_event_flows_api_and_metrics() {
     );
 
     assert_eq!(agent.stop(), Some(0), "SIGTERM: a clean exit");
+    assert!(!xdp_attached(&lab), "XDP left attached");
+}
+
+/// Whether an XDP program is attached to the headend's h0.
+fn xdp_attached(lab: &Lab) -> bool {
     let link = Command::new("ip")
         .args(["-n", &lab.headend, "link", "show", "h0"])
         .output()
         .unwrap();
-    assert!(
-        !String::from_utf8_lossy(&link.stdout).contains("xdp"),
-        "XDP left attached"
-    );
+    String::from_utf8_lossy(&link.stdout).contains("xdp")
 }
 
 /// A sender that falls silent right after the loss: no packet triggers the check in
@@ -190,19 +197,7 @@ fn bad_input_gets_one_line_and_exit_code_2() {
 fn alertmanager_and_prometheus() {
     use ackwatch_tests::Scratch;
     use ackwatch_tests::live::{Service, poll_json};
-    let lab = Lab::new();
-    lab.quiet_client_kernel();
-    // The loss spares a resend one byte longer (the client answers late, below).
-    lab.nft_rule(
-        &lab.headend,
-        "ackwatch_loss",
-        "input",
-        &format!(
-            "tcp dport 10000 tcp sequence {HOLE} meta length != {} drop",
-            LEN + 41
-        ),
-    );
-    let _headend = Headend::start(&lab, &[10_000]);
+    let (lab, _headend) = lab_with_loss();
     let dir = Scratch::new("agent-services");
     std::fs::write(
         dir.join("am.yml"),
@@ -339,4 +334,103 @@ fn runs_with_only_three_capabilities() {
     assert_eq!(e["event"], "stall_started");
     assert_eq!(http_get(&lab.headend, AGENT_ADDR, "/healthz").0, 200);
     assert_eq!(agent.stop(), Some(0));
+}
+
+/// kill -9 during an open stall, then start again: the probe never left, the flow is
+/// still tracked, and no second stall_started is printed for the episode. SIGTERM then
+/// detaches and unpins everything.
+#[test]
+fn restart_keeps_the_probe_and_the_flows() {
+    use ackwatch_tests::live::BpfFs;
+    let (lab, _headend) = lab_with_loss();
+    let bpffs = BpfFs::mount();
+    let pin = bpffs.pin_path();
+    let args = [
+        "--iface",
+        "h0",
+        "--listen",
+        AGENT_ADDR,
+        "--pin-path",
+        pin.as_str(),
+    ];
+    let first = Agent::start(&lab.headend, &args);
+    std::thread::scope(|s| {
+        s.spawn(|| ctcp(&lab, 50_400, 40)); // stalls, then goes on sending for 4 s
+        let e = first
+            .next_event(Duration::from_secs(3))
+            .expect("stall_started");
+        assert_eq!(e["event"], "stall_started");
+        let before = stalled_packets(&lab);
+        drop(first); // SIGKILL
+        assert!(xdp_attached(&lab), "the probe must stay attached");
+        let second = Agent::start(&lab.headend, &args);
+        assert!(
+            second.next_event(Duration::from_millis(1500)).is_none(),
+            "no second stall_started"
+        );
+        let after = stalled_packets(&lab);
+        assert!(
+            after > before,
+            "the flow is still tracked, and stalled: {before} -> {after} packets"
+        );
+        assert_eq!(second.stop(), Some(0));
+    });
+    assert!(!xdp_attached(&lab), "SIGTERM detaches");
+    let left: Vec<_> = std::fs::read_dir(&pin).unwrap().collect();
+    assert!(left.is_empty(), "pins left: {left:?}");
+}
+
+/// Packets of the stalled flow, from /flows (0 if none is stalled).
+fn stalled_packets(lab: &Lab) -> u64 {
+    let (_, body) = http_get(&lab.headend, AGENT_ADDR, "/flows?state=stalled");
+    let flows: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    flows[0]["directions"].as_array().map_or(0, |d| {
+        d.iter().map(|x| x["packets"].as_u64().unwrap_or(0)).sum()
+    })
+}
+
+/// Pins of another map layout or other settings (an older ackwatch) are discarded, not
+/// misread: their probe is detached and the agent starts afresh.
+#[test]
+fn pins_of_another_layout_are_discarded() {
+    use ackwatch_tests::live::BpfFs;
+    let (lab, _headend) = lab_with_loss();
+    let bpffs = BpfFs::mount();
+    let pin = bpffs.pin_path();
+    let old = std::path::Path::new(&pin).join("v0-older-layout");
+    std::fs::create_dir_all(&old).unwrap();
+    // An older agent's leftovers: its maps, pinned.
+    let settings = ackwatch::probe::Settings {
+        pin_dir: Some(old.clone()),
+        ..Default::default()
+    };
+    drop(ackwatch::probe::Probe::load(&settings).expect("pin an old layout"));
+    assert!(old.join("FLOWS").exists());
+    let agent = Agent::start(
+        &lab.headend,
+        &["--iface", "h0", "--listen", AGENT_ADDR, "--pin-path", &pin],
+    );
+    assert!(!old.exists(), "the old layout's pins are gone");
+    ctcp(&lab, 50_401, 16);
+    let e = agent
+        .next_event(Duration::from_secs(3))
+        .expect("works afresh");
+    assert_eq!(e["event"], "stall_started");
+}
+
+#[test]
+fn a_pin_path_off_bpffs_is_bad_input() {
+    let out = Command::new(ackwatch_tests::ackwatch_binary())
+        .args([
+            "run",
+            "--iface",
+            "lo",
+            "--pin-path",
+            "/tmp/not-bpffs/ackwatch",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mount -t bpf bpf"), "{err}");
 }

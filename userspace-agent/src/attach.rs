@@ -3,6 +3,9 @@
 
 use std::io;
 
+use std::path::Path;
+
+use aya::programs::links::FdLink;
 use aya::programs::tc::{self, TcAttachType};
 use aya::programs::xdp::XdpMode;
 use ebpf_probe::parse::LinkKind;
@@ -42,23 +45,63 @@ pub fn link_kind(ifname: &str) -> io::Result<LinkKind> {
 }
 
 impl Probe {
-    /// Attaches the ingress (XDP) program to `ifname` in this thread's namespace.
-    pub fn attach_ingress(&mut self, ifname: &str, mode: XdpMode) -> Result<LinkKind, ProbeError> {
+    /// Attaches the ingress (XDP) program to `ifname` in this thread's namespace. With
+    /// `pin`, the link is pinned there, and a link already pinned there is kept: a
+    /// restarted agent then finds its probe still attached. Returns whether it attached.
+    pub fn attach_ingress(
+        &mut self,
+        ifname: &str,
+        mode: XdpMode,
+        pin: Option<&Path>,
+    ) -> Result<bool, ProbeError> {
+        if pin.is_some_and(Path::exists) {
+            return Ok(false);
+        }
         let kind = link_kind(ifname).map_err(|e| ProbeError::Interface(ifname.into(), e))?;
-        self.xdp(kind)?
+        let prog = self.xdp(kind)?;
+        let id = prog
             .attach(ifname, mode)
             .map_err(|e| ProbeError::Program("xdp attach", e))?;
-        Ok(kind)
+        if let Some(path) = pin {
+            let link = prog
+                .take_link(id)
+                .map_err(|e| ProbeError::Program("xdp link", e))?;
+            pin_link(link, path)?;
+        }
+        Ok(true)
     }
 
-    /// Attaches the egress (TC) program to `ifname` in this thread's namespace.
-    pub fn attach_egress(&mut self, ifname: &str) -> Result<LinkKind, ProbeError> {
+    /// Attaches the egress (TC) program to `ifname`; `pin` as for `attach_ingress`.
+    pub fn attach_egress(&mut self, ifname: &str, pin: Option<&Path>) -> Result<bool, ProbeError> {
+        if pin.is_some_and(Path::exists) {
+            return Ok(false);
+        }
         let kind = link_kind(ifname).map_err(|e| ProbeError::Interface(ifname.into(), e))?;
         // TCX needs no qdisc; older kernels need clsact (already there is fine).
         let _ = tc::qdisc_add_clsact(ifname);
-        self.tc(kind)?
+        let prog = self.tc(kind)?;
+        let id = prog
             .attach(ifname, TcAttachType::Egress)
             .map_err(|e| ProbeError::Program("tc attach", e))?;
-        Ok(kind)
+        if let Some(path) = pin {
+            let link = prog
+                .take_link(id)
+                .map_err(|e| ProbeError::Program("tc link", e))?;
+            pin_link(link, path)?;
+        }
+        Ok(true)
     }
+}
+
+/// Pins an attachment's link at `path`: it then outlives the agent.
+fn pin_link<L>(link: L, path: &Path) -> Result<(), ProbeError>
+where
+    FdLink: TryFrom<L>,
+    <FdLink as TryFrom<L>>::Error: std::fmt::Display,
+{
+    let pin_error = |e: String| ProbeError::Pin(path.into(), e);
+    let link = FdLink::try_from(link).map_err(|e| pin_error(e.to_string()))?;
+    link.pin(path)
+        .map(drop)
+        .map_err(|e| pin_error(e.to_string()))
 }

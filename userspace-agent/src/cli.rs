@@ -72,6 +72,17 @@ pub struct RunArgs {
     /// At most this many ackwatch_stalled_flow_info series (one per stalled flow).
     #[arg(long, default_value_t = 100)]
     pub max_stalled_series: usize,
+    /// Where the probe's maps and links are pinned (on a BPF filesystem), so that a
+    /// restart finds the probe attached and the flows tracked.
+    #[arg(
+        long,
+        default_value = "/sys/fs/bpf/ackwatch",
+        env = "ACKWATCH_PIN_PATH"
+    )]
+    pub pin_path: std::path::PathBuf,
+    /// On SIGINT/SIGTERM, leave the probe attached and pinned (for an upgrade).
+    #[arg(long)]
+    pub keep_attached: bool,
     /// Log level of the human logs on stderr.
     #[arg(long, default_value = "info", env = "ACKWATCH_LOG_LEVEL")]
     pub log_level: log::LevelFilter,

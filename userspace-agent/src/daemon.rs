@@ -17,7 +17,8 @@ use crate::cli::{RunArgs, XdpModeArg};
 use crate::events::event_json;
 use crate::flows::{self, Episode};
 use crate::metrics::Metrics;
-use crate::probe::{self, Probe, Settings};
+use crate::pins::{PinError, Pins};
+use crate::probe::{self, Probe, ProbeError, Settings};
 use crate::sweep::sweep;
 
 /// Why `run` stopped before starting: bad input (exit 2) or a failure (exit 1).
@@ -38,9 +39,45 @@ pub struct Shared {
     pub offset: u64,
     ifnames: HashMap<u32, String>,
     alerter: std::sync::OnceLock<Alerter>,
+    pins: Pins,
 }
 
 impl Shared {
+    /// After a restart: episodes already open in the pinned table were reported by the
+    /// previous run. Remember them and fire their alerts again (Alertmanager merges
+    /// them), but print and count nothing: no second stall_started.
+    fn resume_open_stalls(&self) {
+        let flows = self.probe.lock().unwrap().flows().unwrap_or_default();
+        for (key, flow) in flows {
+            for r in 0..2 {
+                if flow.half[r].flags & ebpf_probe::abi::half_flag::STALLED == 0 {
+                    continue;
+                }
+                let mut rec = StallRecord::default();
+                rec.fill(
+                    &key,
+                    &flow,
+                    r,
+                    ebpf_probe::abi::StallWhat::Started,
+                    flow.half[r].hole_since,
+                );
+                let iface = self
+                    .ifnames
+                    .get(&rec.ifindex)
+                    .map(String::as_str)
+                    .unwrap_or("unknown");
+                flows::apply(
+                    self.episodes.lock().unwrap().entry(key).or_default(),
+                    &rec,
+                    self.offset,
+                );
+                if let Some(a) = self.alerter.get() {
+                    a.record(&rec, iface, self.offset);
+                }
+            }
+        }
+    }
+
     /// Prints, counts and remembers one stall transition.
     fn record(&self, r: &StallRecord) {
         let iface = self
@@ -78,13 +115,19 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
             missing.join(", ")
         )));
     }
-    let settings = Settings {
+    let mut settings = Settings {
         max_flows: args.max_flows,
         max_pending: (args.max_flows / 4).max(1024),
         verdict: args.verdict.config(),
         ctcp_ports: args.verdict.ctcp_ports.clone(),
         clock_from_map: false,
+        pin_dir: None,
     };
+    let pins = Pins::prepare(&args.pin_path, &settings).map_err(|e| match e {
+        PinError::NotBpffs(_) => RunError::Input(e.to_string()),
+        PinError::Io(..) => RunError::Failed(e.to_string()),
+    })?;
+    settings.pin_dir = Some(pins.dir.clone());
     let mut probe = Probe::load(&settings).map_err(|e| RunError::Failed(e.to_string()))?;
     let mode = match args.xdp_mode {
         XdpModeArg::Auto => XdpMode::Default,
@@ -93,19 +136,26 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
     };
     let mut ifnames = HashMap::new();
     for i in &args.ifaces {
-        let kind = probe
-            .attach_ingress(i, mode)
-            .map_err(|e| RunError::Failed(format!("{i}: {e}")))?;
+        let failed = |e: ProbeError| RunError::Failed(format!("{i}: {e}"));
+        let fresh = probe
+            .attach_ingress(i, mode, Some(&pins.link("xdp", i)))
+            .map_err(failed)?;
         if !args.no_egress {
             probe
-                .attach_egress(i)
-                .map_err(|e| RunError::Failed(format!("{i}: {e}")))?;
+                .attach_egress(i, Some(&pins.link("tc", i)))
+                .map_err(failed)?;
         }
-        log::info!(
-            "attached to {i} ({kind:?}): XDP ingress ({:?}){}",
-            args.xdp_mode,
-            if args.no_egress { "" } else { ", TC egress" }
-        );
+        let how = if fresh {
+            "attached"
+        } else {
+            "still attached (pinned by the previous run), kept"
+        };
+        let hooks = if args.no_egress {
+            "XDP ingress"
+        } else {
+            "XDP ingress, TC egress"
+        };
+        log::info!("{i}: {how}: {hooks}, XDP mode {:?}", args.xdp_mode);
         ifnames.insert(caps::ifindex(i), i.clone());
     }
     Ok(Arc::new(Shared {
@@ -115,6 +165,7 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
         offset: flows::monotonic_to_wall(),
         ifnames,
         alerter: std::sync::OnceLock::new(),
+        pins,
     }))
 }
 
@@ -149,6 +200,7 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
             dropped,
         ));
     }
+    shared.resume_open_stalls();
 
     let events = {
         let shared = shared.clone();
@@ -199,6 +251,14 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
         _ = term.recv() => log::info!("SIGTERM: detaching"),
     }
     http.abort();
+    if args.keep_attached {
+        log::info!(
+            "--keep-attached: the probe stays attached, pinned under {}",
+            shared.pins.dir.display()
+        );
+    } else {
+        shared.pins.remove();
+    }
     tokio::time::sleep(Duration::from_millis(1)).await;
     Ok(())
 }

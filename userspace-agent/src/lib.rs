@@ -14,6 +14,7 @@ pub mod events;
 pub mod flows;
 pub mod http;
 pub mod metrics;
+pub mod pins;
 pub mod probe;
 pub mod report;
 pub mod sweep;

@@ -23,6 +23,8 @@ pub struct Settings {
     pub ctcp_ports: Vec<u16>,
     /// Take the clock from the CLOCK map (deterministic tests and replays).
     pub clock_from_map: bool,
+    /// Pin (or reuse the pins of) the maps that carry state across restarts here.
+    pub pin_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for Settings {
@@ -33,6 +35,7 @@ impl Default for Settings {
             verdict: Config::default(),
             ctcp_ports: vec![10_000],
             clock_from_map: false,
+            pin_dir: None,
         }
     }
 }
@@ -49,6 +52,8 @@ pub enum ProbeError {
     MissingMap(&'static str),
     #[error("interface {0}: {1}")]
     Interface(String, std::io::Error),
+    #[error("pinning {0}: {1}")]
+    Pin(std::path::PathBuf, String),
 }
 
 /// Program names in the object, by hook and link kind.
@@ -82,7 +87,13 @@ impl Probe {
     pub fn load(s: &Settings) -> Result<Self, ProbeError> {
         let track_all = s.verdict.track_all as u8;
         let clock = s.clock_from_map as u8;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(dir) = &s.pin_dir {
+            for name in crate::pins::PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader
             .override_global("DUPACK_THRESHOLD", &s.verdict.dupack_threshold, true)
             .override_global("STALL_TIMEOUT_NS", &s.verdict.stall_timeout_ns, true)
             .override_global("TRACK_ALL", &track_all, true)
@@ -99,8 +110,12 @@ impl Probe {
             prog.load().map_err(|e| ProbeError::Program(name, e))?;
         }
         let mut probe = Probe { ebpf };
-        for &p in &s.ctcp_ports {
-            probe.set_port_flags(p, port_flag::CTCP)?;
+        if s.pin_dir.is_some() {
+            probe.reset_ctcp_ports(&s.ctcp_ports)?;
+        } else {
+            for &p in &s.ctcp_ports {
+                probe.set_port_flags(p, port_flag::CTCP)?;
+            }
         }
         Ok(probe)
     }
@@ -136,6 +151,28 @@ impl Probe {
         ports
             .set(port as u32, flags, 0)
             .map_err(|e| ProbeError::Map("PORTS", e))
+    }
+
+    /// Makes exactly `ports` the cTCP ports of a (possibly reused) PORTS map, keeping
+    /// the signature marks.
+    fn reset_ctcp_ports(&mut self, ports: &[u16]) -> Result<(), ProbeError> {
+        let mut map: Array<&mut MapData, u8> = map_mut(&mut self.ebpf, "PORTS")?;
+        for port in 0..=u16::MAX {
+            let old = map
+                .get(&(port as u32), 0)
+                .map_err(|e| ProbeError::Map("PORTS", e))?;
+            let ctcp = if ports.contains(&port) {
+                port_flag::CTCP
+            } else {
+                0
+            };
+            let new = (old & !port_flag::CTCP) | ctcp;
+            if new != old {
+                map.set(port as u32, new, 0)
+                    .map_err(|e| ProbeError::Map("PORTS", e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Sets the probe's clock (only read with `Settings::clock_from_map`).
