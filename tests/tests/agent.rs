@@ -107,6 +107,21 @@ fn stall_event_flows_api_and_metrics() {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
     assert!(metrics.contains("ackwatch_packets_total{hook=\"xdp\"}"));
+    let value = |name: &str| -> u64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name}"));
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(
+        value("ackwatch_dup_acks_total{class=\"ctcp\"}") >= 10,
+        "{metrics}"
+    );
+    assert!(
+        value("ackwatch_segments_total{class=\"ctcp\"}") >= 40,
+        "{metrics}"
+    );
     let info = metrics
         .lines()
         .find(|l| l.starts_with("ackwatch_stalled_flow_info{"))
@@ -319,7 +334,8 @@ fn alertmanager_and_prometheus() {
     });
 }
 
-/// As the systemd unit runs it: user nobody, CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON only.
+/// With CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON only, as user nobody (stricter than the
+/// systemd unit, which keeps uid 0 for its pins).
 #[test]
 fn runs_with_only_three_capabilities() {
     let (lab, _headend) = lab_with_loss();

@@ -236,6 +236,7 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                             shared.record(r);
                         }
                         shared.metrics.refresh(&counters, &s.flows, s.entries);
+                        shared.metrics.refresh_totals(&s.live, &s.evicted);
                     }
                     Err(e) => log::warn!("sweep: {e}"),
                 }

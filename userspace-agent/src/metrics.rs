@@ -27,6 +27,10 @@ pub struct Metrics {
     flows: IntGaugeVec,
     entries: IntGauge,
     stalled_info: IntGaugeVec,
+    /// Segments, duplicate ACKs, retransmissions, lost segments, ACKed-unseen, by class.
+    flow_totals: [IntCounterVec; 5],
+    /// Totals of flows already evicted, by class: added to the live ones.
+    evicted: std::sync::Mutex<[[u64; 5]; 3]>,
     /// At most this many ackwatch_stalled_flow_info series at once.
     max_stalled_series: usize,
     pub alertmanager_errors: prometheus::IntCounter,
@@ -101,7 +105,29 @@ impl Metrics {
         )
         .unwrap();
         r.register(Box::new(stalled_info.clone())).unwrap();
+        let totals = [
+            ("ackwatch_segments_total", "TCP segments of tracked flows"),
+            (
+                "ackwatch_dup_acks_total",
+                "Duplicate ACKs (Wireshark's definition)",
+            ),
+            (
+                "ackwatch_retransmissions_total",
+                "Retransmissions of every kind",
+            ),
+            (
+                "ackwatch_lost_segments_total",
+                "Segments the probe never saw (previous segment not captured)",
+            ),
+            (
+                "ackwatch_acked_unseen_total",
+                "ACKs of data the probe never saw",
+            ),
+        ]
+        .map(|(name, help)| counter_vec(&r, name, help, "class", &CLASSES));
         Metrics {
+            flow_totals: totals,
+            evicted: std::sync::Mutex::new([[0; 5]; 3]),
             stalled_info,
             max_stalled_series,
             packets: counter_vec(
@@ -194,6 +220,18 @@ impl Metrics {
                     .observe(r.at.saturating_sub(r.since) as f64 / 1e9);
             }
             Err(_) => {}
+        }
+    }
+
+    /// Per-class flow totals: those of the evicted flows so far plus the live ones.
+    pub fn refresh_totals(&self, live: &[[u64; 5]; 3], evicted: &[[u64; 5]; 3]) {
+        let mut base = self.evicted.lock().unwrap();
+        for (c, class) in CLASSES.iter().enumerate() {
+            for (i, counter) in self.flow_totals.iter().enumerate() {
+                base[c][i] += evicted[c][i];
+                let c_ = counter.with_label_values(&[class]);
+                c_.inc_by((base[c][i] + live[c][i]).saturating_sub(c_.get()));
+            }
         }
     }
 

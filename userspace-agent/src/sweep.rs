@@ -2,7 +2,7 @@
 //! stall rule to flows whose sender went silent (no packet comes to trigger it in the
 //! kernel).
 
-use ebpf_probe::abi::{FlowState, StallRecord};
+use ebpf_probe::abi::{Flow, FlowState, StallRecord, event};
 use ebpf_probe::host::Records;
 use ebpf_probe::verdict::{Config, end_stalls};
 
@@ -16,6 +16,32 @@ pub struct Swept {
     pub records: Vec<StallRecord>,
     pub flows: [[i64; 4]; 3],
     pub entries: usize,
+    /// Per metrics class, `EVENT_TOTALS` of the flows in the table.
+    pub live: [[u64; 5]; 3],
+    /// The same, of the flows this sweep evicted (their last counts).
+    pub evicted: [[u64; 5]; 3],
+}
+
+/// Per-flow totals the metrics carry by class: segments, and the `abi::event`s below.
+pub const EVENT_TOTALS: [usize; 4] = [
+    event::DUP_ACK,
+    event::RETRANSMISSION,
+    event::LOST_SEGMENT,
+    event::ACKED_UNSEEN,
+];
+
+/// Index of a flow's class in the metrics' order (ctcp, rfc9329, tcp; the ABI puts tcp first).
+fn metrics_class(class: u8) -> usize {
+    [2, 0, 1][class.min(2) as usize]
+}
+
+fn add_totals(into: &mut [u64; 5], flow: &Flow) {
+    for h in &flow.half {
+        into[0] += h.packets;
+        for (i, e) in EVENT_TOTALS.iter().enumerate() {
+            into[i + 1] += h.events[*e] as u64;
+        }
+    }
 }
 
 pub fn sweep(probe: &mut Probe, cfg: &Config, idle_ns: u64, now: u64) -> Result<Swept, ProbeError> {
@@ -23,6 +49,8 @@ pub fn sweep(probe: &mut Probe, cfg: &Config, idle_ns: u64, now: u64) -> Result<
         records: Vec::new(),
         flows: [[0; 4]; 3],
         entries: 0,
+        live: [[0; 5]; 3],
+        evicted: [[0; 5]; 3],
     };
     for (key, mut flow) in probe.flows()? {
         let quiet = now.saturating_sub(flow.last_ts);
@@ -34,6 +62,7 @@ pub fn sweep(probe: &mut Probe, cfg: &Config, idle_ns: u64, now: u64) -> Result<
         if quiet >= idle_ns || (closed && quiet >= CLOSED_GRACE_NS) {
             end_stalls(&mut flow, now, &mut sink);
             probe.remove_flow(&key)?;
+            add_totals(&mut swept.evicted[metrics_class(flow.class)], &flow);
         } else {
             flow.check_stalls(cfg, now, &mut sink);
             if !sink.out.is_empty() {
@@ -42,10 +71,9 @@ pub fn sweep(probe: &mut Probe, cfg: &Config, idle_ns: u64, now: u64) -> Result<
                 probe.write_flow(&key, &flow)?;
             }
             swept.entries += 1;
-            let (c, s) = (flow.class.min(2) as usize, flow.state.min(3) as usize);
-            // Class order in metrics is ctcp, rfc9329, tcp; in the ABI tcp comes first.
-            let c = [2, 0, 1][c];
-            swept.flows[c][s] += 1;
+            let c = metrics_class(flow.class);
+            swept.flows[c][flow.state.min(3) as usize] += 1;
+            add_totals(&mut swept.live[c], &flow);
         }
         swept.records.extend(sink.out);
     }
