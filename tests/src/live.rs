@@ -210,6 +210,23 @@ impl Drop for Tcpdump {
     }
 }
 
+/// The capture of a live run through `ackwatch analyze`: on the capture's one clock,
+/// every count equals tshark's, the retransmission / out-of-order split included.
+/// Returns the directions compared.
+pub fn compare_analyze_with_tshark(capture: &std::path::Path) -> usize {
+    let (want, got) = (
+        crate::tshark::counts(capture),
+        crate::tshark::analyze_counts(capture),
+    );
+    assert_eq!(
+        got,
+        want,
+        "ackwatch analyze against tshark on {}",
+        capture.display()
+    );
+    want.len()
+}
+
 /// Per direction of every flow the probe holds, its packet, duplicate-ACK, lost-segment
 /// and resent-segment counts against tshark's on `capture`; returns the directions
 /// compared. Resent segments are retransmissions plus out-of-order ones: which of the

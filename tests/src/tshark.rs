@@ -2,6 +2,11 @@
 //! direction of each connection, for comparison with ackwatch's.
 
 use std::collections::BTreeMap;
+
+use ackwatch::analyze::{Analyzer, Options};
+use ackwatch::capture::Capture;
+use ackwatch::flows::FlowReport;
+use ebpf_probe::verdict::Config;
 use std::path::Path;
 use std::process::Command;
 
@@ -98,5 +103,45 @@ pub fn counts(file: &Path) -> BTreeMap<(String, String), Counts> {
         c.zero_windows += flags[7];
         c.keep_alives += flags[8];
     }
+    map
+}
+
+/// `ackwatch analyze`'s counts for `file` per (src, dst), tracking all TCP, in the
+/// same shape as tshark's.
+pub fn analyze_counts(file: &Path) -> BTreeMap<(String, String), Counts> {
+    let opts = Options {
+        verdict: Config {
+            track_all: true,
+            ..Config::default()
+        },
+        ctcp_ports: vec![10_000],
+        idle_timeout_ns: u64::MAX / 2,
+        sweep_interval_ns: 1_000_000_000,
+    };
+    let mut reports: Vec<FlowReport> = Vec::new();
+    let mut a = Analyzer::new(opts, |r| reports.push(r));
+    let mut cap = Capture::open(file).expect("open capture");
+    let read = cap.for_each(|f| a.feed(&f));
+    a.finish();
+    if let Err(e) = read {
+        println!("  note: {e}");
+    }
+    let mut map: BTreeMap<(String, String), Counts> = BTreeMap::new();
+    for r in &reports {
+        for d in &r.directions {
+            let c = map.entry((d.src.clone(), d.dst.clone())).or_default();
+            c.packets += d.packets;
+            c.dup_acks += d.dup_acks as u64;
+            c.retransmissions += d.retransmissions as u64;
+            c.fast_retransmissions += d.fast_retransmissions as u64;
+            c.spurious_retransmissions += d.spurious_retransmissions as u64;
+            c.out_of_order += d.out_of_order as u64;
+            c.lost_segments += d.lost_segments as u64;
+            c.acked_unseen += d.acked_unseen as u64;
+            c.zero_windows += d.zero_windows as u64;
+            c.keep_alives += d.keep_alives as u64;
+        }
+    }
+    map.retain(|_, c| c.packets > 0);
     map
 }

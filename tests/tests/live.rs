@@ -9,7 +9,10 @@ use ackwatch::probe::Settings;
 use ackwatch_tests::Scratch;
 use ackwatch_tests::ctcp::CtcpClient;
 use ackwatch_tests::lab::{CLIENT4, CLIENT6, HEADEND4, HEADEND6, Lab, in_ns};
-use ackwatch_tests::live::{Headend, Placement, Tcpdump, attach, compare_with_tshark, records_for};
+use ackwatch_tests::live::{
+    Headend, Placement, Tcpdump, attach, compare_analyze_with_tshark, compare_with_tshark,
+    records_for,
+};
 use ebpf_probe::abi::{LossSide, StallKind, StallRecord, StallWhat, event};
 
 const ISN: u32 = 1000;
@@ -141,6 +144,7 @@ fn downstream_stall(placement: Placement, client: SocketAddr, server: SocketAddr
     // its handshake packets are not counted: compare on the cTCP port only.
     if placement == Placement::Headend && server.port() == 10_000 {
         compare_with_tshark(&probe, &capture);
+        compare_analyze_with_tshark(&capture);
     }
     println!(
         "{placement:?}, {}: stall reported {} ms after the first duplicate ACK",
@@ -194,6 +198,8 @@ fn ctcp_loss_upstream_of_the_probe() {
         let _headend = Headend::start(&lab, &[10_000]);
         let mut probe = attach(&lab, &Settings::default(), placement);
         let client = addr(CLIENT4, 50_010);
+        let scratch = Scratch::new("live-upstream");
+        let dump = Tcpdump::start(&lab.headend, "h0", scratch.join("h0.pcap"));
         ctcp_stall(
             &lab,
             client,
@@ -201,8 +207,14 @@ fn ctcp_loss_upstream_of_the_probe() {
             Duration::from_millis(1600),
             None,
         );
+        let capture = dump.finish();
         let records = records_for(&mut probe, Duration::from_millis(100));
         let delay = check_stall(&records, client, LossSide::Upstream);
+        // The headend's interface sees what a headend probe sees.
+        if placement == Placement::Headend {
+            compare_with_tshark(&probe, &capture);
+        }
+        compare_analyze_with_tshark(&capture);
         let flows = probe.flows().unwrap();
         let f = &flows
             .iter()
@@ -355,6 +367,7 @@ fn real_tcp_with_random_loss_never_stalls() {
     assert!(records.is_empty(), "healthy TCP flagged: {records:?}");
     let (_scratch, file) = capture.unwrap();
     let n = compare_with_tshark(&probe, &file);
+    assert_eq!(compare_analyze_with_tshark(&file), 40);
     println!("{n} directions: the same counts as tshark on a capture of the same run");
 }
 

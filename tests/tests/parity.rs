@@ -3,14 +3,9 @@
 //! same duplicate ACKs, retransmissions (each kind), lost segments, ACKed-unseen
 //! segments, zero windows and keep-alives as tshark.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ackwatch::analyze::{Analyzer, Options};
-use ackwatch::capture::Capture;
-use ackwatch::flows::FlowReport;
-use ackwatch_tests::tshark::{self, Counts};
-use ebpf_probe::verdict::Config;
+use ackwatch_tests::tshark;
 
 fn pcaps_dir() -> PathBuf {
     std::env::var_os("ACKWATCH_PCAPS")
@@ -30,45 +25,6 @@ fn captures(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(p);
         }
     }
-}
-
-/// ackwatch's counts per (src, dst), tracking all TCP.
-pub fn ackwatch_counts(file: &Path) -> BTreeMap<(String, String), Counts> {
-    let opts = Options {
-        verdict: Config {
-            track_all: true,
-            ..Config::default()
-        },
-        ctcp_ports: vec![10_000],
-        idle_timeout_ns: u64::MAX / 2,
-        sweep_interval_ns: 1_000_000_000,
-    };
-    let mut reports: Vec<FlowReport> = Vec::new();
-    let mut a = Analyzer::new(opts, |r| reports.push(r));
-    let mut cap = Capture::open(file).expect("open capture");
-    let read = cap.for_each(|f| a.feed(&f));
-    a.finish();
-    if let Err(e) = read {
-        println!("  note: {e}");
-    }
-    let mut map: BTreeMap<(String, String), Counts> = BTreeMap::new();
-    for r in &reports {
-        for d in &r.directions {
-            let c = map.entry((d.src.clone(), d.dst.clone())).or_default();
-            c.packets += d.packets;
-            c.dup_acks += d.dup_acks as u64;
-            c.retransmissions += d.retransmissions as u64;
-            c.fast_retransmissions += d.fast_retransmissions as u64;
-            c.spurious_retransmissions += d.spurious_retransmissions as u64;
-            c.out_of_order += d.out_of_order as u64;
-            c.lost_segments += d.lost_segments as u64;
-            c.acked_unseen += d.acked_unseen as u64;
-            c.zero_windows += d.zero_windows as u64;
-            c.keep_alives += d.keep_alives as u64;
-        }
-    }
-    map.retain(|_, c| c.packets > 0);
-    map
 }
 
 /// Where ackwatch differs from tshark on purpose or for a reason named here:
@@ -102,7 +58,7 @@ fn counts_match_tshark_on_every_shared_capture() {
     let (mut dirs, mut matched, mut packets) = (0, 0, 0);
     let mut diffs = Vec::new();
     for f in &files {
-        let (want, got) = (tshark::counts(f), ackwatch_counts(f));
+        let (want, got) = (tshark::counts(f), tshark::analyze_counts(f));
         for (key, w) in &want {
             dirs += 1;
             packets += w.packets;
