@@ -450,3 +450,82 @@ fn a_pin_path_off_bpffs_is_bad_input() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("mount -t bpf bpf"), "{err}");
 }
+
+/// One probe per interface, one agent per table: a second agent on the same pins, or
+/// on the same interface with other pins, gets one line and exit code 2. Logs can be
+/// JSON lines.
+#[test]
+fn one_agent_per_table_and_interface() {
+    use ackwatch_tests::live::BpfFs;
+    let (lab, _headend) = lab_with_loss();
+    let (a, b) = (BpfFs::mount(), BpfFs::mount());
+    let (pin_a, pin_b) = (a.pin_path(), b.pin_path());
+    let first = Agent::start(
+        &lab.headend,
+        &[
+            "--iface",
+            "h0",
+            "--listen",
+            AGENT_ADDR,
+            "--pin-path",
+            &pin_a,
+        ],
+    );
+    let second = |pin: &str| {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &lab.headend])
+            .arg(ackwatch_tests::ackwatch_binary())
+            .args([
+                "run",
+                "--iface",
+                "h0",
+                "--listen",
+                "127.0.0.1:9978",
+                "--pin-path",
+                pin,
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, err) = second(&pin_a);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("another ackwatch is running"), "{err}");
+    let (code, err) = second(&pin_b);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("h0 already has an XDP program"), "{err}");
+    assert_eq!(first.stop(), Some(0));
+
+    let mut json = Command::new("ip")
+        .args(["netns", "exec", &lab.headend])
+        .arg(ackwatch_tests::ackwatch_binary())
+        .args([
+            "run",
+            "--iface",
+            "h0",
+            "--listen",
+            AGENT_ADDR,
+            "--pin-path",
+            &pin_a,
+            "--log-format",
+            "json",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(json.stderr.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _ = json.kill();
+    let _ = json.wait();
+    let log: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+    assert_eq!(log["level"], "INFO");
+    assert!(log["msg"].as_str().unwrap().contains("h0"), "{log}");
+}

@@ -86,8 +86,17 @@ pub struct RunArgs {
     /// Log level of the human logs on stderr.
     #[arg(long, default_value = "info", env = "ACKWATCH_LOG_LEVEL")]
     pub log_level: log::LevelFilter,
+    /// Logs on stderr as text, or as one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, env = "ACKWATCH_LOG_FORMAT")]
+    pub log_format: LogFormat,
     #[command(flatten)]
     pub verdict: VerdictArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

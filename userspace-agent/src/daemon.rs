@@ -124,7 +124,7 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
         pin_dir: None,
     };
     let pins = Pins::prepare(&args.pin_path, &settings).map_err(|e| match e {
-        PinError::NotBpffs(_) => RunError::Input(e.to_string()),
+        PinError::NotBpffs(_) | PinError::Busy(_) => RunError::Input(e.to_string()),
         PinError::Io(..) => RunError::Failed(e.to_string()),
     })?;
     settings.pin_dir = Some(pins.dir.clone());
@@ -136,7 +136,15 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
     };
     let mut ifnames = HashMap::new();
     for i in &args.ifaces {
-        let failed = |e: ProbeError| RunError::Failed(format!("{i}: {e}"));
+        let failed = |e: ProbeError| {
+            if e.is_busy() {
+                RunError::Input(format!(
+                    "{i} already has an XDP program (another ackwatch with another --pin-path, or another tool); ackwatch does not replace it"
+                ))
+            } else {
+                RunError::Failed(format!("{i}: {e}"))
+            }
+        };
         let fresh = probe
             .attach_ingress(i, mode, Some(&pins.link("xdp", i)))
             .map_err(failed)?;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use ackwatch::analyze::{Analyzer, Options};
 use ackwatch::capture::{Capture, CaptureError};
-use ackwatch::cli::{AnalyzeArgs, Cli, Command, FlowsArgs, RunArgs};
+use ackwatch::cli::{AnalyzeArgs, Cli, Command, FlowsArgs, LogFormat, RunArgs};
 use ackwatch::client;
 use ackwatch::daemon::{self, RunError};
 use ackwatch::flows::FlowReport;
@@ -49,10 +49,21 @@ fn flows(args: &FlowsArgs) -> ExitCode {
 
 /// Exit 0 after SIGINT/SIGTERM; 2 on bad input; 1 when the probe cannot be started.
 fn run(args: &RunArgs) -> ExitCode {
-    env_logger::Builder::new()
-        .filter_level(args.log_level)
-        .target(env_logger::Target::Stderr)
-        .init();
+    let mut logs = env_logger::Builder::new();
+    logs.filter_level(args.log_level)
+        .target(env_logger::Target::Stderr);
+    if args.log_format == LogFormat::Json {
+        logs.format(|buf, r| {
+            let line = serde_json::json!({
+                "ts": humantime::format_rfc3339_nanos(std::time::SystemTime::now()).to_string(),
+                "level": r.level().as_str(),
+                "target": r.target(),
+                "msg": r.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    logs.init();
     let result = daemon::start(args).and_then(|shared| {
         let rt = tokio::runtime::Runtime::new().map_err(|e| RunError::Failed(e.to_string()))?;
         rt.block_on(daemon::serve(shared, args))

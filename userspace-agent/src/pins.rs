@@ -23,6 +23,9 @@ const ABI: u32 = 1;
 
 pub struct Pins {
     pub dir: PathBuf,
+    /// An exclusive lock on the pin root, held while the agent runs: two agents must
+    /// not share one table (each would report every stall).
+    _lock: fs::File,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +34,8 @@ pub enum PinError {
         "{0} is not on a BPF filesystem: mount it with `mount -t bpf bpf {0}`, or choose another --pin-path"
     )]
     NotBpffs(String),
+    #[error("another ackwatch is running with --pin-path {0}")]
+    Busy(String),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
 }
@@ -83,6 +88,17 @@ impl Pins {
             move |e| PinError::Io(p, e)
         };
         fs::create_dir_all(root).map_err(io(root))?;
+        let lock = fs::File::open(root).map_err(io(root))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        } != 0
+        {
+            return Err(PinError::Busy(root.display().to_string()));
+        }
         let name = layout(settings);
         for entry in fs::read_dir(root).map_err(io(root))? {
             let path = entry.map_err(io(root))?.path();
@@ -96,7 +112,7 @@ impl Pins {
         }
         let dir = root.join(&name);
         fs::create_dir_all(&dir).map_err(io(&dir))?;
-        Ok(Pins { dir })
+        Ok(Pins { dir, _lock: lock })
     }
 
     pub fn map(&self, name: &str) -> PathBuf {

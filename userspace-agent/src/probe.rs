@@ -56,6 +56,18 @@ pub enum ProbeError {
     Pin(std::path::PathBuf, String),
 }
 
+impl ProbeError {
+    /// The interface already has a program of that kind (EBUSY on attach).
+    pub fn is_busy(&self) -> bool {
+        match self {
+            ProbeError::Program(_, aya::programs::ProgramError::SyscallError(e)) => {
+                e.io_error.raw_os_error() == Some(libc::EBUSY)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Program names in the object, by hook and link kind.
 pub fn xdp_program(link: LinkKind) -> &'static str {
     match link {
