@@ -5,6 +5,7 @@
 pub mod alert;
 pub mod analyze;
 pub mod attach;
+pub mod batch;
 pub mod caps;
 pub mod capture;
 pub mod cli;

@@ -52,6 +52,8 @@ pub enum ProbeError {
     MissingMap(&'static str),
     #[error("interface {0}: {1}")]
     Interface(String, std::io::Error),
+    #[error("reading map {0}: {1}")]
+    Batch(&'static str, std::io::Error),
     #[error("pinning {0}: {1}")]
     Pin(std::path::PathBuf, String),
 }
@@ -224,6 +226,12 @@ impl Probe {
 
     fn table(&self, name: &'static str) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
         let map = self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
+        if let aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data) = map
+            && let Some(all) =
+                crate::batch::lookup_all(data).map_err(|e| ProbeError::Batch(name, e))?
+        {
+            return Ok(all);
+        }
         let table: HashMap<&MapData, FlowKey, Flow> =
             HashMap::try_from(map).map_err(|e| ProbeError::Map(name, e))?;
         table
