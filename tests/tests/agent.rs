@@ -76,6 +76,11 @@ fn stall_event_flows_api_and_metrics() {
     assert_eq!(flows.as_array().unwrap().len(), 1, "{body}");
     assert_eq!(flows[0]["client"], "10.77.1.2:50200");
     assert_eq!(flows[0]["stalls"][0]["hole_seq"], HOLE);
+    assert!(
+        flows[0]["age_ms"].as_u64().unwrap() >= 1_000
+            && flows[0]["idle_ms"].as_u64().unwrap() < 1_000,
+        "{body}"
+    );
     assert_eq!(
         http_get(&lab.headend, AGENT_ADDR, "/healthz"),
         (200, "ok\n".to_string())
@@ -528,4 +533,21 @@ fn one_agent_per_table_and_interface() {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
     assert_eq!(log["level"], "INFO");
     assert!(log["msg"].as_str().unwrap().contains("h0"), "{log}");
+}
+
+/// Without the three capabilities the agent names what is missing.
+#[test]
+fn missing_capabilities_are_named() {
+    let bin = ackwatch_tests::ackwatch_binary();
+    let run = format!("exec {} run --iface lo", bin.display());
+    let out = Command::new("capsh")
+        .args(["--user=nobody", "--", "-c", &run])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("missing capabilities: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON"),
+        "{err}"
+    );
 }

@@ -129,11 +129,6 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
     })?;
     settings.pin_dir = Some(pins.dir.clone());
     let mut probe = Probe::load(&settings).map_err(|e| RunError::Failed(e.to_string()))?;
-    let mode = match args.xdp_mode {
-        XdpModeArg::Auto => XdpMode::Default,
-        XdpModeArg::Native => XdpMode::Driver,
-        XdpModeArg::Generic => XdpMode::Skb,
-    };
     let mut ifnames = HashMap::new();
     for i in &args.ifaces {
         let failed = |e: ProbeError| {
@@ -145,9 +140,26 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
                 RunError::Failed(format!("{i}: {e}"))
             }
         };
-        let fresh = probe
-            .attach_ingress(i, mode, Some(&pins.link("xdp", i)))
-            .map_err(failed)?;
+        let xdp_pin = pins.link("xdp", i);
+        // auto: native where the driver has it, else generic; the log says which.
+        let (fresh, mode) = match args.xdp_mode {
+            XdpModeArg::Native => (
+                probe.attach_ingress(i, XdpMode::Driver, Some(&xdp_pin)),
+                "native",
+            ),
+            XdpModeArg::Generic => (
+                probe.attach_ingress(i, XdpMode::Skb, Some(&xdp_pin)),
+                "generic",
+            ),
+            XdpModeArg::Auto => match probe.attach_ingress(i, XdpMode::Driver, Some(&xdp_pin)) {
+                Err(e) if !e.is_busy() => (
+                    probe.attach_ingress(i, XdpMode::Skb, Some(&xdp_pin)),
+                    "generic",
+                ),
+                other => (other, "native"),
+            },
+        };
+        let fresh = fresh.map_err(failed)?;
         if !args.no_egress {
             probe
                 .attach_egress(i, Some(&pins.link("tc", i)))
@@ -163,7 +175,8 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
         } else {
             "XDP ingress, TC egress"
         };
-        log::info!("{i}: {how}: {hooks}, XDP mode {:?}", args.xdp_mode);
+        let mode = if fresh { mode } else { "as before" };
+        log::info!("{i}: {how}: {hooks}, XDP {mode}");
         ifnames.insert(caps::ifindex(i), i.clone());
     }
     Ok(Arc::new(Shared {

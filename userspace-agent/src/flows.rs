@@ -22,6 +22,11 @@ pub struct FlowReport {
     pub stalls: Vec<Episode>,
     /// Client to server, then server to client.
     pub directions: [Direction; 2],
+    /// Live only (/flows): milliseconds since the first and since the last packet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -116,6 +121,8 @@ impl FlowReport {
                 direction(&flow.half[c], client, server),
                 direction(&flow.half[c ^ 1], server, client),
             ],
+            age_ms: None,
+            idle_ms: None,
         }
     }
 

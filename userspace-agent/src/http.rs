@@ -49,9 +49,16 @@ async fn flows(
         .flows()
         .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     let episodes = s.episodes.lock().unwrap();
+    let now = crate::flows::monotonic_now();
     let mut out: Vec<FlowReport> = table
         .iter()
-        .map(|(k, f)| FlowReport::new(k, f, episodes.get(k).cloned().unwrap_or_default(), s.offset))
+        .map(|(k, f)| {
+            let mut r =
+                FlowReport::new(k, f, episodes.get(k).cloned().unwrap_or_default(), s.offset);
+            r.age_ms = Some(now.saturating_sub(f.first_ts) / 1_000_000);
+            r.idle_ms = Some(now.saturating_sub(f.last_ts) / 1_000_000);
+            r
+        })
         .filter(|r| q.state.as_deref().is_none_or(|st| r.state == st))
         .filter(|r| q.class.as_deref().is_none_or(|c| r.class == c))
         .collect();

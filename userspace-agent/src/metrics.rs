@@ -20,7 +20,7 @@ pub struct Metrics {
     packets: IntCounterVec,
     untracked: IntCounterVec,
     refused: IntCounterVec,
-    events_lost: IntCounterVec,
+    events_lost: prometheus::IntCounter,
     stalls: IntCounterVec,
     recoveries: IntCounterVec,
     stall_seconds: Histogram,
@@ -151,12 +151,10 @@ impl Metrics {
                 "reason",
                 &["table_full"],
             ),
-            events_lost: counter_vec(
+            events_lost: plain_counter(
                 &r,
                 "ackwatch_events_lost_total",
-                "Stall records lost",
-                "reason",
-                &["ring_buffer_full"],
+                "Stall records lost: the ring buffer was full",
             ),
             stalls: counter_vec(
                 &r,
@@ -257,10 +255,7 @@ impl Metrics {
         }
         let full = counters[counter::TABLE_FULL as usize].saturating_sub(full_before);
         self.refused.with_label_values(&["table_full"]).inc_by(full);
-        add(
-            counter::RINGBUF_FULL,
-            &self.events_lost.with_label_values(&["ring_buffer_full"]),
-        );
+        add(counter::RINGBUF_FULL, &self.events_lost);
         for (c, class) in CLASSES.iter().enumerate() {
             for (s, state) in STATES.iter().enumerate() {
                 self.flows
