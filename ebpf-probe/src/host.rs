@@ -6,9 +6,9 @@ use std::collections::{HashMap, VecDeque};
 use std::vec::Vec;
 
 use crate::abi::{Flow, FlowKey, StallRecord, StallWhat, counter, port_flag};
-use crate::parse::Reason;
-use crate::tracker::Store;
-use crate::verdict::StallSink;
+use crate::parse::{Frame, LinkKind, Reason, parse};
+use crate::tracker::{Store, track};
+use crate::verdict::{Config, StallSink};
 
 pub struct HostStore {
     pub flows: HashMap<FlowKey, Flow>,
@@ -86,6 +86,33 @@ impl Store for HostStore {
 
     fn count(&mut self, index: u32) {
         self.counters[index as usize] += 1;
+    }
+}
+
+impl HostStore {
+    /// One frame through the parser and the tracker, as the probe's programs take it,
+    /// its outcome counted as the probe counts it (`abi::counter`). Returns the stall
+    /// records it caused.
+    pub fn observe<F: Frame>(
+        &mut self,
+        frame: &F,
+        link: LinkKind,
+        cfg: &Config,
+        now: u64,
+        ifindex: u32,
+    ) -> Vec<StallRecord> {
+        let mut records = Vec::new();
+        let result = parse(frame, link).and_then(|pkt| {
+            let mut sink = Records {
+                key: pkt.key,
+                out: Vec::new(),
+            };
+            let tracked = track(self, &mut sink, cfg, &pkt, now, ifindex);
+            records = sink.out;
+            tracked
+        });
+        self.count(result.err().unwrap_or(counter::TRACKED));
+        records
     }
 }
 

@@ -6,9 +6,9 @@ use std::time::Duration;
 use ackwatch::probe::{Probe, Settings};
 use aya::programs::{TestRun, TestRunOptions};
 use ebpf_probe::abi::{Flow, FlowKey, StallRecord, counter};
-use ebpf_probe::host::{HostStore, Records};
-use ebpf_probe::parse::{LinkKind, parse};
-use ebpf_probe::tracker::{Store, track};
+use ebpf_probe::host::HostStore;
+use ebpf_probe::parse::LinkKind;
+use ebpf_probe::tracker::Store;
 
 /// Where a frame enters the probe.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,27 +123,14 @@ impl Host {
 
     pub fn feed(&mut self, hook: Hook, frame: &[u8], now_ns: u64) {
         self.store.count(hook.counter());
-        let result = parse(&frame, hook.link()).and_then(|pkt| {
-            let mut sink = Records {
-                key: pkt.key,
-                out: Vec::new(),
-            };
-            let r = track(
-                &mut self.store,
-                &mut sink,
-                &self.settings.verdict,
-                &pkt,
-                now_ns,
-                TEST_RUN_IFINDEX,
-            );
-            self.events.extend(sink.out);
-            r
-        });
-        let slot = match result {
-            Ok(()) => counter::TRACKED,
-            Err(reason) => reason,
-        };
-        self.store.count(slot);
+        let records = self.store.observe(
+            &frame,
+            hook.link(),
+            &self.settings.verdict,
+            now_ns,
+            TEST_RUN_IFINDEX,
+        );
+        self.events.extend(records);
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -7,8 +7,7 @@ use std::collections::HashMap;
 
 use ebpf_probe::abi::{FlowKey, StallRecord, counter};
 use ebpf_probe::host::{HostStore, Records};
-use ebpf_probe::parse::{LinkKind, Snapped, parse};
-use ebpf_probe::tracker::track;
+use ebpf_probe::parse::{LinkKind, Snapped};
 use ebpf_probe::verdict::{Config, end_stalls};
 
 use crate::capture::{Frame, Link};
@@ -60,27 +59,21 @@ impl<F: FnMut(FlowReport)> Analyzer<F> {
             self.sweep();
             self.next_sweep = self.now + self.opts.sweep_interval_ns;
         }
-        let result = strip_link(frame).and_then(|(bytes, link)| {
-            let header = frame.data.len() - bytes.len();
-            let wire_len = frame.orig_len.max(frame.data.len()) - header;
-            let pkt = parse(&Snapped { bytes, wire_len }, link)?;
-            let mut sink = Records {
-                key: pkt.key,
-                out: Vec::new(),
-            };
-            let r = track(
-                &mut self.store,
-                &mut sink,
-                &self.opts.verdict,
-                &pkt,
-                frame.ts_ns,
-                0,
-            );
-            self.note(sink.out);
-            r
-        });
-        let slot = result.err().unwrap_or(counter::TRACKED);
-        self.store.counters[slot as usize] += 1;
+        match strip_link(frame) {
+            Ok((bytes, link)) => {
+                let header = frame.data.len() - bytes.len();
+                let wire_len = frame.orig_len.max(frame.data.len()) - header;
+                let records = self.store.observe(
+                    &Snapped { bytes, wire_len },
+                    link,
+                    &self.opts.verdict,
+                    frame.ts_ns,
+                    0,
+                );
+                self.note(records);
+            }
+            Err(reason) => self.store.counters[reason as usize] += 1,
+        }
     }
 
     /// Applies the stall rule to quiet flows and evicts idle ones.
