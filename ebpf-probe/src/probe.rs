@@ -1,5 +1,6 @@
 //! The BPF side: maps, globals, the packet accessor and the programs.
 
+use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::{__sk_buff, xdp_md};
 use aya_ebpf::bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action};
 use aya_ebpf::cty::c_void;
@@ -7,6 +8,7 @@ use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes, bpf_xdp_load_bytes
 use aya_ebpf::macros::{classifier, map, xdp};
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_log_ebpf::info;
 use ebpf_probe::abi::{Flow, FlowKey, StallRecord, StallWhat, counter, port_flag};
 use ebpf_probe::parse::{self, Frame, LinkKind, Reason, parse_into};
 use ebpf_probe::tracker::{Store, track};
@@ -172,11 +174,14 @@ impl Store for Maps {
 
 struct Ring<'a> {
     key: &'a FlowKey,
+    /// The last transition this packet caused, for one log line after it: (what, hole).
+    last: Option<(u8, u32)>,
 }
 
 impl StallSink for Ring<'_> {
     #[inline(always)]
     fn stall(&mut self, flow: &Flow, r: usize, what: StallWhat, now: u64) {
+        self.last = Some((what as u8, flow.half[r & 1].hole));
         match EVENTS.reserve::<StallRecord>(0) {
             Some(mut slot) => {
                 // SAFETY: the reserved slot is exactly one StallRecord; fill writes every field.
@@ -190,7 +195,7 @@ impl StallSink for Ring<'_> {
 
 /// The one path every program takes. Never fails: errors only move counters.
 #[inline(always)]
-fn observe(frame: &Packet, link: LinkKind, hook: u32, ifindex: u32) {
+fn observe<C: EbpfContext>(ctx: &C, frame: &Packet, link: LinkKind, hook: u32, ifindex: u32) {
     bump(hook);
     let cfg = Config {
         dupack_threshold: global!(DUPACK_THRESHOLD),
@@ -204,8 +209,20 @@ fn observe(frame: &Packet, link: LinkKind, hook: u32, ifindex: u32) {
             // SAFETY: this CPU's slot; nothing else runs on this CPU during the program.
             let pkt = unsafe { &mut *pkt };
             parse_into(frame, link, pkt)?;
-            let mut ring = Ring { key: &pkt.key };
-            track(&mut Maps, &mut ring, &cfg, pkt, now(), ifindex)
+            let mut ring = Ring {
+                key: &pkt.key,
+                last: None,
+            };
+            let tracked = track(&mut Maps, &mut ring, &cfg, pkt, now(), ifindex);
+            // A stall transition, not a packet: rare enough to log (one call site keeps
+            // the verifier's work small).
+            if let Some((what, hole)) = ring.last {
+                info!(
+                    ctx,
+                    "stall transition {} (0 started, 1 recovered, 2 ended), hole {}", what, hole
+                );
+            }
+            tracked
         });
     match result {
         Ok(()) => bump(counter::TRACKED),
@@ -233,6 +250,7 @@ fn tc_ifindex(ctx: &TcContext) -> u32 {
 #[xdp]
 pub fn ackwatch_xdp(ctx: XdpContext) -> u32 {
     observe(
+        &ctx,
         &xdp_frame(&ctx),
         LinkKind::Ethernet,
         counter::PACKETS_XDP,
@@ -244,6 +262,7 @@ pub fn ackwatch_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn ackwatch_xdp_ip(ctx: XdpContext) -> u32 {
     observe(
+        &ctx,
         &xdp_frame(&ctx),
         LinkKind::RawIp,
         counter::PACKETS_XDP,
@@ -256,6 +275,7 @@ pub fn ackwatch_xdp_ip(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn ackwatch_tc(ctx: TcContext) -> i32 {
     observe(
+        &ctx,
         &tc_frame(&ctx),
         LinkKind::Ethernet,
         counter::PACKETS_TC,
@@ -267,6 +287,7 @@ pub fn ackwatch_tc(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn ackwatch_tc_ip(ctx: TcContext) -> i32 {
     observe(
+        &ctx,
         &tc_frame(&ctx),
         LinkKind::RawIp,
         counter::PACKETS_TC,

@@ -321,6 +321,8 @@ impl Drop for BpfFs {
 pub struct Agent {
     child: std::process::Child,
     lines: std::sync::mpsc::Receiver<String>,
+    /// Its stderr lines so far.
+    pub logs: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     pub ns: String,
     /// Its own BPF filesystem, when the caller gave no --pin-path.
     _bpffs: Option<BpfFs>,
@@ -375,8 +377,10 @@ impl Agent {
             .args(["netns", "exec", ns])
             .args(cmd)
             .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("start ackwatch run");
+        // Events from stdout; logs from stderr, echoed to the test's stderr and kept.
         let (tx, lines) = std::sync::mpsc::channel();
         let out = std::io::BufReader::new(child.stdout.take().unwrap());
         std::thread::spawn(move || {
@@ -386,9 +390,21 @@ impl Agent {
                 }
             }
         });
+        let logs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (err, kept) = (
+            std::io::BufReader::new(child.stderr.take().unwrap()),
+            logs.clone(),
+        );
+        std::thread::spawn(move || {
+            for l in err.lines().map_while(Result::ok) {
+                eprintln!("{l}");
+                kept.lock().unwrap().push(l);
+            }
+        });
         let agent = Agent {
             child,
             lines,
+            logs,
             ns: ns.to_string(),
             _bpffs: None,
         };

@@ -138,6 +138,15 @@ fn stall_event_flows_api_and_metrics() {
         "{info}"
     );
 
+    // The probe's own log record of the stall (aya-log), through the agent's log.
+    let logs = agent.logs.lock().unwrap().clone();
+    assert!(
+        logs.iter().any(|l| l.contains("ackwatch_probe")
+            && l.contains(&format!(
+                "stall transition 0 (0 started, 1 recovered, 2 ended), hole {HOLE}"
+            ))),
+        "{logs:?}"
+    );
     assert_eq!(agent.stop(), Some(0), "SIGTERM: a clean exit");
     assert!(!xdp_attached(&lab), "XDP left attached");
 }

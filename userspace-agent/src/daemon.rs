@@ -264,6 +264,17 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
             }
         }
     };
+    // The probe's own log records (aya-log: one per stall transition), forwarded to
+    // ours at our level. Polled: they are rare, and a poll needs no wakeup.
+    if let Some(mut logger) = shared.probe.lock().unwrap().take_logger() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                logger.flush();
+            }
+        });
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| RunError::Failed(e.to_string()))?;
     tokio::select! {

@@ -16,7 +16,9 @@ use ebpf_probe::abi::{Flow, FlowKey, StallRecord};
 use crate::probe::Settings;
 
 /// Maps that carry state across restarts.
-pub const PINNED_MAPS: [&str; 5] = ["FLOWS", "PENDING", "PORTS", "COUNTERS", "EVENTS"];
+pub const PINNED_MAPS: [&str; 6] = [
+    "FLOWS", "PENDING", "PORTS", "COUNTERS", "EVENTS", "AYA_LOGS",
+];
 
 /// Bumped whenever the meaning of a map's bytes changes without a size change.
 const ABI: u32 = 1;

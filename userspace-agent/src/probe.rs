@@ -5,6 +5,7 @@ use std::time::Duration;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader, include_bytes_aligned};
+use aya_log::EbpfLogger;
 use ebpf_probe::abi::{Flow, FlowKey, StallRecord, counter, port_flag};
 use ebpf_probe::parse::LinkKind;
 use ebpf_probe::verdict::Config;
@@ -52,6 +53,8 @@ pub enum ProbeError {
     MissingMap(&'static str),
     #[error("interface {0}: {1}")]
     Interface(String, std::io::Error),
+    #[error("the probe's log: {0}")]
+    Logger(String),
     #[error("reading map {0}: {1}")]
     Batch(&'static str, std::io::Error),
     #[error("pinning {0}: {1}")]
@@ -95,6 +98,9 @@ pub const PROGRAMS: [&str; 4] = [
 /// The loaded probe: programs verified and loaded, maps created, not attached.
 pub struct Probe {
     ebpf: Ebpf,
+    /// Reads the probe's aya-log records (its AYA_LOGS map must stay open while the
+    /// programs load); the agent takes it to forward them to its log.
+    logger: Option<EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Probe {
@@ -115,6 +121,7 @@ impl Probe {
             .map_max_entries("FLOWS", s.max_flows)
             .map_max_entries("PENDING", s.max_pending)
             .load(PROBE_OBJECT)?;
+        let logger = EbpfLogger::init(&mut ebpf).map_err(|e| ProbeError::Logger(e.to_string()))?;
         for name in [PROGRAMS[0], PROGRAMS[1]] {
             let prog: &mut Xdp = program(&mut ebpf, name)?;
             prog.load().map_err(|e| ProbeError::Program(name, e))?;
@@ -123,7 +130,10 @@ impl Probe {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load().map_err(|e| ProbeError::Program(name, e))?;
         }
-        let mut probe = Probe { ebpf };
+        let mut probe = Probe {
+            ebpf,
+            logger: Some(logger),
+        };
         if s.pin_dir.is_some() {
             probe.reset_ctcp_ports(&s.ctcp_ports)?;
         } else {
@@ -248,6 +258,11 @@ impl Probe {
             .ok_or(ProbeError::MissingMap("EVENTS"))?;
         let mut ring = RingBuf::try_from(map).map_err(|e| ProbeError::Map("EVENTS", e))?;
         Ok(drain(&mut ring))
+    }
+
+    /// Moves the log reader out, for the agent's task that forwards the records.
+    pub fn take_logger(&mut self) -> Option<EbpfLogger<&'static dyn log::Log>> {
+        self.logger.take()
     }
 
     /// Moves the ring buffer out, for a reader that waits on its descriptor.
