@@ -271,6 +271,12 @@ pub fn ackwatch_xdp_ip(ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// Does nothing: the baseline the benchmarks subtract (never attached).
+#[xdp]
+pub fn ackwatch_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
 /// TC verdicts are `TC_ACT_UNSPEC`: carry on with the next filter, as a monitor should.
 #[classifier]
 pub fn ackwatch_tc(ctx: TcContext) -> i32 {

@@ -152,6 +152,29 @@ impl Probe {
         program(&mut self.ebpf, tc_program(link))
     }
 
+    /// Mean time of one run of XDP program `name` (loaded on first use) on `frame`,
+    /// over `repeat` runs of BPF_PROG_TEST_RUN: what the benchmarks measure.
+    pub fn xdp_run_time(
+        &mut self,
+        name: &'static str,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<std::time::Duration, ProbeError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let prog: &mut Xdp = program(&mut self.ebpf, name)?;
+        if prog.fd().is_err() {
+            prog.load().map_err(|e| ProbeError::Program(name, e))?;
+        }
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..Default::default()
+        };
+        prog.test_run(opts)
+            .map(|r| r.duration)
+            .map_err(|e| ProbeError::Program(name, e))
+    }
+
     /// Kernel ids of the loaded programs.
     pub fn program_ids(&self) -> Vec<u32> {
         PROGRAMS

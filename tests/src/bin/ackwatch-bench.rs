@@ -68,6 +68,7 @@ fn main() {
     let dir = Scratch::new("bench");
     let ackwatch = ackwatch_tests::ackwatch_binary();
     let mut figures = Vec::new();
+    probe_cost(&mut figures);
 
     let big = dir.join("big.pcap");
     capture(&big, packets, 200);
@@ -135,6 +136,106 @@ fn main() {
     });
 
     write_results(&figures);
+}
+
+/// Runs of BPF_PROG_TEST_RUN per figure.
+const REPEAT: u32 = 1_000_000;
+
+/// Nanoseconds per packet the probe's XDP program adds over an XDP_PASS program measured
+/// in the same run, on the same CPU, for each kind of packet. BPF_PROG_TEST_RUN repeats
+/// one packet, so a tracked packet after the first finds its flow: the hot path.
+fn probe_cost(figures: &mut Vec<Figure>) {
+    use std::net::SocketAddr;
+
+    use ackwatch::probe::{Probe, Settings};
+    use ackwatch_tests::frames::{L2, TH_ACK, TH_PSH, Tcp, ctcp_payload, frame};
+
+    // SAFETY: pinning this thread to CPU 0; a zeroed cpu_set_t is valid.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+    let addr = |s: &str| -> SocketAddr { s.parse().unwrap() };
+    let seg = |src: &str, dst: &str, flags: u8, len: usize| {
+        let payload = if len > 24 {
+            ctcp_payload(len)
+        } else {
+            vec![0; len]
+        };
+        frame(
+            addr(src),
+            addr(dst),
+            &Tcp {
+                seq: 1000,
+                ack: 2000,
+                flags,
+                window: 500,
+                payload,
+                ..Default::default()
+            },
+            &L2::Ethernet,
+        )
+    };
+    let mut arp = seg("10.0.0.1:40000", "10.0.0.2:10000", TH_ACK, 0);
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let cases: [(&str, Vec<u8>); 6] = [
+        ("non_ip", arp),
+        (
+            "tcp_out_of_scope",
+            seg("10.0.0.1:40000", "10.0.0.2:5201", TH_ACK | TH_PSH, 1000),
+        ),
+        (
+            "ipv4_data_tracked",
+            seg("10.0.0.1:40000", "10.0.0.2:10000", TH_ACK | TH_PSH, 1000),
+        ),
+        (
+            "ipv6_data_tracked",
+            seg("[fd00::1]:40000", "[fd00::2]:10000", TH_ACK | TH_PSH, 1000),
+        ),
+        (
+            "duplicate_ack",
+            seg("10.0.0.2:10000", "10.0.0.1:40001", TH_ACK, 0),
+        ),
+        (
+            "table_full_refused",
+            seg("10.0.0.9:40009", "10.0.0.2:10000", TH_ACK | TH_PSH, 1000),
+        ),
+    ];
+    let mut probe = Probe::load(&Settings {
+        max_flows: 16,
+        ..Settings::default()
+    })
+    .expect("load the probe");
+    // Fill the table (16 flows) so the last case is refused.
+    for i in 0..16 {
+        let f = seg(&format!("10.0.1.{i}:40000"), "10.0.0.2:10000", TH_ACK, 0);
+        probe.xdp_run_time("ackwatch_xdp", &f, 1).expect("fill");
+    }
+    let pass = probe
+        .xdp_run_time("ackwatch_pass", &cases[0].1, REPEAT)
+        .expect("XDP_PASS baseline")
+        .as_nanos() as f64;
+    println!(
+        "probe: XDP_PASS baseline {pass:.1} ns per run (BPF_PROG_TEST_RUN, {REPEAT} runs, CPU 0)"
+    );
+    for (name, f) in &cases {
+        let ns = probe
+            .xdp_run_time("ackwatch_xdp", f, REPEAT)
+            .expect("test run")
+            .as_nanos() as f64;
+        let added = ns - pass;
+        println!(
+            "probe: {name:<20} {ns:7.1} ns per run, {added:6.1} ns over XDP_PASS ({:.2}x)",
+            ns / pass
+        );
+        figures.push(Figure {
+            name: format!("probe_added_ns_{name}"),
+            value: added,
+            unit: "ns/packet",
+            target: None,
+        });
+    }
 }
 
 fn write_results(figures: &[Figure]) {
