@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 
 use crate::events::event_json;
 use crate::flows::rfc3339;
+use crate::report::{host, port};
 
 /// How often firing alerts are sent again (Alertmanager resolves silent ones).
 const RESEND: Duration = Duration::from_secs(30);
@@ -82,16 +83,11 @@ fn alert_json(r: &StallRecord, iface: &str, offset: u64) -> Value {
         e["client"].as_str().unwrap_or(""),
         e["server"].as_str().unwrap_or(""),
     );
-    let host = |ep: &str| {
-        ep.rsplit_once(':')
-            .map(|(h, _)| h.trim_matches(['[', ']']).to_string())
-            .unwrap_or_default()
-    };
-    let port = server.rsplit_once(':').map(|(_, p)| p).unwrap_or("10000");
     let bypass = format!(
-        "access-list ctcp-bypass extended permit tcp host {} host {} eq {port}\nclass-map ctcp-bypass-class\n match access-list ctcp-bypass\npolicy-map global_policy\n class ctcp-bypass-class\n  set connection advanced-options tcp-state-bypass",
+        "access-list ctcp-bypass extended permit tcp host {} host {} eq {}\nclass-map ctcp-bypass-class\n match access-list ctcp-bypass\npolicy-map global_policy\n class ctcp-bypass-class\n  set connection advanced-options tcp-state-bypass",
         host(client),
-        host(server)
+        host(server),
+        port(server)
     );
     json!({
         "labels": {

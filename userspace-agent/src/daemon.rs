@@ -61,11 +61,7 @@ impl Shared {
                     ebpf_probe::abi::StallWhat::Started,
                     flow.half[r].hole_since,
                 );
-                let iface = self
-                    .ifnames
-                    .get(&rec.ifindex)
-                    .map(String::as_str)
-                    .unwrap_or("unknown");
+                let iface = self.iface(rec.ifindex);
                 flows::apply(
                     self.episodes.lock().unwrap().entry(key).or_default(),
                     &rec,
@@ -78,13 +74,17 @@ impl Shared {
         }
     }
 
+    /// The name of an attached interface.
+    fn iface(&self, ifindex: u32) -> &str {
+        self.ifnames
+            .get(&ifindex)
+            .map(String::as_str)
+            .unwrap_or("unknown")
+    }
+
     /// Prints, counts and remembers one stall transition.
     fn record(&self, r: &StallRecord) {
-        let iface = self
-            .ifnames
-            .get(&r.ifindex)
-            .map(String::as_str)
-            .unwrap_or("unknown");
+        let iface = self.iface(r.ifindex);
         let line = event_json(r, iface, self.offset);
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");

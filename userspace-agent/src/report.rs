@@ -130,12 +130,14 @@ pub fn advice_for(class: &str, kind: &str, client: &str, server: &str) -> String
     }
 }
 
-fn host(ep: &str) -> &str {
+/// The address part of an "ip:port" endpoint, without IPv6 brackets.
+pub(crate) fn host(ep: &str) -> &str {
     ep.rsplit_once(':')
         .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']'))
         .unwrap_or(ep)
 }
 
-fn port(ep: &str) -> &str {
+/// The port part of an "ip:port" endpoint.
+pub(crate) fn port(ep: &str) -> &str {
     ep.rsplit_once(':').map(|(_, p)| p).unwrap_or("10000")
 }
