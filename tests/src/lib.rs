@@ -29,6 +29,19 @@ pub fn ackwatch_binary() -> std::path::PathBuf {
     bin
 }
 
+/// A copy of the `ackwatch` binary that user nobody can run (the checkout may sit in a
+/// folder only root can enter), in a scratch folder that holds it.
+pub fn ackwatch_binary_for_nobody() -> (Scratch, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = Scratch::new("nobody");
+    std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o755))
+        .expect("chmod scratch");
+    let bin = dir.join("ackwatch");
+    std::fs::copy(ackwatch_binary(), &bin).expect("copy ackwatch");
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod ackwatch");
+    (dir, bin)
+}
+
 /// A scratch folder removed when dropped, pass or fail.
 pub struct Scratch(pub std::path::PathBuf);
 

@@ -326,6 +326,8 @@ pub struct Agent {
     pub ns: String,
     /// Its own BPF filesystem, when the caller gave no --pin-path.
     _bpffs: Option<BpfFs>,
+    /// The copy of the binary it runs, when it runs as nobody.
+    _binary: Option<crate::Scratch>,
 }
 
 pub const AGENT_ADDR: &str = "127.0.0.1:9977";
@@ -349,9 +351,10 @@ impl Agent {
     /// (capsh), as the systemd unit runs it.
     pub fn start_with_three_capabilities(ns: &str, args: &[&str]) -> Agent {
         let bpffs = BpfFs::mount();
+        let (copy, bin) = crate::ackwatch_binary_for_nobody();
         let run = format!(
             "exec {} run {} --pin-path {}",
-            crate::ackwatch_binary().display(),
+            bin.display(),
             args.join(" "),
             bpffs.pin_path()
         );
@@ -368,6 +371,7 @@ impl Agent {
         ];
         let mut agent = Agent::start_command(ns, &cmd);
         agent._bpffs = Some(bpffs);
+        agent._binary = Some(copy);
         agent
     }
 
@@ -407,6 +411,7 @@ impl Agent {
             logs,
             ns: ns.to_string(),
             _bpffs: None,
+            _binary: None,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {

@@ -547,7 +547,7 @@ fn one_agent_per_table_and_interface() {
 /// Without the three capabilities the agent names what is missing.
 #[test]
 fn missing_capabilities_are_named() {
-    let bin = ackwatch_tests::ackwatch_binary();
+    let (_copy, bin) = ackwatch_tests::ackwatch_binary_for_nobody();
     let run = format!("exec {} run --iface lo", bin.display());
     let out = Command::new("capsh")
         .args(["--user=nobody", "--", "-c", &run])
