@@ -29,7 +29,7 @@ pub fn payload<F: Frame>(f: &F, start: usize, len: usize) -> PayloadClass {
     if len <= 24 || start + len > 0x3fff {
         return PayloadClass::None;
     }
-    let Some(t) = f.read::<TRAILER>(start + len - TRAILER) else {
+    let Some(t) = f.read_tail::<TRAILER>(start + len - TRAILER) else {
         return PayloadClass::None;
     };
     if t[0] | t[1] | t[2] | t[3] != 0 || t[6] & 0x0f != 0 || t[7] != 0 {

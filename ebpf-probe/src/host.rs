@@ -107,7 +107,7 @@ impl HostStore {
                 key: pkt.key,
                 out: Vec::new(),
             };
-            let tracked = track(self, &mut sink, cfg, &pkt, now, ifindex);
+            let tracked = track(self, &mut sink, cfg, &pkt, || now, ifindex);
             records = sink.out;
             tracked
         });

@@ -10,6 +10,11 @@ use crate::classify::{self, PayloadClass};
 pub trait Frame {
     fn wire_len(&self) -> usize;
     fn read<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+    /// A read near the end of a large packet (the cTCP trailer), which a TC skb may
+    /// hold outside its linear part.
+    fn read_tail<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        self.read(off)
+    }
     /// An IP length beyond the frame is cut to the frame (a capture, read as Wireshark
     /// reads it) instead of refused (a live packet the receiver would drop).
     fn cuts_ip_length(&self) -> bool {
@@ -115,7 +120,7 @@ const IPPROTO_TCP: u8 = 6;
 /// Extension headers walked before giving up (Cilium stops after 4 as well).
 pub const MAX_EXT_HEADERS: usize = 4;
 /// Offsets beyond this are not read (keeps the verifier's offset range bounded).
-const MAX_OFFSET: usize = 0x3fff;
+pub const MAX_OFFSET: usize = 0x3fff;
 
 #[inline(always)]
 fn be16(b: [u8; 2]) -> u16 {
@@ -312,17 +317,18 @@ pub fn parse_into<F: Frame>(f: &F, kind: LinkKind, out: &mut Packet) -> Result<(
         ETH_P_IPV6 => ipv6(f, l3, addr)?,
         _ => return Err(counter::NOT_IP),
     };
-    let doff = ((need::<1, F>(f, l4 + 12)?[0] >> 4) as usize) * 4;
+    let t: [u8; 16] = need(f, l4)?;
+    let doff = ((t[12] >> 4) as usize) * 4;
     if doff < 20 || doff > l4len {
         return Err(counter::BAD_HEADER_LEN);
     }
     let seglen = l4len - doff;
-    out.key.port = [be16(need(f, l4)?), be16(need(f, l4 + 2)?)];
+    out.key.port = [be16([t[0], t[1]]), be16([t[2], t[3]])];
     let seg = &mut out.seg;
-    seg.seq = be32(need(f, l4 + 4)?);
-    seg.ack = be32(need(f, l4 + 8)?);
-    seg.flags = need::<1, F>(f, l4 + 13)?[0];
-    seg.window = be16(need(f, l4 + 14)?) as u32;
+    seg.seq = be32([t[4], t[5], t[6], t[7]]);
+    seg.ack = be32([t[8], t[9], t[10], t[11]]);
+    seg.flags = t[13];
+    seg.window = be16([t[14], t[15]]) as u32;
     seg.seglen = seglen as u32;
     seg.has_sack = false;
     if seglen == 0

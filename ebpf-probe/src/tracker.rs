@@ -28,15 +28,16 @@ pub trait Store {
     fn count(&mut self, index: u32);
 }
 
-/// Tracks one packet at time `now` (ns) seen on interface `ifindex`. `Err` carries the
-/// reason it was not tracked.
+/// Tracks one packet seen on interface `ifindex`; `clock` gives the time (ns), read
+/// only once the packet's flow is found (a clock read costs as much as a hash lookup in
+/// the kernel). `Err` carries the reason it was not tracked.
 #[inline(always)]
 pub fn track<S: Store, K: StallSink>(
     store: &mut S,
     sink: &mut K,
     cfg: &Config,
     pkt: &Packet,
-    now: u64,
+    clock: impl FnOnce() -> u64,
     ifindex: u32,
 ) -> Result<(), Reason> {
     let (src, dst) = (
@@ -57,6 +58,7 @@ pub fn track<S: Store, K: StallSink>(
     // SAFETY: the pointer is a live entry of `store`, which is not called again while
     // this reference lives.
     let flow = unsafe { &mut *flow };
+    let now = clock();
     // A fresh entry is all zeros; clocks (boot time, capture time) never read 0.
     if flow.first_ts == 0 {
         init(flow, pkt, src, dst, now);

@@ -28,13 +28,14 @@ struct BatchAttr {
     flags: u64,
 }
 
-/// Every (key, value) of the hash map `map`. `Ok(None)` when the kernel has no batched
-/// lookup for it (the caller then iterates).
-pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
+/// Calls `each` with every (key, value) of the hash map `map`, one chunk in memory at a
+/// time. `Ok(false)` when the kernel has no batched lookup for it (the caller then
+/// iterates).
+pub fn for_each<K: Pod + Default, V: Pod + Default>(
     map: &MapData,
-) -> io::Result<Option<Vec<(K, V)>>> {
+    mut each: impl FnMut(&K, &V),
+) -> io::Result<bool> {
     let fd = map.fd().as_fd().as_raw_fd() as u32;
-    let mut out = Vec::new();
     let (mut keys, mut values) = (vec![K::default(); CHUNK], vec![V::default(); CHUNK]);
     // The resume token: opaque, at most a key's size for hash maps.
     let (mut token_in, mut token_out) = (
@@ -68,10 +69,12 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
         };
         let err = (rc < 0).then(io::Error::last_os_error);
         let n = attr.count as usize;
-        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        for (k, v) in keys[..n].iter().zip(&values[..n]) {
+            each(k, v);
+        }
         match err {
             None => {}
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Some(out)),
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(true),
             Some(e)
                 if first
                     && matches!(
@@ -79,7 +82,7 @@ pub fn lookup_all<K: Pod + Default, V: Pod + Default>(
                         Some(libc::EINVAL) | Some(ENOTSUPP) | Some(libc::EOPNOTSUPP)
                     ) =>
             {
-                return Ok(None);
+                return Ok(false);
             }
             Some(e) => return Err(e),
         }

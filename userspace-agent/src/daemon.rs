@@ -244,12 +244,18 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
         async move {
             loop {
                 tick.tick().await;
-                let swept = {
-                    let mut probe = shared.probe.lock().unwrap();
-                    match sweep(&mut probe, &cfg, idle, flows::monotonic_now()) {
-                        Ok(s) => probe.counters().map(|c| (s, c)),
-                        Err(e) => Err(e),
-                    }
+                // A walk of up to a million flows: on a blocking thread, so HTTP answers.
+                let walk = shared.clone();
+                let swept = tokio::task::spawn_blocking(move || {
+                    let started = std::time::Instant::now();
+                    let mut probe = walk.probe.lock().unwrap();
+                    let swept = sweep(&mut probe, &cfg, idle, flows::monotonic_now());
+                    walk.metrics.sweep_seconds.set(started.elapsed().as_secs_f64());
+                    swept.and_then(|s| probe.counters().map(|c| (s, c)))
+                })
+                .await;
+                let Ok(swept) = swept else {
+                    return; // the runtime is shutting down
                 };
                 match swept {
                     Ok((s, counters)) => {

@@ -1,5 +1,5 @@
 //! The HTTP side: GET /metrics (Prometheus), /healthz, /flows (JSON; `?state=stalled`,
-//! `?class=ctcp`, `?limit=N`).
+//! `?class=ctcp`, `?limit=N`, default 1,000, at most 100,000).
 
 use std::sync::Arc;
 
@@ -11,7 +11,8 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use crate::daemon::Shared;
-use crate::flows::FlowReport;
+use crate::flows::{FlowReport, class_name, state_name};
+use crate::metrics::{CLASSES, STATES};
 
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let app = Router::new()
@@ -38,30 +39,59 @@ struct FlowQuery {
     limit: Option<usize>,
 }
 
+/// Flows returned when the query names no limit, and the most it may name: a response
+/// stays small enough to read even when the table holds a million flows.
+const DEFAULT_LIMIT: usize = 1_000;
+const MAX_LIMIT: usize = 100_000;
+
+fn bad_request(msg: String) -> (StatusCode, String) {
+    (StatusCode::BAD_REQUEST, msg + "\n")
+}
+
 async fn flows(
     State(s): State<Arc<Shared>>,
     Query(q): Query<FlowQuery>,
 ) -> Result<Json<Vec<FlowReport>>, (StatusCode, String)> {
-    let table = s
-        .probe
-        .lock()
-        .unwrap()
-        .flows()
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    let episodes = s.episodes.lock().unwrap();
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT);
+    if limit > MAX_LIMIT {
+        return Err(bad_request(format!("limit: at most {MAX_LIMIT}")));
+    }
+    if let Some(st) = q.state.as_deref().filter(|st| !STATES.contains(st)) {
+        return Err(bad_request(format!("state {st:?}: one of {STATES:?}")));
+    }
+    if let Some(c) = q.class.as_deref().filter(|c| !CLASSES.contains(c)) {
+        return Err(bad_request(format!("class {c:?}: one of {CLASSES:?}")));
+    }
+    // The walk blocks on bpf(2) calls: off the runtime's threads, so /metrics and
+    // /healthz answer while it runs.
+    tokio::task::spawn_blocking(move || matching_flows(&s, &q, limit))
+        .await
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map(Json)
+}
+
+fn matching_flows(
+    s: &Shared,
+    q: &FlowQuery,
+    limit: usize,
+) -> Result<Vec<FlowReport>, (StatusCode, String)> {
     let now = crate::flows::monotonic_now();
-    let mut out: Vec<FlowReport> = table
-        .iter()
-        .map(|(k, f)| {
-            let mut r =
-                FlowReport::new(k, f, episodes.get(k).cloned().unwrap_or_default(), s.offset);
+    let mut out = Vec::new();
+    let probe = s.probe.lock().unwrap();
+    probe
+        .for_each_flow(|k, f| {
+            let wanted = out.len() < limit
+                && q.state.as_deref().is_none_or(|st| state_name(f.state) == st)
+                && q.class.as_deref().is_none_or(|c| class_name(f.class) == c);
+            if !wanted {
+                return;
+            }
+            let stalls = s.episodes.lock().unwrap().get(k).cloned();
+            let mut r = FlowReport::new(k, f, stalls.unwrap_or_default(), s.offset);
             r.age_ms = Some(now.saturating_sub(f.first_ts) / 1_000_000);
             r.idle_ms = Some(now.saturating_sub(f.last_ts) / 1_000_000);
-            r
+            out.push(r);
         })
-        .filter(|r| q.state.as_deref().is_none_or(|st| r.state == st))
-        .filter(|r| q.class.as_deref().is_none_or(|c| r.class == c))
-        .collect();
-    out.truncate(q.limit.unwrap_or(usize::MAX));
-    Ok(Json(out))
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(out)
 }

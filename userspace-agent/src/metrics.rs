@@ -33,6 +33,8 @@ pub struct Metrics {
     evicted: std::sync::Mutex<[[u64; 5]; 3]>,
     /// At most this many ackwatch_stalled_flow_info series at once.
     max_stalled_series: usize,
+    /// How long the last sweep of the flow table took.
+    pub sweep_seconds: prometheus::Gauge,
     pub alertmanager_errors: prometheus::IntCounter,
     pub alerts_dropped: prometheus::IntCounter,
     /// Kernel counters at the last mirror, to add only what is new.
@@ -173,6 +175,15 @@ impl Metrics {
             stall_seconds,
             flows,
             entries,
+            sweep_seconds: {
+                let g = prometheus::Gauge::new(
+                    "ackwatch_sweep_duration_seconds",
+                    "How long the last sweep of the flow table took",
+                )
+                .unwrap();
+                r.register(Box::new(g.clone())).unwrap();
+                g
+            },
             alertmanager_errors: plain_counter(
                 &r,
                 "ackwatch_alertmanager_errors_total",

@@ -249,28 +249,42 @@ impl Probe {
 
     /// Every established flow.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
-        self.table("FLOWS")
+        let mut all = Vec::new();
+        self.for_each("FLOWS", |k, f| all.push((*k, *f)))?;
+        Ok(all)
+    }
+
+    /// Calls `each` with every established flow, holding only a chunk of the table in
+    /// memory (the sweep, at a million flows).
+    pub fn for_each_flow(&self, each: impl FnMut(&FlowKey, &Flow)) -> Result<(), ProbeError> {
+        self.for_each("FLOWS", each)
     }
 
     /// Every half-open flow.
     pub fn pending(&self) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
-        self.table("PENDING")
+        let mut all = Vec::new();
+        self.for_each("PENDING", |k, f| all.push((*k, *f)))?;
+        Ok(all)
     }
 
-    fn table(&self, name: &'static str) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
+    fn for_each(
+        &self,
+        name: &'static str,
+        mut each: impl FnMut(&FlowKey, &Flow),
+    ) -> Result<(), ProbeError> {
         let map = self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
         if let aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data) = map
-            && let Some(all) =
-                crate::batch::lookup_all(data).map_err(|e| ProbeError::Batch(name, e))?
+            && crate::batch::for_each(data, &mut each).map_err(|e| ProbeError::Batch(name, e))?
         {
-            return Ok(all);
+            return Ok(());
         }
         let table: HashMap<&MapData, FlowKey, Flow> =
             HashMap::try_from(map).map_err(|e| ProbeError::Map(name, e))?;
-        table
-            .iter()
-            .map(|r| r.map_err(|e| ProbeError::Map(name, e)))
-            .collect()
+        for r in table.iter() {
+            let (k, f) = r.map_err(|e| ProbeError::Map(name, e))?;
+            each(&k, &f);
+        }
+        Ok(())
     }
 
     /// Takes every record waiting in the ring buffer.

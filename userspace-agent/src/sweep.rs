@@ -52,23 +52,27 @@ pub fn sweep(probe: &mut Probe, cfg: &Config, idle_ns: u64, now: u64) -> Result<
         live: [[0; 5]; 3],
         evicted: [[0; 5]; 3],
     };
-    for (key, mut flow) in probe.flows()? {
+    // Removals and write-backs wait for the end of the walk (the walk borrows the probe);
+    // both are few.
+    let (mut evict, mut write) = (Vec::new(), Vec::new());
+    probe.for_each_flow(|key, flow| {
+        let mut flow = *flow;
         let quiet = now.saturating_sub(flow.last_ts);
         let closed = flow.state == FlowState::Closed as u8;
         let mut sink = Records {
-            key,
+            key: *key,
             out: Vec::new(),
         };
         if quiet >= idle_ns || (closed && quiet >= CLOSED_GRACE_NS) {
             end_stalls(&mut flow, now, &mut sink);
-            probe.remove_flow(&key)?;
+            evict.push(*key);
             add_totals(&mut swept.evicted[metrics_class(flow.class)], &flow);
         } else {
             flow.check_stalls(cfg, now, &mut sink);
             if !sink.out.is_empty() {
                 // A packet may update the entry between our read and this write; the
                 // counts of that packet are then lost, never the verdict.
-                probe.write_flow(&key, &flow)?;
+                write.push((*key, flow));
             }
             swept.entries += 1;
             let c = metrics_class(flow.class);
@@ -76,6 +80,12 @@ pub fn sweep(probe: &mut Probe, cfg: &Config, idle_ns: u64, now: u64) -> Result<
             add_totals(&mut swept.live[c], &flow);
         }
         swept.records.extend(sink.out);
+    })?;
+    for key in &evict {
+        probe.remove_flow(key)?;
+    }
+    for (key, flow) in &write {
+        probe.write_flow(key, flow)?;
     }
     Ok(swept)
 }

@@ -1,0 +1,252 @@
+//! The probe's cost per packet with BPF_PROG_TEST_RUN: the XDP program against an
+//! XDP_PASS program of the same object, same run, same CPU, for each kind of packet,
+//! with the flow table pre-filled to several sizes.
+
+use std::net::SocketAddr;
+
+use ackwatch::probe::{Probe, Settings};
+use ackwatch_tests::frames::{L2, TH_ACK, TH_PSH, TH_SYN, Tcp, ctcp_payload, frame};
+use ebpf_probe::abi::{Flow, FlowKey};
+
+use crate::report::Figure;
+
+/// Runs of BPF_PROG_TEST_RUN per hot-path figure.
+const REPEAT: u32 = 1_000_000;
+/// New flows measured one run each for the insert figures.
+const INSERTS: u32 = 20_000;
+
+struct Seg<'a> {
+    src: &'a str,
+    dst: &'a str,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: Vec<u8>,
+}
+
+fn build(s: Seg) -> Vec<u8> {
+    let addr = |a: &str| -> SocketAddr { a.parse().unwrap() };
+    let tcp = Tcp {
+        seq: s.seq,
+        ack: s.ack,
+        flags: s.flags,
+        window: 500,
+        payload: s.payload,
+        ..Default::default()
+    };
+    frame(addr(s.src), addr(s.dst), &tcp, &L2::Ethernet)
+}
+
+fn data(src: &str, dst: &str, seq: u32, payload: Vec<u8>) -> Vec<u8> {
+    build(Seg {
+        src,
+        dst,
+        seq,
+        ack: 1,
+        flags: TH_ACK | TH_PSH,
+        payload,
+    })
+}
+
+fn ack(src: &str, dst: &str, ack: u32) -> Vec<u8> {
+    build(Seg {
+        src,
+        dst,
+        seq: 1,
+        ack,
+        flags: TH_ACK,
+        payload: Vec::new(),
+    })
+}
+
+/// Pins this thread to CPU 0 (the test runs execute on the calling CPU).
+pub fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is valid; this thread's own affinity.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// A flow entry the prefill writes: seen now, so nothing ages out during the run.
+fn prefill_key(i: u32) -> FlowKey {
+    let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+    let mut key = FlowKey::default();
+    key.addr[0] = [0, 0, mapped, u32::from_ne_bytes([172, 16, 0, 0]) ^ i.to_be()];
+    key.addr[1] = [0, 0, mapped, u32::from_ne_bytes([172, 31, 0, 1])];
+    key.port = [40_000, 10_000];
+    key
+}
+
+/// Writes `n` flows, then as many more as fit if `fill` (until the table refuses).
+fn prefill(probe: &mut Probe, n: u32, fill: bool) {
+    let mut flow = Flow {
+        class: 0,
+        ..Flow::default()
+    };
+    flow.first_ts = 1;
+    flow.last_ts = 1;
+    let mut i = 0;
+    while i < n || fill {
+        if probe.write_flow(&prefill_key(i + 1), &flow).is_err() {
+            assert!(fill, "prefill refused at {i} of {n}");
+            return;
+        }
+        i += 1;
+    }
+}
+
+fn ns(probe: &mut Probe, prog: &'static str, frame: &[u8], repeat: u32) -> f64 {
+    probe
+        .xdp_run_time(prog, frame, repeat)
+        .expect("test run")
+        .as_nanos() as f64
+}
+
+/// The mean of single runs over distinct frames (each a new flow), and of XDP_PASS
+/// over the same frames.
+fn per_frame(probe: &mut Probe, frames: &[Vec<u8>]) -> (f64, f64) {
+    let (mut prog, mut pass) = (0.0, 0.0);
+    for f in frames {
+        pass += ns(probe, "ackwatch_pass", f, 1);
+        prog += ns(probe, "ackwatch_xdp", f, 1);
+    }
+    (prog / frames.len() as f64, pass / frames.len() as f64)
+}
+
+fn new_flows(flags: u8, third_octet: u8) -> Vec<Vec<u8>> {
+    (0..INSERTS)
+        .map(|i| {
+            let src = format!("10.{third_octet}.{}.{}:{}", i / 250, i % 250 + 1, 20_000 + i % 1000);
+            let payload = if flags & TH_SYN != 0 { Vec::new() } else { vec![7; 200] };
+            build(Seg {
+                src: &src,
+                dst: "10.0.0.2:10000",
+                seq: 1,
+                ack: if flags & TH_SYN != 0 { 0 } else { 1 },
+                flags,
+                payload,
+            })
+        })
+        .collect()
+}
+
+/// Every figure at one table size.
+fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f64)>) {
+    let mut probe = Probe::load(&Settings {
+        max_flows: prefilled + INSERTS + 64,
+        ..Settings::default()
+    })
+    .expect("load the probe");
+    prefill(&mut probe, prefilled, false);
+    let plain = vec![0x5a; 1000];
+    // A flow with the client's data outstanding, so the server's ACKs below it repeat.
+    probe
+        .xdp_run_time("ackwatch_xdp", &data("10.0.0.1:40003", "10.0.0.2:10000", 5000, plain.clone()), 1)
+        .expect("prime");
+    let mut arp = ack("10.0.0.1:40000", "10.0.0.2:10000", 1);
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    let cases: [(&str, Vec<u8>, Option<f64>); 6] = [
+        ("non_ip", arp, None),
+        (
+            "tcp_out_of_scope",
+            data("10.0.0.1:40000", "10.0.0.2:5201", 1, plain.clone()),
+            Some(5.0),
+        ),
+        (
+            "ipv4_data_tracked",
+            data("10.0.0.1:40000", "10.0.0.2:10000", 1, ctcp_payload(1000)),
+            Some(35.0),
+        ),
+        (
+            "ipv6_data_tracked",
+            data("[fd00::1]:40000", "[fd00::2]:10000", 1, ctcp_payload(1000)),
+            Some(45.0),
+        ),
+        ("pure_ack", ack("10.0.0.2:10000", "10.0.0.1:40001", 1), None),
+        (
+            "duplicate_ack",
+            ack("10.0.0.2:10000", "10.0.0.1:40003", 1000),
+            None,
+        ),
+    ];
+    let pass = ns(&mut probe, "ackwatch_pass", &cases[0].1, REPEAT);
+    println!(
+        "probe, {prefilled} flows: XDP_PASS {pass:.1} ns per run (BPF_PROG_TEST_RUN, {REPEAT} runs, CPU 0)"
+    );
+    let mut data_path = 0.0;
+    for (name, frame, target) in &cases {
+        let t = ns(&mut probe, "ackwatch_xdp", frame, REPEAT);
+        let target = match *name {
+            // The duplicate-ACK path may cost at most 5 ns more than the data path.
+            "duplicate_ack" => Some(data_path + 5.0),
+            _ => *target,
+        };
+        if *name == "ipv4_data_tracked" {
+            data_path = t - pass;
+        }
+        push(figures, zero, prefilled, name, t, pass, target);
+    }
+    let (t, p) = per_frame(&mut probe, &new_flows(TH_ACK | TH_PSH, 1));
+    push(figures, zero, prefilled, "insert_established", t, p, Some(150.0));
+    let (t, p) = per_frame(&mut probe, &new_flows(TH_SYN, 2));
+    push(figures, zero, prefilled, "insert_syn_pending", t, p, Some(150.0));
+    prefill(&mut probe, prefilled + INSERTS + 64, true);
+    let refused = data("10.0.0.9:40009", "10.0.0.2:10000", 1, ctcp_payload(1000));
+    let t = ns(&mut probe, "ackwatch_xdp", &refused, REPEAT);
+    push(figures, zero, prefilled, "table_full_refused", t, pass, None);
+}
+
+/// One figure: ns over XDP_PASS, printed with the ratio. At sizes above 0 the target is
+/// twice the figure at 0 flows.
+fn push(
+    figures: &mut Vec<Figure>,
+    zero: &mut Vec<(String, f64)>,
+    prefilled: u32,
+    name: &str,
+    ns: f64,
+    pass: f64,
+    target: Option<f64>,
+) {
+    let added = ns - pass;
+    let target = if prefilled == 0 {
+        zero.push((name.to_string(), added));
+        target
+    } else {
+        zero.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, at0)| 2.0 * at0.max(1.0))
+    };
+    let mark = match target {
+        Some(t) if added > t => format!("  MISSED target {t:.0}"),
+        Some(t) => format!("  (target {t:.0})"),
+        None => String::new(),
+    };
+    println!(
+        "  {name:<20} {ns:7.1} ns per run, {added:6.1} ns over XDP_PASS ({:.2}x){mark}",
+        ns / pass
+    );
+    figures.push(Figure {
+        name: format!("probe_added_ns_{name}_{}", size_name(prefilled)),
+        value: added,
+        unit: "ns/packet",
+        target,
+    });
+}
+
+pub fn size_name(n: u32) -> String {
+    match n {
+        0 => "0".into(),
+        n if n % 1_000_000 == 0 => format!("{}m", n / 1_000_000),
+        n => format!("{}k", n / 1000),
+    }
+}
+
+pub fn run(sizes: &[u32], figures: &mut Vec<Figure>) {
+    pin_to_cpu0();
+    let mut zero = Vec::new();
+    for &n in sizes {
+        at_size(n, figures, &mut zero);
+    }
+}
