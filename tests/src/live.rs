@@ -425,6 +425,10 @@ impl Agent {
     }
 
     /// The next JSON event line within `d`.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn next_event(&self, d: Duration) -> Option<serde_json::Value> {
         let line = self.lines.recv_timeout(d).ok()?;
         Some(

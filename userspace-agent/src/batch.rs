@@ -29,11 +29,11 @@ struct BatchAttr {
 }
 
 /// Calls `each` with every (key, value) of the hash map `map`, one chunk in memory at a
-/// time. `Ok(false)` when the kernel has no batched lookup for it (the caller then
-/// iterates).
+/// time, until it returns false. `Ok(false)` when the kernel has no batched lookup for
+/// it (the caller then iterates).
 pub fn for_each<K: Pod + Default, V: Pod + Default>(
     map: &MapData,
-    mut each: impl FnMut(&K, &V),
+    mut each: impl FnMut(&K, &V) -> bool,
 ) -> io::Result<bool> {
     let fd = map.fd().as_fd().as_raw_fd() as u32;
     let (mut keys, mut values) = (vec![K::default(); CHUNK], vec![V::default(); CHUNK]);
@@ -70,7 +70,9 @@ pub fn for_each<K: Pod + Default, V: Pod + Default>(
         let err = (rc < 0).then(io::Error::last_os_error);
         let n = attr.count as usize;
         for (k, v) in keys[..n].iter().zip(&values[..n]) {
-            each(k, v);
+            if !each(k, v) {
+                return Ok(true);
+            }
         }
         match err {
             None => {}

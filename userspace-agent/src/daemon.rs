@@ -241,6 +241,9 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
         let (shared, cfg) = (shared.clone(), args.verdict.config());
         let idle = args.verdict.idle_timeout.as_nanos() as u64;
         let mut tick = tokio::time::interval(args.verdict.sweep_interval);
+        // A sweep longer than the interval is followed by a full interval, not by
+        // another sweep at once.
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         async move {
             loop {
                 tick.tick().await;

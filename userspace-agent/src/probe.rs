@@ -250,27 +250,36 @@ impl Probe {
     /// Every established flow.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
         let mut all = Vec::new();
-        self.for_each("FLOWS", |k, f| all.push((*k, *f)))?;
+        self.for_each("FLOWS", |k, f| {
+            all.push((*k, *f));
+            true
+        })?;
         Ok(all)
     }
 
-    /// Calls `each` with every established flow, holding only a chunk of the table in
-    /// memory (the sweep, at a million flows).
-    pub fn for_each_flow(&self, each: impl FnMut(&FlowKey, &Flow)) -> Result<(), ProbeError> {
+    /// Calls `each` with every established flow until it returns false, holding only a
+    /// chunk of the table in memory (the sweep, at a million flows).
+    pub fn for_each_flow(
+        &self,
+        each: impl FnMut(&FlowKey, &Flow) -> bool,
+    ) -> Result<(), ProbeError> {
         self.for_each("FLOWS", each)
     }
 
     /// Every half-open flow.
     pub fn pending(&self) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
         let mut all = Vec::new();
-        self.for_each("PENDING", |k, f| all.push((*k, *f)))?;
+        self.for_each("PENDING", |k, f| {
+            all.push((*k, *f));
+            true
+        })?;
         Ok(all)
     }
 
     fn for_each(
         &self,
         name: &'static str,
-        mut each: impl FnMut(&FlowKey, &Flow),
+        mut each: impl FnMut(&FlowKey, &Flow) -> bool,
     ) -> Result<(), ProbeError> {
         let map = self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
         if let aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data) = map
@@ -282,7 +291,9 @@ impl Probe {
             HashMap::try_from(map).map_err(|e| ProbeError::Map(name, e))?;
         for r in table.iter() {
             let (k, f) = r.map_err(|e| ProbeError::Map(name, e))?;
-            each(&k, &f);
+            if !each(&k, &f) {
+                break;
+            }
         }
         Ok(())
     }

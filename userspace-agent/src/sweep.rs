@@ -80,6 +80,7 @@ pub fn sweep(probe: &mut Probe, cfg: &Config, idle_ns: u64, now: u64) -> Result<
             add_totals(&mut swept.live[c], &flow);
         }
         swept.records.extend(sink.out);
+        true
     })?;
     for key in &evict {
         probe.remove_flow(key)?;

@@ -69,8 +69,8 @@ pub fn pin_to_cpu0() {
     }
 }
 
-/// A flow entry the prefill writes: seen now, so nothing ages out during the run.
-fn prefill_key(i: u32) -> FlowKey {
+/// The key of prefilled flow `i`: distinct IPv4 clients on one cTCP server.
+pub fn prefill_key(i: u32) -> FlowKey {
     let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
     let mut key = FlowKey::default();
     key.addr[0] = [0, 0, mapped, u32::from_ne_bytes([172, 16, 0, 0]) ^ i.to_be()];

@@ -1,0 +1,94 @@
+//! The probe under live traffic in the lab: the kernel's own accounting
+//! (`kernel.bpf_stats_enabled=1`, run_time_ns / run_cnt per program) while real Linux
+//! TCP connections to a cTCP port cross the headend's XDP and TC programs.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use ackwatch::probe::Settings;
+use ackwatch_tests::lab::{HEADEND4, Lab, enter};
+use ackwatch_tests::live::{Headend, Placement, attach};
+
+use crate::report::Figure;
+
+/// How long the bulk transfer runs (bounded).
+const TRAFFIC: Duration = Duration::from_secs(3);
+const CONNECTIONS: usize = 8;
+
+/// Sets a sysctl for the life of the value, then restores it.
+struct Sysctl(&'static str, String);
+
+impl Sysctl {
+    fn set(path: &'static str, value: &str) -> Sysctl {
+        let old = std::fs::read_to_string(path).unwrap_or_default();
+        std::fs::write(path, value).expect("sysctl");
+        Sysctl(path, old.trim().to_string())
+    }
+}
+
+impl Drop for Sysctl {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0, &self.1);
+    }
+}
+
+/// (name, run_time_ns, run_cnt) of a program, from bpftool.
+fn stats(id: u32) -> (String, u64, u64) {
+    let out = std::process::Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string(), "-j"])
+        .output()
+        .expect("bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    (
+        v["name"].as_str().unwrap_or_default().to_string(),
+        v["run_time_ns"].as_u64().unwrap_or(0),
+        v["run_cnt"].as_u64().unwrap_or(0),
+    )
+}
+
+pub fn run(figures: &mut Vec<Figure>) {
+    let _stats = Sysctl::set("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let lab = Lab::new();
+    let headend = Headend::start(&lab, &[10_000]);
+    let probe = attach(&lab, &Settings::default(), Placement::Headend);
+    let server = SocketAddr::new(HEADEND4.parse().unwrap(), 10_000);
+    let sent = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..CONNECTIONS {
+            let (lab, sent) = (&lab, &sent);
+            s.spawn(move || {
+                enter(&lab.client);
+                let mut c = TcpStream::connect_timeout(&server, Duration::from_secs(5))
+                    .expect("connect to the headend");
+                let buf = [0x5au8; 16 * 1024];
+                let t = Instant::now();
+                while t.elapsed() < TRAFFIC {
+                    if c.write_all(&buf).is_err() {
+                        break;
+                    }
+                    sent.fetch_add(buf.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    drop(headend);
+    println!(
+        "live: {CONNECTIONS} TCP connections to port 10000 for {TRAFFIC:?}, {} MB sent through the headend's XDP (data) and TC (ACKs)",
+        sent.into_inner() / 1_000_000
+    );
+    for id in probe.program_ids() {
+        let (name, ns, cnt) = stats(id);
+        if cnt == 0 {
+            continue; // loaded, not attached
+        }
+        let per = ns as f64 / cnt as f64;
+        println!("live: {name}: {cnt} runs, {per:.1} ns per run (run_time_ns / run_cnt)");
+        figures.push(Figure {
+            name: format!("live_{name}_ns_per_packet"),
+            value: per,
+            unit: "ns/packet",
+            target: None,
+        });
+    }
+}
