@@ -2,6 +2,7 @@
 //! around the loaded probe, and generators of TCP conversations.
 
 pub mod conversation;
+pub mod corpus;
 pub mod ctcp;
 pub mod frames;
 pub mod harness;

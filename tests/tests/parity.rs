@@ -3,29 +3,9 @@
 //! same duplicate ACKs, retransmissions (each kind), lost segments, ACKed-unseen
 //! segments, zero windows and keep-alives as tshark.
 
-use std::path::{Path, PathBuf};
 
+use ackwatch_tests::corpus::{captures, pcaps_dir};
 use ackwatch_tests::tshark;
-
-fn pcaps_dir() -> PathBuf {
-    std::env::var_os("ACKWATCH_PCAPS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps"))
-}
-
-fn captures(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            captures(&p, out);
-        } else if matches!(
-            p.extension().and_then(|x| x.to_str()),
-            Some("pcap" | "pcapng" | "trace")
-        ) {
-            out.push(p);
-        }
-    }
-}
 
 /// Where ackwatch differs from tshark on purpose or for a reason named here:
 /// (capture file name, direction's source endpoint, why).
