@@ -267,6 +267,7 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                         }
                         shared.metrics.refresh(&counters, &s.flows, s.entries);
                         shared.metrics.refresh_totals(&s.live, &s.evicted);
+                        shared.metrics.evictions.inc_by(s.evictions);
                     }
                     Err(e) => log::warn!("sweep: {e}"),
                 }

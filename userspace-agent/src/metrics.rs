@@ -33,6 +33,8 @@ pub struct Metrics {
     evicted: std::sync::Mutex<[[u64; 5]; 3]>,
     /// At most this many ackwatch_stalled_flow_info series at once.
     max_stalled_series: usize,
+    /// Flows the sweep removed (idle or closed).
+    pub evictions: prometheus::IntCounter,
     /// How long the last sweep of the flow table took.
     pub sweep_seconds: prometheus::Gauge,
     pub alertmanager_errors: prometheus::IntCounter,
@@ -175,6 +177,11 @@ impl Metrics {
             stall_seconds,
             flows,
             entries,
+            evictions: plain_counter(
+                &r,
+                "ackwatch_flows_evicted_total",
+                "Flows removed from the table by the sweep (idle or closed)",
+            ),
             sweep_seconds: {
                 let g = prometheus::Gauge::new(
                     "ackwatch_sweep_duration_seconds",

@@ -20,6 +20,8 @@ pub struct Swept {
     pub live: [[u64; 5]; 3],
     /// The same, of the flows this sweep evicted (their last counts).
     pub evicted: [[u64; 5]; 3],
+    /// Flows this sweep evicted (idle or closed).
+    pub evictions: u64,
 }
 
 /// Per-flow totals the metrics carry by class: segments, and the `abi::event`s below.
@@ -51,6 +53,7 @@ pub fn sweep(probe: &mut Probe, cfg: &Config, idle_ns: u64, now: u64) -> Result<
         entries: 0,
         live: [[0; 5]; 3],
         evicted: [[0; 5]; 3],
+        evictions: 0,
     };
     // Removals and write-backs wait for the end of the walk (the walk borrows the probe);
     // both are few.
@@ -85,6 +88,7 @@ pub fn sweep(probe: &mut Probe, cfg: &Config, idle_ns: u64, now: u64) -> Result<
     for key in &evict {
         probe.remove_flow(key)?;
     }
+    swept.evictions = evict.len() as u64;
     for (key, flow) in &write {
         probe.write_flow(key, flow)?;
     }

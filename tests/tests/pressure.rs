@@ -1,0 +1,204 @@
+//! Hostile and heavy traffic through the real probe (BPF_PROG_TEST_RUN, the map clock)
+//! and the agent's own sweep and metrics: a table far too small for the traffic, and a
+//! SYN flood from spoofed sources, each while one cTCP flow stalls.
+
+use std::net::SocketAddr;
+
+use ackwatch::metrics::Metrics;
+use ackwatch::probe::Settings;
+use ackwatch::sweep::sweep;
+use ackwatch_tests::conversation::Step;
+use ackwatch_tests::frames::{L2, TH_ACK, TH_FIN, TH_PSH, TH_SYN, Tcp, frame};
+use ackwatch_tests::harness::{Hook, Kernel};
+use ackwatch_tests::scenario::{MS, ctcp_flow};
+use ebpf_probe::abi::{FlowKey, StallRecord, StallWhat, counter};
+use ebpf_probe::parse::LinkKind;
+
+const XDP: Hook = Hook::Xdp(LinkKind::Ethernet);
+const TC: Hook = Hook::Tc(LinkKind::Ethernet);
+const SEC: u64 = 1_000 * MS;
+const IDLE_NS: u64 = 300 * SEC;
+
+fn server() -> SocketAddr {
+    "198.51.100.1:10000".parse().unwrap()
+}
+
+fn client(i: u32, port: u16) -> SocketAddr {
+    SocketAddr::new(std::net::Ipv4Addr::from(0x0a00_0000 + i).into(), port)
+}
+
+fn seg(from: SocketAddr, to: SocketAddr, seq: u32, ack: u32, flags: u8, len: usize) -> Vec<u8> {
+    let tcp = Tcp {
+        seq,
+        ack,
+        flags,
+        window: 500,
+        payload: vec![9; len],
+        ..Default::default()
+    };
+    frame(from, to, &tcp, &L2::Ethernet)
+}
+
+/// A short cTCP connection: handshake, one data segment, FIN both ways.
+fn short_flow(c: SocketAddr, at: u64) -> Vec<Step> {
+    let s = server();
+    let steps = [
+        (XDP, seg(c, s, 100, 0, TH_SYN, 0)),
+        (TC, seg(s, c, 500, 101, TH_SYN | TH_ACK, 0)),
+        (XDP, seg(c, s, 101, 501, TH_ACK | TH_PSH, 200)),
+        (XDP, seg(c, s, 301, 501, TH_ACK | TH_FIN, 0)),
+        (TC, seg(s, c, 501, 302, TH_ACK | TH_FIN, 0)),
+    ];
+    steps
+        .into_iter()
+        .enumerate()
+        .map(|(i, (hook, frame))| Step {
+            hook,
+            frame,
+            at_ns: at + i as u64 * MS,
+        })
+        .collect()
+}
+
+/// `steps` moved to start at `at`.
+fn shifted(steps: Vec<Step>, at: u64) -> Vec<Step> {
+    steps
+        .into_iter()
+        .map(|mut s| {
+            s.at_ns += at;
+            s
+        })
+        .collect()
+}
+
+fn started_for<'a>(records: &'a [StallRecord], key: &FlowKey) -> Vec<&'a StallRecord> {
+    records
+        .iter()
+        .filter(|r| r.what == StallWhat::Started as u8 && r.key == *key)
+        .collect()
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// Runs `steps` in time order with a sweep every virtual second, as the agent does,
+/// until `end`; returns every stall record and the metrics after the last sweep.
+fn run(k: &mut Kernel, mut steps: Vec<Step>, capacity: u32, end: u64) -> (Vec<StallRecord>, String) {
+    steps.sort_by_key(|s| s.at_ns);
+    let cfg = ebpf_probe::verdict::Config::default();
+    let metrics = Metrics::new(capacity, 100);
+    let mut records = Vec::new();
+    let mut next_sweep = (steps[0].at_ns / SEC + 1) * SEC;
+    let do_sweep = |k: &mut Kernel, now: u64, records: &mut Vec<StallRecord>| {
+        k.probe.set_clock(std::time::Duration::from_nanos(now)).unwrap();
+        let s = sweep(&mut k.probe, &cfg, IDLE_NS, now).expect("sweep");
+        records.extend(s.records);
+        metrics.refresh(&k.probe.counters().unwrap(), &s.flows, s.entries);
+        metrics.evictions.inc_by(s.evictions);
+        assert!(s.entries <= capacity as usize, "{} flows in a {capacity}-flow table", s.entries);
+    };
+    for s in &steps {
+        while s.at_ns >= next_sweep {
+            do_sweep(k, next_sweep, &mut records);
+            next_sweep += SEC;
+        }
+        k.feed(s.hook, &s.frame, s.at_ns);
+        records.extend(k.events());
+    }
+    while next_sweep < end {
+        do_sweep(k, next_sweep, &mut records);
+        next_sweep += SEC;
+    }
+    records.extend(k.events());
+    (records, metrics.render())
+}
+
+fn stalled_key(steps: &[Step]) -> FlowKey {
+    ebpf_probe::parse::parse(&steps[0].frame.as_slice(), LinkKind::Ethernet)
+        .unwrap()
+        .key
+}
+
+#[test]
+fn a_full_table_still_reports_the_stall() {
+    const CAPACITY: u32 = 4_096;
+    let mut k = Kernel::load(Settings {
+        max_flows: CAPACITY,
+        max_pending: 1_024,
+        ..Settings::default()
+    });
+    let mut steps = Vec::new();
+    // 20 long-lived cTCP flows from t = 0 (19 healthy), one of which loses a segment at
+    // t = 40 s and stalls.
+    for i in 0..19 {
+        steps.extend(ctcp_flow(client(1 + i, 40_000), server(), 10, None, 0));
+    }
+    let stalled = shifted(ctcp_flow(client(100, 40_000), server(), 20, Some(8), 1500), 40 * SEC);
+    let key = stalled_key(&stalled);
+    steps.extend(stalled);
+    // 50,000 short flows over 80 s: 625 a second, each held 10 s after its close, so
+    // the table runs full for most of the run.
+    for i in 0..50_000u32 {
+        let c = client(10_000 + i, 20_000 + (i % 40_000) as u16);
+        steps.extend(short_flow(c, 2 * SEC + i as u64 * 80 * SEC / 50_000));
+    }
+    let end = steps.iter().map(|s| s.at_ns).max().unwrap() + 3 * SEC;
+    let (records, metrics) = run(&mut k, steps, CAPACITY, end);
+    let started = started_for(&records, &key);
+    assert_eq!(started.len(), 1, "the stall is reported once: {records:?}");
+    let refused = metric(&metrics, "ackwatch_flow_table_refused_total{reason=\"table_full\"}");
+    let evicted = metric(&metrics, "ackwatch_flows_evicted_total");
+    let entries = metric(&metrics, "ackwatch_flow_table_entries");
+    let capacity = metric(&metrics, "ackwatch_flow_table_capacity");
+    println!("refused {refused}, evicted {evicted}, entries at the end {entries} of {capacity}");
+    assert!(refused > 0.0, "refusals are counted");
+    // Every flow admitted was closed and then evicted; the rest were refused.
+    assert!(evicted >= 20_000.0, "closed flows are evicted: {evicted}");
+    assert_eq!(capacity, CAPACITY as f64);
+    assert!(entries <= capacity);
+}
+
+#[test]
+fn syn_flood_during_a_stall() {
+    const CAPACITY: u32 = 1_024;
+    const PENDING: u32 = 4_096;
+    let mut k = Kernel::load(Settings {
+        max_flows: CAPACITY,
+        max_pending: PENDING,
+        ..Settings::default()
+    });
+    let mut steps = Vec::new();
+    for i in 0..10 {
+        steps.extend(ctcp_flow(client(1 + i, 40_000), server(), 10, None, 0));
+    }
+    let stalled = shifted(ctcp_flow(client(100, 40_000), server(), 20, Some(8), 1500), 2 * SEC);
+    let key = stalled_key(&stalled);
+    steps.extend(stalled);
+    // 100,000 SYNs from spoofed sources to port 10000 over the stall's 2 s.
+    for i in 0..100_000u32 {
+        let src = client(1_000_000 + i, 1024 + (i % 60_000) as u16);
+        steps.push(Step {
+            hook: XDP,
+            frame: seg(src, server(), i, 0, TH_SYN, 0),
+            at_ns: 3 * SEC + i as u64 * 2 * SEC / 100_000,
+        });
+    }
+    steps.sort_by_key(|s| s.at_ns);
+    let flood_at = steps.iter().position(|s| s.at_ns >= 3 * SEC).unwrap();
+    let rest = steps.split_off(flood_at);
+    let (mut records, _) = run(&mut k, steps, CAPACITY, 3 * SEC);
+    let before: Vec<_> = k.snapshot().flows.into_iter().filter(|(k, _)| *k != key).collect();
+    let end = rest.last().unwrap().at_ns + 3 * SEC;
+    let (more, _) = run(&mut k, rest, CAPACITY, end);
+    records.extend(more);
+    let after = k.snapshot();
+    assert_eq!(started_for(&records, &key).len(), 1, "the stall is reported: {records:?}");
+    let established: Vec<_> = after.flows.iter().filter(|(k, _)| *k != key).cloned().collect();
+    assert_eq!(established, before, "established flows keep their state");
+    assert!(after.flows.len() <= CAPACITY as usize);
+    assert!(after.pending.len() <= PENDING as usize, "{} pending", after.pending.len());
+    assert_eq!(after.counters[counter::TABLE_FULL as usize], 0, "no SYN reached the flow table");
+}
