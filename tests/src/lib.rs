@@ -10,6 +10,7 @@ pub mod lab;
 pub mod live;
 pub mod pcap;
 pub mod scenario;
+pub mod stall_lab;
 pub mod tshark;
 
 /// The `ackwatch` binary of this build (target/<profile>/ackwatch), which

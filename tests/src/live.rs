@@ -424,11 +424,11 @@ impl Agent {
         panic!("the agent did not come up");
     }
 
-    /// The next JSON event line within `d`.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
+    /// The next JSON event line within `d`.
     pub fn next_event(&self, d: Duration) -> Option<serde_json::Value> {
         let line = self.lines.recv_timeout(d).ok()?;
         Some(

@@ -7,48 +7,8 @@ use std::time::{Duration, Instant};
 
 use ackwatch_tests::ctcp::CtcpClient;
 use ackwatch_tests::lab::{CLIENT4, HEADEND4, Lab, in_ns};
-use ackwatch_tests::live::{AGENT_ADDR, Agent, Headend, http_get};
-
-const ISN: u32 = 1000;
-const LEN: usize = 400;
-const HOLE: u32 = ISN + 1 + 8 * LEN as u32;
-
-/// A lab whose headend drops the cTCP segment at HOLE after the probe saw it; a resend
-/// one byte longer passes (a client that answers late).
-fn lab_with_loss() -> (Lab, Headend) {
-    let lab = Lab::new();
-    lab.quiet_client_kernel();
-    lab.nft_rule(
-        &lab.headend,
-        "ackwatch_loss",
-        "input",
-        &format!(
-            "tcp dport 10000 tcp sequence {HOLE} meta length != {} drop",
-            LEN + 41
-        ),
-    );
-    let headend = Headend::start(&lab, &[10_000]);
-    (lab, headend)
-}
-
-/// 20 cTCP segments, the ninth lost; then `more` segments every 100 ms.
-fn ctcp(lab: &Lab, port: u16, more: usize) {
-    let (client, server): (SocketAddr, SocketAddr) = (
-        format!("{CLIENT4}:{port}").parse().unwrap(),
-        format!("{HEADEND4}:10000").parse().unwrap(),
-    );
-    in_ns(&lab.client, || {
-        let mut c = CtcpClient::connect(client, server, ISN).expect("handshake");
-        for _ in 0..20 {
-            c.send_data(LEN).unwrap();
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        for _ in 0..more {
-            c.send_data(LEN).unwrap();
-            c.ignore_for(Duration::from_millis(100)).unwrap();
-        }
-    });
-}
+use ackwatch_tests::live::{AGENT_ADDR, Agent, http_get};
+use ackwatch_tests::stall_lab::{HOLE, ISN, LEN, ctcp, lab_with_loss};
 
 #[test]
 fn stall_event_flows_api_and_metrics() {

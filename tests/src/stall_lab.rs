@@ -1,0 +1,51 @@
+//! The agent's lab: a headend whose input drops one cTCP segment, and an emulated
+//! cTCP client that loses it and never retransmits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::ctcp::CtcpClient;
+use crate::lab::{CLIENT4, HEADEND4, Lab, in_ns};
+use crate::live::Headend;
+
+pub const ISN: u32 = 1000;
+pub const LEN: usize = 400;
+pub const HOLE: u32 = ISN + 1 + 8 * LEN as u32;
+
+/// A lab whose headend drops the cTCP segment at HOLE after the probe saw it; a resend
+/// one byte longer passes (a client that answers late).
+pub fn lab_with_loss() -> (Lab, Headend) {
+    let lab = Lab::new();
+    lab.quiet_client_kernel();
+    lab.nft_rule(
+        &lab.headend,
+        "ackwatch_loss",
+        "input",
+        &format!(
+            "tcp dport 10000 tcp sequence {HOLE} meta length != {} drop",
+            LEN + 41
+        ),
+    );
+    let headend = Headend::start(&lab, &[10_000]);
+    (lab, headend)
+}
+
+/// 20 cTCP segments, the ninth lost; then `more` segments every 100 ms.
+pub fn ctcp(lab: &Lab, port: u16, more: usize) {
+    let (client, server): (SocketAddr, SocketAddr) = (
+        format!("{CLIENT4}:{port}").parse().unwrap(),
+        format!("{HEADEND4}:10000").parse().unwrap(),
+    );
+    in_ns(&lab.client, || {
+        let mut c = CtcpClient::connect(client, server, ISN).expect("handshake");
+        for _ in 0..20 {
+            c.send_data(LEN).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for _ in 0..more {
+            c.send_data(LEN).unwrap();
+            c.ignore_for(Duration::from_millis(100)).unwrap();
+        }
+    });
+}
+
