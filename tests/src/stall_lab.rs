@@ -10,34 +10,52 @@ use crate::live::Headend;
 
 pub const ISN: u32 = 1000;
 pub const LEN: usize = 400;
-pub const HOLE: u32 = ISN + 1 + 8 * LEN as u32;
+pub const HOLE: u32 = ISN + 1 + 8 * LEN as u32; // hole(ISN)
+
+/// The ninth segment's sequence number, lost in this lab, for a client starting at `isn`.
+pub fn hole(isn: u32) -> u32 {
+    isn.wrapping_add(1 + 8 * LEN as u32)
+}
 
 /// A lab whose headend drops the cTCP segment at HOLE after the probe saw it; a resend
 /// one byte longer passes (a client that answers late).
 pub fn lab_with_loss() -> (Lab, Headend) {
+    lab_with_loss_of(&[ISN])
+}
+
+/// As `lab_with_loss`, for clients starting at each of `isns`.
+pub fn lab_with_loss_of(isns: &[u32]) -> (Lab, Headend) {
     let lab = Lab::new();
     lab.quiet_client_kernel();
-    lab.nft_rule(
-        &lab.headend,
-        "ackwatch_loss",
-        "input",
-        &format!(
-            "tcp dport 10000 tcp sequence {HOLE} meta length != {} drop",
-            LEN + 41
-        ),
-    );
+    for isn in isns {
+        lab.nft_rule(
+            &lab.headend,
+            "ackwatch_loss",
+            "input",
+            &format!(
+                "tcp dport 10000 tcp sequence {} meta length != {} drop",
+                hole(*isn),
+                LEN + 41
+            ),
+        );
+    }
     let headend = Headend::start(&lab, &[10_000]);
     (lab, headend)
 }
 
 /// 20 cTCP segments, the ninth lost; then `more` segments every 100 ms.
 pub fn ctcp(lab: &Lab, port: u16, more: usize) {
+    ctcp_from(lab, port, ISN, more)
+}
+
+/// `ctcp` with the client's initial sequence number `isn`.
+pub fn ctcp_from(lab: &Lab, port: u16, isn: u32, more: usize) {
     let (client, server): (SocketAddr, SocketAddr) = (
         format!("{CLIENT4}:{port}").parse().unwrap(),
         format!("{HEADEND4}:10000").parse().unwrap(),
     );
     in_ns(&lab.client, || {
-        let mut c = CtcpClient::connect(client, server, ISN).expect("handshake");
+        let mut c = CtcpClient::connect(client, server, isn).expect("handshake");
         for _ in 0..20 {
             c.send_data(LEN).unwrap();
             std::thread::sleep(Duration::from_millis(5));
@@ -48,4 +66,3 @@ pub fn ctcp(lab: &Lab, port: u16, more: usize) {
         }
     });
 }
-
