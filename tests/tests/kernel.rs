@@ -69,7 +69,7 @@ fn differential_kernel_agrees_with_host() {
             },
             ctcp_ports: vec![10_000],
             clock_from_map: true,
-            pin_dir: None,
+            ..Settings::default()
         };
         let steps = Generator::new(seed).steps(10_000, 24);
         let mut kernel = Kernel::load(settings.clone());

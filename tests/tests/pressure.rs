@@ -202,3 +202,47 @@ fn syn_flood_during_a_stall() {
     assert!(after.pending.len() <= PENDING as usize, "{} pending", after.pending.len());
     assert_eq!(after.counters[counter::TABLE_FULL as usize], 0, "no SYN reached the flow table");
 }
+
+/// A ring buffer far too small (one page, ~50 records) and nobody reading it while 100
+/// flows stall: the records that did not fit are counted, and the agent's check of the
+/// table finds exactly those stalls in its second sweep.
+#[test]
+fn lost_stall_records_are_found_in_the_table() {
+    let mut k = Kernel::load(Settings {
+        event_ring_bytes: 4096,
+        ..Settings::default()
+    });
+    let mut steps = Vec::new();
+    for i in 0..100 {
+        steps.extend(ctcp_flow(client(1 + i, 40_000), server(), 20, Some(8), 1500));
+    }
+    steps.sort_by_key(|s| s.at_ns);
+    for s in &steps {
+        k.feed(s.hook, &s.frame, s.at_ns);
+    }
+    let delivered: Vec<StallRecord> = k.events();
+    let counters = k.probe.counters().unwrap();
+    let lost = counters[counter::RINGBUF_FULL as usize];
+    println!("{} records delivered, {lost} lost", delivered.len());
+    assert!(lost > 0 && !delivered.is_empty(), "the ring must overflow for this test");
+    let reported = |r: &StallRecord| {
+        delivered
+            .iter()
+            .any(|d| d.what == StallWhat::Started as u8 && d.key == r.key && d.stuck == r.stuck)
+    };
+    let cfg = ebpf_probe::verdict::Config::default();
+    let now = steps.last().unwrap().at_ns + SEC;
+    let mut lost_starts = ackwatch::sweep::LostStarts::default();
+    let mut found = Vec::new();
+    for sweep_no in 0..2 {
+        let s = sweep(&mut k.probe, &cfg, IDLE_NS, now + sweep_no * SEC).unwrap();
+        assert_eq!(s.stalled.len(), 100, "the table holds all 100 stalls");
+        let missing = lost_starts.check(&s.stalled, reported);
+        assert!(sweep_no == 1 || missing.is_empty(), "reported only at the second look");
+        found.extend(missing);
+    }
+    let delivered_starts = delivered.iter().filter(|d| d.what == StallWhat::Started as u8).count();
+    assert_eq!(found.len() + delivered_starts, 100, "every stall reported exactly once");
+    assert!(found.iter().all(|r| !reported(r)));
+    assert_eq!(found.len() as u64, lost, "each lost record is one stall found");
+}

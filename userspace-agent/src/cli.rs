@@ -59,6 +59,10 @@ pub struct RunArgs {
     /// Capacity of the established-flow table.
     #[arg(long, default_value_t = 262_144, value_parser = clap::value_parser!(u32).range(16..))]
     pub max_flows: u32,
+    /// Size of the kernel's stall-record ring buffer in KiB (a power of two, 4-65536):
+    /// what queues while the agent is not reading.
+    #[arg(long, default_value_t = 256, value_parser = ring_kib)]
+    pub event_ring_kib: u32,
     /// Address of /metrics, /healthz and /flows (a headend faces the Internet: loopback by default).
     #[arg(long, default_value = "127.0.0.1:9977", env = "ACKWATCH_LISTEN")]
     pub listen: std::net::SocketAddr,
@@ -167,4 +171,12 @@ fn duration(s: &str) -> Result<Duration, String> {
         return Err("must be more than zero".into());
     }
     Ok(d)
+}
+
+fn ring_kib(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if !(4..=65_536).contains(&n) || !n.is_power_of_two() {
+        return Err("a power of two from 4 to 65536".into());
+    }
+    Ok(n)
 }

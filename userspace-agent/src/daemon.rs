@@ -19,7 +19,7 @@ use crate::flows::{self, Episode};
 use crate::metrics::Metrics;
 use crate::pins::{PinError, Pins};
 use crate::probe::{self, Probe, ProbeError, Settings};
-use crate::sweep::sweep;
+use crate::sweep::{LostStarts, stalled_sides, sweep};
 
 /// Why `run` stopped before starting: bad input (exit 2) or a failure (exit 1).
 #[derive(Debug, thiserror::Error)]
@@ -49,18 +49,7 @@ impl Shared {
     fn resume_open_stalls(&self) {
         let flows = self.probe.lock().unwrap().flows().unwrap_or_default();
         for (key, flow) in flows {
-            for r in 0..2 {
-                if flow.half[r].flags & ebpf_probe::abi::half_flag::STALLED == 0 {
-                    continue;
-                }
-                let mut rec = StallRecord::default();
-                rec.fill(
-                    &key,
-                    &flow,
-                    r,
-                    ebpf_probe::abi::StallWhat::Started,
-                    flow.half[r].hole_since,
-                );
+            for rec in stalled_sides(&key, &flow, None) {
                 let iface = self.iface(rec.ifindex);
                 flows::apply(
                     self.episodes.lock().unwrap().entry(key).or_default(),
@@ -72,6 +61,15 @@ impl Shared {
                 }
             }
         }
+    }
+
+    /// Whether the agent holds an open episode for the stuck side of `r`.
+    fn is_open(&self, r: &StallRecord) -> bool {
+        self.episodes
+            .lock()
+            .unwrap()
+            .get(&r.key)
+            .is_some_and(|e| e.iter().any(|e| e.is_open() && e.stuck_index == r.stuck))
     }
 
     /// The name of an attached interface.
@@ -122,6 +120,7 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
         ctcp_ports: args.verdict.ctcp_ports.clone(),
         clock_from_map: false,
         pin_dir: None,
+        event_ring_bytes: args.event_ring_kib * 1024,
     };
     let pins = Pins::prepare(&args.pin_path, &settings).map_err(|e| match e {
         PinError::NotBpffs(_) | PinError::Busy(_) => RunError::Input(e.to_string()),
@@ -240,6 +239,7 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
     let sweeps = {
         let (shared, cfg) = (shared.clone(), args.verdict.config());
         let idle = args.verdict.idle_timeout.as_nanos() as u64;
+        let mut lost_starts = LostStarts::default();
         let mut tick = tokio::time::interval(args.verdict.sweep_interval);
         // A sweep longer than the interval is followed by a full interval, not by
         // another sweep at once.
@@ -264,6 +264,12 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                     Ok((s, counters)) => {
                         for r in &s.records {
                             shared.record(r);
+                        }
+                        for r in lost_starts.check(&s.stalled, |r| shared.is_open(r)) {
+                            log::warn!(
+                                "a stall record was lost (ring buffer full): reporting it from the flow table"
+                            );
+                            shared.record(&r);
                         }
                         shared.metrics.refresh(&counters, &s.flows, s.entries);
                         shared.metrics.refresh_totals(&s.live, &s.evicted);

@@ -46,13 +46,14 @@ pub enum PinError {
 pub fn layout(s: &Settings) -> String {
     let scope = if s.verdict.track_all { "all" } else { "ctcp" };
     format!(
-        "v{ABI}-{}-{}-{}-k{}-t{}-{scope}-m{}",
+        "v{ABI}-{}-{}-{}-k{}-t{}-{scope}-m{}-r{}",
         size_of::<Flow>(),
         size_of::<FlowKey>(),
         size_of::<StallRecord>(),
         s.verdict.dupack_threshold,
         s.verdict.stall_timeout_ns,
-        s.max_flows
+        s.max_flows,
+        s.event_ring_bytes
     )
 }
 

@@ -26,6 +26,8 @@ pub struct Settings {
     pub clock_from_map: bool,
     /// Pin (or reuse the pins of) the maps that carry state across restarts here.
     pub pin_dir: Option<std::path::PathBuf>,
+    /// Size of the stall-record ring buffer (a power of two, at least a page).
+    pub event_ring_bytes: u32,
 }
 
 impl Default for Settings {
@@ -37,6 +39,7 @@ impl Default for Settings {
             ctcp_ports: vec![10_000],
             clock_from_map: false,
             pin_dir: None,
+            event_ring_bytes: 256 * 1024,
         }
     }
 }
@@ -120,6 +123,7 @@ impl Probe {
             .override_global("CLOCK_FROM_MAP", &clock, true)
             .map_max_entries("FLOWS", s.max_flows)
             .map_max_entries("PENDING", s.max_pending)
+            .map_max_entries("EVENTS", s.event_ring_bytes)
             .load(PROBE_OBJECT)?;
         let logger = EbpfLogger::init(&mut ebpf).map_err(|e| ProbeError::Logger(e.to_string()))?;
         for name in [PROGRAMS[0], PROGRAMS[1]] {

@@ -2,7 +2,9 @@
 //! stall rule to flows whose sender went silent (no packet comes to trigger it in the
 //! kernel).
 
-use ebpf_probe::abi::{Flow, FlowState, StallRecord, event};
+use std::collections::HashSet;
+
+use ebpf_probe::abi::{Flow, FlowKey, FlowState, StallRecord, StallWhat, event, half_flag};
 use ebpf_probe::host::Records;
 use ebpf_probe::verdict::{Config, end_stalls};
 
@@ -22,6 +24,52 @@ pub struct Swept {
     pub evicted: [[u64; 5]; 3],
     /// Flows this sweep evicted (idle or closed).
     pub evictions: u64,
+    /// A start record for each side the table holds stalled, stamped now.
+    pub stalled: Vec<StallRecord>,
+}
+
+/// A start record for each side of `flow` that is stalled, stamped `at` (else when
+/// its hole opened).
+pub fn stalled_sides(key: &FlowKey, flow: &Flow, at: Option<u64>) -> Vec<StallRecord> {
+    (0..2)
+        .filter(|&r| flow.half[r].flags & half_flag::STALLED != 0)
+        .map(|r| {
+            let mut rec = StallRecord::default();
+            let at = at.unwrap_or(flow.half[r].hole_since);
+            rec.fill(key, flow, r, StallWhat::Started, at);
+            rec
+        })
+        .collect()
+}
+
+/// Finds stalls whose start record never reached the agent (the ring buffer was full):
+/// a side stalled in the table without an open episode in two sweeps in a row (a record
+/// still queued at the first is read by the second).
+#[derive(Default)]
+pub struct LostStarts {
+    suspects: HashSet<(FlowKey, u8)>,
+}
+
+impl LostStarts {
+    /// The records to report now, of the table's `stalled` sides.
+    pub fn check(
+        &mut self,
+        stalled: &[StallRecord],
+        reported: impl Fn(&StallRecord) -> bool,
+    ) -> Vec<StallRecord> {
+        let mut lost = Vec::new();
+        let mut suspects = HashSet::new();
+        for r in stalled.iter().filter(|r| !reported(r)) {
+            let side = (r.key, r.stuck);
+            if self.suspects.contains(&side) {
+                lost.push(*r);
+            } else {
+                suspects.insert(side);
+            }
+        }
+        self.suspects = suspects;
+        lost
+    }
 }
 
 /// Per-flow totals the metrics carry by class: segments, and the `abi::event`s below.
@@ -54,6 +102,7 @@ pub fn sweep(probe: &mut Probe, cfg: &Config, idle_ns: u64, now: u64) -> Result<
         live: [[0; 5]; 3],
         evicted: [[0; 5]; 3],
         evictions: 0,
+        stalled: Vec::new(),
     };
     // Removals and write-backs wait for the end of the walk (the walk borrows the probe);
     // both are few.
@@ -77,6 +126,7 @@ pub fn sweep(probe: &mut Probe, cfg: &Config, idle_ns: u64, now: u64) -> Result<
                 // counts of that packet are then lost, never the verdict.
                 write.push((*key, flow));
             }
+            swept.stalled.extend(stalled_sides(key, &flow, Some(now)));
             swept.entries += 1;
             let c = metrics_class(flow.class);
             swept.flows[c][flow.state.min(3) as usize] += 1;
