@@ -62,6 +62,8 @@ pub mod half_flag {
     pub const SACK: u32 = 16;
     /// An ACK has been seen from this side (`hole` is valid).
     pub const ACKED: u32 = 32;
+    /// As receiver: the candidate record for `hole` was sent.
+    pub const CANDIDATE: u32 = 64;
 }
 
 /// State of one direction: the packets this side sends. The first block is Wireshark's
@@ -172,6 +174,10 @@ pub enum StallWhat {
     Started = 0,
     Recovered = 1,
     Ended = 2,
+    /// Not a transition: the K-th duplicate ACK for a hole, with data beyond it. The
+    /// flow may stall without another packet (a silent sender), so the agent checks it
+    /// every sweep from now on instead of waiting for its walk of the whole table.
+    Candidate = 3,
 }
 
 /// Stall kinds (`StallRecord::kind`).
@@ -197,7 +203,8 @@ pub enum LossSide {
 try_from_u8!(StallWhat {
     Started,
     Recovered,
-    Ended
+    Ended,
+    Candidate
 });
 try_from_u8!(StallKind {
     Unanswered,

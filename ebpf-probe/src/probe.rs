@@ -197,7 +197,9 @@ struct Ring<'a> {
 impl StallSink for Ring<'_> {
     #[inline(always)]
     fn stall(&mut self, flow: &Flow, r: usize, what: StallWhat, now: u64) {
-        self.last = Some((what as u8, flow.half[r & 1].hole));
+        if what != StallWhat::Candidate {
+            self.last = Some((what as u8, flow.half[r & 1].hole));
+        }
         match EVENTS.reserve::<StallRecord>(0) {
             Some(mut slot) => {
                 // SAFETY: the reserved slot is exactly one StallRecord; fill writes every field.

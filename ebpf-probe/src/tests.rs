@@ -63,7 +63,10 @@ fn with(mut base: Vec<P>, more: &[P]) -> Vec<P> {
 
 struct Run {
     flow: Flow,
+    /// Stall transitions.
     records: Vec<StallRecord>,
+    /// Candidate records (the K-th duplicate ACK of a hole).
+    candidates: Vec<StallRecord>,
     /// Analysis bits of each packet.
     bits: Vec<u32>,
 }
@@ -76,9 +79,14 @@ fn run(cfg: &Config, ps: &[P]) -> Run {
         flow.update(x.from, &x.seg, 1_000 * MS + x.t * MS, cfg, &mut sink);
         bits.push(flow.half[x.from].last_analysis);
     }
+    let (candidates, records) = sink
+        .out
+        .into_iter()
+        .partition(|r| r.what == StallWhat::Candidate as u8);
     Run {
         flow,
-        records: sink.out,
+        records,
+        candidates,
         bits,
     }
 }
@@ -452,6 +460,22 @@ fn sack_dup_acks_with_moving_window_count_for_the_verdict_only() {
     let plain = run(&Config::default(), &episode(0, true, 0));
     assert_eq!(plain.flow.half[S].events[event::DUP_ACK], 0);
     assert_eq!(plain.flow.half[S].dup_run, 4);
+}
+
+#[test]
+fn one_candidate_record_at_the_kth_duplicate_ack() {
+    let r = run(&Config::default(), &episode(1, false, 0));
+    assert_eq!(r.candidates.len(), 1, "{:?}", r.candidates);
+    assert_eq!(r.candidates[0].hole, 1201);
+    assert_eq!(r.candidates[0].dup_acks, 3, "sent at the third duplicate ACK");
+    let cfg = Config {
+        dupack_threshold: 20,
+        ..Config::default()
+    };
+    assert!(run(&cfg, &episode(1, false, 12)).candidates.is_empty(), "below K: none");
+    // A stall and its recovery: still one candidate for the one hole.
+    let r = run(&Config::default(), &episode(1, false, 12));
+    assert_eq!((r.candidates.len(), started(&r).len()), (1, 1));
 }
 
 #[test]

@@ -116,7 +116,8 @@ pub fn after_segment<K: StallSink>(
                 flow.state = crate::abi::FlowState::Recovered as u8;
             }
             let (me, peer) = halves(flow, s);
-            me.flags = (me.flags | half_flag::ACKED) & !(half_flag::STALLED | half_flag::HOLE_RETX);
+            me.flags = (me.flags | half_flag::ACKED)
+                & !(half_flag::STALLED | half_flag::HOLE_RETX | half_flag::CANDIDATE);
             me.hole = seg.ack;
             me.dup_run = 0;
             me.hole_since = 0;
@@ -161,7 +162,8 @@ fn note_retransmission(d: &mut Half, r: &mut Half, seg: &Segment) {
 
 /// Applies rule 3 to side `r` as R: enters the stalled state when K duplicate ACKs
 /// for H are older than T and D has data beyond H. Run on every packet of the flow and
-/// by the agent's sweep, for flows whose sender fell silent.
+/// by the agent's sweep, for flows whose sender fell silent; the K-th duplicate ACK
+/// sends a candidate record, so the agent knows which flows to check.
 #[inline(always)]
 pub fn check_stall<K: StallSink>(flow: &mut Flow, r: usize, cfg: &Config, now: u64, sink: &mut K) {
     if flow.state == crate::abi::FlowState::Closed as u8 {
@@ -171,8 +173,15 @@ pub fn check_stall<K: StallSink>(flow: &mut Flow, r: usize, cfg: &Config, now: u
     if rh.flags & half_flag::STALLED != 0
         || rh.dup_run < cfg.dupack_threshold
         || !gt(dh.nextseq, rh.hole)
-        || now.wrapping_sub(rh.hole_since) < cfg.stall_timeout_ns
     {
+        return;
+    }
+    if rh.flags & half_flag::CANDIDATE == 0 {
+        rh.flags |= half_flag::CANDIDATE;
+        sink.stall(flow, r, StallWhat::Candidate, now);
+    }
+    let rh = &mut flow.half[r & 1];
+    if now.wrapping_sub(rh.hole_since) < cfg.stall_timeout_ns {
         return;
     }
     rh.flags |= half_flag::STALLED;
@@ -189,7 +198,7 @@ pub fn end_stalls<K: StallSink>(flow: &mut Flow, now: u64, sink: &mut K) {
         if flow.half[r & 1].flags & half_flag::STALLED != 0 {
             sink.stall(flow, r, StallWhat::Ended, now);
             let h = &mut flow.half[r & 1];
-            h.flags &= !half_flag::STALLED;
+            h.flags &= !(half_flag::STALLED | half_flag::CANDIDATE);
             h.dup_run = 0;
             h.hole_since = 0;
         }

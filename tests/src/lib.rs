@@ -9,6 +9,7 @@ pub mod harness;
 pub mod lab;
 pub mod live;
 pub mod pcap;
+pub mod prefill;
 pub mod scenario;
 pub mod stall_lab;
 pub mod tshark;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use ackwatch::probe::{Probe, Settings};
 use aya::programs::xdp::XdpMode;
-use ebpf_probe::abi::StallRecord;
+use ebpf_probe::abi::{StallRecord, StallWhat};
 
 use crate::lab::{Lab, enter, in_ns};
 
@@ -115,7 +115,7 @@ fn serve(l: TcpListener, stop: &AtomicBool) -> u64 {
         .sum()
 }
 
-/// Collects stall records from the probe for `d`.
+/// Collects stall transitions (not candidate records) from the probe for `d`.
 pub fn records_for(probe: &mut Probe, d: Duration) -> Vec<StallRecord> {
     let (deadline, mut out) = (Instant::now() + d, Vec::new());
     while Instant::now() < deadline {
@@ -123,6 +123,7 @@ pub fn records_for(probe: &mut Probe, d: Duration) -> Vec<StallRecord> {
         std::thread::sleep(Duration::from_millis(20));
     }
     out.extend(probe.drain_events().expect("ring buffer"));
+    out.retain(|r| r.what != StallWhat::Candidate as u8);
     out
 }
 

@@ -152,8 +152,15 @@ fn kernel_reports_unanswered_ctcp_stall() {
         k.feed(s.hook, &s.frame, s.at_ns);
         h.feed(s.hook, &s.frame, s.at_ns);
     }
-    let events = k.events();
+    let mut events = k.events();
     assert_eq!(events, h.events, "kernel and host disagree");
+    let candidates: Vec<_> = events
+        .iter()
+        .filter(|e| e.what == StallWhat::Candidate as u8)
+        .map(|e| e.key.port[e.client as usize])
+        .collect();
+    assert_eq!(candidates, [40002], "one candidate record, for the stalled flow");
+    events.retain(|e| e.what != StallWhat::Candidate as u8);
     assert_eq!(
         events.len(),
         1,

@@ -94,11 +94,12 @@ fn run(k: &mut Kernel, mut steps: Vec<Step>, capacity: u32, end: u64) -> (Vec<St
     let mut next_sweep = (steps[0].at_ns / SEC + 1) * SEC;
     let do_sweep = |k: &mut Kernel, now: u64, records: &mut Vec<StallRecord>| {
         k.probe.set_clock(std::time::Duration::from_nanos(now)).unwrap();
-        let s = sweep(&mut k.probe, &cfg, IDLE_NS, now).expect("sweep");
-        records.extend(s.records);
-        metrics.refresh(&k.probe.counters().unwrap(), &s.flows, s.entries);
-        metrics.evictions.inc_by(s.evictions);
-        assert!(s.entries <= capacity as usize, "{} flows in a {capacity}-flow table", s.entries);
+        let (t, pass) = sweep(&mut k.probe, &cfg, IDLE_NS, now).expect("sweep");
+        records.extend(t.records);
+        metrics.refresh(&k.probe.counters().unwrap(), &pass.flows, pass.entries);
+        metrics.refresh_totals(&pass.live, &pass.evicted);
+        metrics.evictions.inc_by(t.evictions);
+        assert!(pass.entries <= capacity as usize, "{} flows in a {capacity}-flow table", pass.entries);
     };
     for s in &steps {
         while s.at_ns >= next_sweep {
@@ -235,14 +236,15 @@ fn lost_stall_records_are_found_in_the_table() {
     let mut lost_starts = ackwatch::sweep::LostStarts::default();
     let mut found = Vec::new();
     for sweep_no in 0..2 {
-        let s = sweep(&mut k.probe, &cfg, IDLE_NS, now + sweep_no * SEC).unwrap();
-        assert_eq!(s.stalled.len(), 100, "the table holds all 100 stalls");
-        let missing = lost_starts.check(&s.stalled, reported);
+        let (t, _) = sweep(&mut k.probe, &cfg, IDLE_NS, now + sweep_no * SEC).unwrap();
+        assert_eq!(t.stalled.len(), 100, "the table holds all 100 stalls");
+        let missing = lost_starts.check(&t, reported);
         assert!(sweep_no == 1 || missing.is_empty(), "reported only at the second look");
         found.extend(missing);
     }
     let delivered_starts = delivered.iter().filter(|d| d.what == StallWhat::Started as u8).count();
     assert_eq!(found.len() + delivered_starts, 100, "every stall reported exactly once");
     assert!(found.iter().all(|r| !reported(r)));
-    assert_eq!(found.len() as u64, lost, "each lost record is one stall found");
+    // Each stall sent a candidate record and a start record; either may have been lost.
+    assert!(found.len() as u64 <= lost, "{} found, {lost} records lost", found.len());
 }

@@ -12,7 +12,7 @@ const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 /// The kernel's internal "not supported", which bpf(2) can return.
 const ENOTSUPP: i32 = 524;
 /// Entries per call.
-const CHUNK: usize = 4096;
+const CHUNK: usize = 1024;
 
 /// The kernel's `bpf_attr.batch`.
 #[repr(C)]
@@ -28,6 +28,12 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// Where a walk stands between calls: the kernel's resume token.
+#[derive(Default)]
+pub struct Cursor {
+    token: Option<Vec<u8>>,
+}
+
 /// Calls `each` with every (key, value) of the hash map `map`, one chunk in memory at a
 /// time, until it returns false. `Ok(false)` when the kernel has no batched lookup for
 /// it (the caller then iterates).
@@ -35,21 +41,34 @@ pub fn for_each<K: Pod + Default, V: Pod + Default>(
     map: &MapData,
     mut each: impl FnMut(&K, &V) -> bool,
 ) -> io::Result<bool> {
+    let mut cursor = Cursor::default();
+    let mut stopped = false;
+    let done = walk(map, &mut cursor, usize::MAX, |k, v| {
+        stopped = !each(k, v);
+        !stopped
+    })?;
+    Ok(done.is_some() || stopped)
+}
+
+/// Continues the walk at `cursor` for at least `max` entries (whole chunks), or until
+/// `each` returns false. `Some(true)` when it reached the end (the cursor starts over),
+/// `Some(false)` when there is more, `None` when the kernel has no batched lookup.
+pub fn walk<K: Pod + Default, V: Pod + Default>(
+    map: &MapData,
+    cursor: &mut Cursor,
+    max: usize,
+    mut each: impl FnMut(&K, &V) -> bool,
+) -> io::Result<Option<bool>> {
     let fd = map.fd().as_fd().as_raw_fd() as u32;
     let (mut keys, mut values) = (vec![K::default(); CHUNK], vec![V::default(); CHUNK]);
     // The resume token: opaque, at most a key's size for hash maps.
-    let (mut token_in, mut token_out) = (
-        vec![0u8; 64.max(size_of::<K>())],
-        vec![0u8; 64.max(size_of::<K>())],
-    );
-    let mut first = true;
+    let size = 64.max(size_of::<K>());
+    let mut token_out = vec![0u8; size];
+    let mut seen = 0;
     loop {
+        let first = cursor.token.is_none();
         let mut attr = BatchAttr {
-            in_batch: if first {
-                0
-            } else {
-                token_in.as_mut_ptr() as u64
-            },
+            in_batch: cursor.token.as_mut().map_or(0, |t| t.as_mut_ptr() as u64),
             out_batch: token_out.as_mut_ptr() as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
@@ -57,7 +76,7 @@ pub fn for_each<K: Pod + Default, V: Pod + Default>(
             map_fd: fd,
             ..Default::default()
         };
-        // SAFETY: the buffers hold CHUNK keys and values and a token of at least a
+        // SAFETY: the buffers hold CHUNK keys and values and tokens of at least a
         // key's size; the kernel writes at most `count` of each.
         let rc = unsafe {
             libc::syscall(
@@ -71,12 +90,17 @@ pub fn for_each<K: Pod + Default, V: Pod + Default>(
         let n = attr.count as usize;
         for (k, v) in keys[..n].iter().zip(&values[..n]) {
             if !each(k, v) {
-                return Ok(true);
+                *cursor = Cursor::default();
+                return Ok(Some(true));
             }
         }
+        seen += n;
         match err {
             None => {}
-            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(true),
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                *cursor = Cursor::default();
+                return Ok(Some(true));
+            }
             Some(e)
                 if first
                     && matches!(
@@ -84,11 +108,17 @@ pub fn for_each<K: Pod + Default, V: Pod + Default>(
                         Some(libc::EINVAL) | Some(ENOTSUPP) | Some(libc::EOPNOTSUPP)
                     ) =>
             {
-                return Ok(false);
+                return Ok(None);
             }
-            Some(e) => return Err(e),
+            Some(e) => {
+                *cursor = Cursor::default();
+                return Err(e);
+            }
         }
-        std::mem::swap(&mut token_in, &mut token_out);
-        first = false;
+        let next = cursor.token.get_or_insert_with(|| vec![0u8; size]);
+        std::mem::swap(next, &mut token_out);
+        if seen >= max {
+            return Ok(Some(false));
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aya::programs::xdp::XdpMode;
-use ebpf_probe::abi::{FlowKey, StallRecord};
+use ebpf_probe::abi::{FlowKey, StallRecord, StallWhat, half_flag};
 use tokio::io::unix::AsyncFd;
 
 use crate::alert::Alerter;
@@ -19,7 +19,7 @@ use crate::flows::{self, Episode};
 use crate::metrics::Metrics;
 use crate::pins::{PinError, Pins};
 use crate::probe::{self, Probe, ProbeError, Settings};
-use crate::sweep::{LostStarts, stalled_sides, sweep};
+use crate::sweep::{LostStarts, Pass, Sweeper, stalled_sides};
 
 /// Why `run` stopped before starting: bad input (exit 2) or a failure (exit 1).
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,8 @@ pub enum RunError {
 pub struct Shared {
     pub probe: Mutex<Probe>,
     pub episodes: Mutex<HashMap<FlowKey, Vec<Episode>>>,
+    /// Flows the probe named candidates since the last sweep.
+    candidates: Mutex<std::collections::HashSet<FlowKey>>,
     pub metrics: Metrics,
     /// Wall clock minus the probe's monotonic clock.
     pub offset: u64,
@@ -45,10 +47,14 @@ pub struct Shared {
 impl Shared {
     /// After a restart: episodes already open in the pinned table were reported by the
     /// previous run. Remember them and fire their alerts again (Alertmanager merges
-    /// them), but print and count nothing: no second stall_started.
+    /// them), but print and count nothing: no second stall_started. Candidates of the
+    /// previous run are watched again.
     fn resume_open_stalls(&self) {
         let flows = self.probe.lock().unwrap().flows().unwrap_or_default();
         for (key, flow) in flows {
+            if flow.half.iter().any(|h| h.flags & half_flag::CANDIDATE != 0) {
+                self.candidates.lock().unwrap().insert(key);
+            }
             for rec in stalled_sides(&key, &flow, None) {
                 let iface = self.iface(rec.ifindex);
                 flows::apply(
@@ -80,8 +86,13 @@ impl Shared {
             .unwrap_or("unknown")
     }
 
-    /// Prints, counts and remembers one stall transition.
+    /// Prints, counts and remembers one stall transition; a candidate is only noted
+    /// for the sweep to check.
     fn record(&self, r: &StallRecord) {
+        if r.what == StallWhat::Candidate as u8 {
+            self.candidates.lock().unwrap().insert(r.key);
+            return;
+        }
         let iface = self.iface(r.ifindex);
         let line = event_json(r, iface, self.offset);
         let mut out = std::io::stdout().lock();
@@ -181,6 +192,7 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
     Ok(Arc::new(Shared {
         probe: Mutex::new(probe),
         episodes: Mutex::new(HashMap::new()),
+        candidates: Mutex::new(Default::default()),
         metrics: Metrics::new(args.max_flows, args.max_stalled_series),
         offset: flows::monotonic_to_wall(),
         ifnames,
@@ -237,9 +249,14 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
         }
     };
     let sweeps = {
-        let (shared, cfg) = (shared.clone(), args.verdict.config());
-        let idle = args.verdict.idle_timeout.as_nanos() as u64;
+        let shared = shared.clone();
+        let mut sweeper = Sweeper::new(
+            args.verdict.config(),
+            args.verdict.idle_timeout.as_nanos() as u64,
+            args.max_flows as usize,
+        );
         let mut lost_starts = LostStarts::default();
+        let mut pass = Pass::default();
         let mut tick = tokio::time::interval(args.verdict.sweep_interval);
         // A sweep longer than the interval is followed by a full interval, not by
         // another sweep at once.
@@ -247,33 +264,39 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
         async move {
             loop {
                 tick.tick().await;
-                // A walk of up to a million flows: on a blocking thread, so HTTP answers.
+                // bpf(2) calls: on a blocking thread, so HTTP answers meanwhile.
                 let walk = shared.clone();
-                let swept = tokio::task::spawn_blocking(move || {
+                let done = tokio::task::spawn_blocking(move || {
                     let started = std::time::Instant::now();
+                    sweeper.watch.extend(walk.candidates.lock().unwrap().drain());
                     let mut probe = walk.probe.lock().unwrap();
-                    let swept = sweep(&mut probe, &cfg, idle, flows::monotonic_now());
+                    let ticked = sweeper.tick(&mut probe, flows::monotonic_now());
                     walk.metrics.sweep_seconds.set(started.elapsed().as_secs_f64());
-                    swept.and_then(|s| probe.counters().map(|c| (s, c)))
+                    let result = ticked.and_then(|t| probe.counters().map(|c| (t, c)));
+                    (sweeper, result)
                 })
                 .await;
-                let Ok(swept) = swept else {
+                let Ok((back, result)) = done else {
                     return; // the runtime is shutting down
                 };
-                match swept {
-                    Ok((s, counters)) => {
-                        for r in &s.records {
+                sweeper = back;
+                match result {
+                    Ok((t, counters)) => {
+                        for r in &t.records {
                             shared.record(r);
                         }
-                        for r in lost_starts.check(&s.stalled, |r| shared.is_open(r)) {
+                        for r in lost_starts.check(&t, |r| shared.is_open(r)) {
                             log::warn!(
                                 "a stall record was lost (ring buffer full): reporting it from the flow table"
                             );
                             shared.record(&r);
                         }
-                        shared.metrics.refresh(&counters, &s.flows, s.entries);
-                        shared.metrics.refresh_totals(&s.live, &s.evicted);
-                        shared.metrics.evictions.inc_by(s.evictions);
+                        if let Some(p) = t.pass {
+                            shared.metrics.refresh_totals(&p.live, &p.evicted);
+                            pass = p;
+                        }
+                        shared.metrics.refresh(&counters, &pass.flows, pass.entries);
+                        shared.metrics.evictions.inc_by(t.evictions);
                     }
                     Err(e) => log::warn!("sweep: {e}"),
                 }

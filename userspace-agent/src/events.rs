@@ -19,6 +19,7 @@ pub fn event_json(r: &StallRecord, iface: &str, offset: u64) -> Value {
             StallWhat::Started => "stall_started",
             StallWhat::Recovered => "stall_recovered",
             StallWhat::Ended => "stall_ended",
+            StallWhat::Candidate => "stall_candidate",
         },
         "iface": iface,
         "class": class,

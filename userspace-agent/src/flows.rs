@@ -164,6 +164,7 @@ pub fn endpoint(key: &FlowKey, i: usize) -> SocketAddr {
 pub fn apply(episodes: &mut Vec<Episode>, r: &StallRecord, offset: u64) {
     match StallWhat::try_from(r.what) {
         Ok(StallWhat::Started) => episodes.push(Episode::started(r, offset)),
+        Ok(StallWhat::Candidate) | Err(_) => {}
         Ok(what) => {
             if let Some(open) = episodes
                 .iter_mut()
@@ -173,7 +174,6 @@ pub fn apply(episodes: &mut Vec<Episode>, r: &StallRecord, offset: u64) {
                 open.close(r, what, offset);
             }
         }
-        Err(_) => {}
     }
 }
 

@@ -280,6 +280,38 @@ impl Probe {
         Ok(all)
     }
 
+    /// Continues a walk of the established flows at `cursor` for about `max` entries;
+    /// true when it reached the end of the table (the next call starts over).
+    pub fn walk_flows(
+        &self,
+        cursor: &mut crate::batch::Cursor,
+        max: usize,
+        mut each: impl FnMut(&FlowKey, &Flow) -> bool,
+    ) -> Result<bool, ProbeError> {
+        let map = self.ebpf.map("FLOWS").ok_or(ProbeError::MissingMap("FLOWS"))?;
+        if let aya::maps::Map::HashMap(data) = map
+            && let Some(done) = crate::batch::walk(data, cursor, max, &mut each)
+                .map_err(|e| ProbeError::Batch("FLOWS", e))?
+        {
+            return Ok(done);
+        }
+        // No batched lookup in this kernel: the whole table at once.
+        self.for_each("FLOWS", each)?;
+        Ok(true)
+    }
+
+    /// One established flow.
+    pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, ProbeError> {
+        let map = self.ebpf.map("FLOWS").ok_or(ProbeError::MissingMap("FLOWS"))?;
+        let table: HashMap<&MapData, FlowKey, Flow> =
+            HashMap::try_from(map).map_err(|e| ProbeError::Map("FLOWS", e))?;
+        match table.get(key, 0) {
+            Ok(f) => Ok(Some(f)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(ProbeError::Map("FLOWS", e)),
+        }
+    }
+
     fn for_each(
         &self,
         name: &'static str,

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use ackwatch::probe::{Probe, Settings};
 use ackwatch_tests::frames::{L2, TH_ACK, TH_PSH, TH_SYN, Tcp, ctcp_payload, frame};
-use ebpf_probe::abi::{Flow, FlowKey};
+use ackwatch_tests::prefill;
 
 use crate::report::Figure;
 
@@ -69,27 +69,12 @@ pub fn pin_to_cpu0() {
     }
 }
 
-/// The key of prefilled flow `i`: distinct IPv4 clients on one cTCP server.
-pub fn prefill_key(i: u32) -> FlowKey {
-    let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-    let mut key = FlowKey::default();
-    key.addr[0] = [0, 0, mapped, u32::from_ne_bytes([172, 16, 0, 0]) ^ i.to_be()];
-    key.addr[1] = [0, 0, mapped, u32::from_ne_bytes([172, 31, 0, 1])];
-    key.port = [40_000, 10_000];
-    key
-}
-
 /// Writes `n` flows, then as many more as fit if `fill` (until the table refuses).
 fn prefill(probe: &mut Probe, n: u32, fill: bool) {
-    let mut flow = Flow {
-        class: 0,
-        ..Flow::default()
-    };
-    flow.first_ts = 1;
-    flow.last_ts = 1;
+    let flow = prefill::flow(1);
     let mut i = 0;
     while i < n || fill {
-        if probe.write_flow(&prefill_key(i + 1), &flow).is_err() {
+        if probe.write_flow(&prefill::key(i + 1), &flow).is_err() {
             assert!(fill, "prefill refused at {i} of {n}");
             return;
         }
