@@ -106,8 +106,24 @@ impl Frame for Packet {
         if core::hint::black_box(p + N) > self.end {
             return None;
         }
-        // SAFETY: the verifier-checked range [p, p + N) lies inside the packet.
-        Some(unsafe { core::ptr::read_unaligned(p as *const [u8; N]) })
+        // Word loads, as C programs read packet headers through struct pointers: LLVM
+        // turns a byte array copy (or `read_unaligned`) into a load, shift and or per
+        // byte. The words may be misaligned; the JIT's targets load them as they are,
+        // and the verifier would refuse the program where alignment is enforced.
+        let mut buf = [0u8; N];
+        let mut i = 0;
+        while i + 4 <= N {
+            // SAFETY: the verifier-checked range [p, p + N) lies inside the packet.
+            let w = unsafe { core::ptr::read_volatile((p + i) as *const u32) };
+            buf[i..i + 4].copy_from_slice(&w.to_ne_bytes());
+            i += 4;
+        }
+        while i < N {
+            // SAFETY: as above.
+            buf[i] = unsafe { core::ptr::read_volatile((p + i) as *const u8) };
+            i += 1;
+        }
+        Some(buf)
     }
 
     #[inline(always)]
