@@ -57,7 +57,8 @@ fn http_under_load_with_bad_and_slow_clients() {
     let agent = Agent::start(&lab.headend, &["--iface", "h0", "--listen", AGENT_ADDR]);
     let rss_before = rss_kib(agent.pid());
     let ns = lab.headend.clone();
-    // Slow clients: half a request each, then silence, for the whole test.
+    // Slow clients: half a request each, then silence.
+    let slow_started = Instant::now();
     let slow: Vec<TcpStream> = in_ns(&ns, || {
         (0..SLOW_CLIENTS)
             .map(|_| {
@@ -131,7 +132,36 @@ fn http_under_load_with_bad_and_slow_clients() {
     let t = Instant::now();
     assert_eq!(http_get(&ns, AGENT_ADDR, "/healthz").0, 200);
     assert!(t.elapsed() < Duration::from_secs(1), "/healthz took {:?}", t.elapsed());
-    drop(slow);
+    // ... until the header timeout (10 s) closes them.
+    let deadline = slow_started + Duration::from_secs(12);
+    for mut c in slow {
+        let wait = deadline.saturating_duration_since(Instant::now());
+        c.set_read_timeout(Some(wait.max(Duration::from_millis(100)))).unwrap();
+        // Closed: end of stream (or a 408); still open: the read times out.
+        let closed = c.read(&mut [0u8; 256]).is_ok();
+        assert!(closed, "a slow client still connected after {:?}", slow_started.elapsed());
+    }
+    // Past the connection cap (256), new connections are closed at once and counted.
+    let idle: Vec<TcpStream> = in_ns(&ns, || {
+        (0..300).map(|_| TcpStream::connect(AGENT_ADDR).unwrap()).collect()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let refused = idle
+        .iter()
+        .filter(|c| {
+            c.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            matches!((&**c).read(&mut b), Ok(0))
+        })
+        .count();
+    assert!(refused >= 300 - 256, "{refused} of 300 idle connections closed");
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, body) = http_get(&ns, AGENT_ADDR, "/metrics");
+    assert!(
+        body.lines().any(|l| l.starts_with("ackwatch_http_connections_refused_total ") && !l.ends_with(" 0")),
+        "refusals counted"
+    );
     let rss_after = rss_kib(agent.pid());
     println!("RSS {rss_before} KiB before, {rss_after} KiB after");
     assert!(

@@ -2,26 +2,58 @@
 //! `?class=ctcp`, `?limit=N`, default 1,000, at most 100,000).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use serde::Deserialize;
+use tokio::sync::Semaphore;
 
 use crate::daemon::Shared;
 use crate::flows::{FlowReport, class_name, state_name};
 use crate::metrics::{CLASSES, STATES};
+
+/// Connections served at once; more are closed as they are accepted, so clients that
+/// open many and send nothing cannot use up the agent's descriptors.
+const MAX_CONNECTIONS: usize = 256;
+/// A request's head must arrive within this, or the connection is closed.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/flows", get(flows))
-        .with_state(shared);
-    if let Err(e) = axum::serve(listener, app).await {
-        log::error!("HTTP server: {e}");
+        .with_state(shared.clone());
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors, say: wait rather than spin.
+                log::warn!("HTTP accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            shared.metrics.http_refused.inc();
+            continue; // dropped: closed
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            drop(slot);
+        });
     }
 }
 

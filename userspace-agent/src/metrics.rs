@@ -33,6 +33,8 @@ pub struct Metrics {
     evicted: std::sync::Mutex<[[u64; 5]; 3]>,
     /// At most this many ackwatch_stalled_flow_info series at once.
     max_stalled_series: usize,
+    /// HTTP connections closed at accept: too many open at once.
+    pub http_refused: prometheus::IntCounter,
     /// Flows the sweep removed (idle or closed).
     pub evictions: prometheus::IntCounter,
     /// How long the last sweep of the flow table took.
@@ -177,6 +179,11 @@ impl Metrics {
             stall_seconds,
             flows,
             entries,
+            http_refused: plain_counter(
+                &r,
+                "ackwatch_http_connections_refused_total",
+                "HTTP connections closed at accept: 256 were open already",
+            ),
             evictions: plain_counter(
                 &r,
                 "ackwatch_flows_evicted_total",
