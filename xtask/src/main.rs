@@ -2,7 +2,8 @@
 //!
 //!   cargo xtask setup   install the toolchain pieces and Debian packages, idempotently
 //!   cargo xtask test    setup, then every test (as root: the kernel tests load BPF)
-//!   cargo xtask demo    setup, then a cTCP stall replayed through the loaded probe
+//!   cargo xtask demo    setup, then the agent in the namespace lab, reporting a stall
+//!   cargo xtask bench   setup, then every benchmark (README, Performance)
 
 mod setup;
 
@@ -24,13 +25,17 @@ enum Task {
     Setup,
     /// Run every test: host unit tests, then the kernel tests (needs root).
     Test,
-    /// Replay a healthy and a stalled cTCP flow through the loaded probe.
+    /// Run the agent in the namespace lab and show it reporting a stall.
     Demo,
-    /// Benchmarks: offline analysis against tshark; writes bench/results.json.
+    /// Benchmarks: the probe's cost per packet, the agent's with large tables, offline
+    /// analysis against tshark; writes bench/results.json and the README's numbers.
     Bench {
         /// Packets in the generated capture.
         #[arg(long, default_value_t = 1_000_000)]
         packets: usize,
+        /// Small sizes, nothing written: a smoke run of every benchmark.
+        #[arg(long)]
+        quick: bool,
     },
 }
 
@@ -40,7 +45,14 @@ fn main() -> Result<()> {
     match cli.task {
         Task::Setup => Ok(()),
         Task::Test => test(),
-        Task::Bench { packets } => run_tests_bin("ackwatch-bench", &[&packets.to_string()]),
+        Task::Bench { packets, quick } => {
+            let packets = packets.to_string();
+            let mut args = vec![packets.as_str()];
+            if quick {
+                args.push("--quick");
+            }
+            run_tests_bin("ackwatch-bench", &args)
+        }
         Task::Demo => run_tests_bin("ackwatch-demo", &[]),
     }
 }

@@ -15,10 +15,11 @@ mod report;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let quick = args.iter().any(|a| a == "--quick");
-    let packets: usize = args
-        .iter()
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(if quick { 20_000 } else { 1_000_000 });
+    let packets: usize = if quick {
+        20_000
+    } else {
+        args.iter().find_map(|a| a.parse().ok()).unwrap_or(1_000_000)
+    };
     let sizes: &[u32] = if quick {
         &[0, 1_000]
     } else {
