@@ -288,7 +288,11 @@ const LINEAR_HEADERS: u32 = 192;
 #[inline(always)]
 fn tc_frame(ctx: &TcContext) -> Packet {
     let len = ctx.len();
-    let want = if len < LINEAR_HEADERS { len } else { LINEAR_HEADERS };
+    let want = if len < LINEAR_HEADERS {
+        len
+    } else {
+        LINEAR_HEADERS
+    };
     if ((ctx.data_end() - ctx.data()) as u32) < want {
         // Rare (headers split across fragments): make them linear, once per packet.
         let _ = ctx.pull_data(want);
@@ -367,4 +371,3 @@ pub fn ackwatch_tc_ip(ctx: TcContext) -> i32 {
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}
 }
-

@@ -467,12 +467,18 @@ fn one_candidate_record_at_the_kth_duplicate_ack() {
     let r = run(&Config::default(), &episode(1, false, 0));
     assert_eq!(r.candidates.len(), 1, "{:?}", r.candidates);
     assert_eq!(r.candidates[0].hole, 1201);
-    assert_eq!(r.candidates[0].dup_acks, 3, "sent at the third duplicate ACK");
+    assert_eq!(
+        r.candidates[0].dup_acks, 3,
+        "sent at the third duplicate ACK"
+    );
     let cfg = Config {
         dupack_threshold: 20,
         ..Config::default()
     };
-    assert!(run(&cfg, &episode(1, false, 12)).candidates.is_empty(), "below K: none");
+    assert!(
+        run(&cfg, &episode(1, false, 12)).candidates.is_empty(),
+        "below K: none"
+    );
     // A stall and its recovery: still one candidate for the one hole.
     let r = run(&Config::default(), &episode(1, false, 12));
     assert_eq!((r.candidates.len(), started(&r).len()), (1, 1));

@@ -10,7 +10,12 @@ use ebpf_probe::abi::{Flow, FlowClass, FlowKey};
 pub fn key(i: u32) -> FlowKey {
     let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
     let mut key = FlowKey::default();
-    key.addr[0] = [0, 0, mapped, u32::from_ne_bytes([172, 16, 0, 0]) ^ i.to_be()];
+    key.addr[0] = [
+        0,
+        0,
+        mapped,
+        u32::from_ne_bytes([172, 16, 0, 0]) ^ i.to_be(),
+    ];
     key.addr[1] = [0, 0, mapped, u32::from_ne_bytes([172, 31, 0, 1])];
     key.port = [40_000, 10_000];
     key
@@ -41,7 +46,10 @@ pub fn pinned_flows(pin_root: &str) -> HashMap<MapData, FlowKey, Flow> {
             let data = MapData::from_pin(&path).expect("open the pinned FLOWS");
             return HashMap::try_from(Map::HashMap(data)).expect("FLOWS is a hash map");
         }
-        assert!(t.elapsed() < Duration::from_secs(20), "no FLOWS pin under {root:?}");
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "no FLOWS pin under {root:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }

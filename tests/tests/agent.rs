@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use ackwatch_tests::ctcp::CtcpClient;
 use ackwatch_tests::lab::{CLIENT4, HEADEND4, Lab, in_ns};
 use ackwatch_tests::live::{AGENT_ADDR, Agent, Tcpdump, http_get};
-use ackwatch_tests::stall_lab::{HOLE, ISN, LEN, ctcp, ctcp_from, hole, lab_with_loss, lab_with_loss_of};
+use ackwatch_tests::stall_lab::{
+    HOLE, ISN, LEN, ctcp, ctcp_from, hole, lab_with_loss, lab_with_loss_of,
+};
 
 #[test]
 fn stall_event_flows_api_and_metrics() {
@@ -558,7 +560,11 @@ fn a_stall_across_the_sequence_wrap() {
         s.spawn(|| ctcp_from(&lab, 50_701, ISN, 16));
     });
     let mut events: Vec<serde_json::Value> = (0..2)
-        .map(|_| agent.next_event(Duration::from_secs(3)).expect("two stall_started events"))
+        .map(|_| {
+            agent
+                .next_event(Duration::from_secs(3))
+                .expect("two stall_started events")
+        })
         .collect();
     events.sort_by_key(|e| e["client"].as_str().unwrap().to_string());
     let (wrapped, plain) = (&events[0], &events[1]);
@@ -568,23 +574,49 @@ fn a_stall_across_the_sequence_wrap() {
     assert!(hole(isn) > u32::MAX - 2_000, "the hole is before the wrap");
     // dup_acks at the moment of the event depends on timing, not on the numbers.
     for field in ["kind", "loss", "stuck_side", "class"] {
-        assert_eq!(wrapped[field], plain[field], "{field}: {wrapped} vs {plain}");
+        assert_eq!(
+            wrapped[field], plain[field],
+            "{field}: {wrapped} vs {plain}"
+        );
     }
     let (_, body) = http_get(&lab.headend, AGENT_ADDR, "/flows?state=stalled");
     let flows: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
     assert_eq!(flows.len(), 2, "{body}");
     // Every count of both flows, both directions, as tshark reads the capture.
     let tshark = ackwatch_tests::tshark::counts(&capture.finish());
-    for d in flows.iter().flat_map(|f| f["directions"].as_array().unwrap()) {
-        let key = (d["src"].as_str().unwrap().to_string(), d["dst"].as_str().unwrap().to_string());
-        let t = tshark.get(&key).unwrap_or_else(|| panic!("tshark has no {key:?}"));
+    for d in flows
+        .iter()
+        .flat_map(|f| f["directions"].as_array().unwrap())
+    {
+        let key = (
+            d["src"].as_str().unwrap().to_string(),
+            d["dst"].as_str().unwrap().to_string(),
+        );
+        let t = tshark
+            .get(&key)
+            .unwrap_or_else(|| panic!("tshark has no {key:?}"));
         let ours = |k: &str| d[k].as_u64().unwrap();
         assert_eq!(
-            (ours("packets"), ours("dup_acks"), ours("retransmissions"), ours("lost_segments"), ours("out_of_order")),
-            (t.packets, t.dup_acks, t.retransmissions, t.lost_segments, t.out_of_order),
+            (
+                ours("packets"),
+                ours("dup_acks"),
+                ours("retransmissions"),
+                ours("lost_segments"),
+                ours("out_of_order")
+            ),
+            (
+                t.packets,
+                t.dup_acks,
+                t.retransmissions,
+                t.lost_segments,
+                t.out_of_order
+            ),
             "{key:?}: ours vs tshark"
         );
     }
-    let client_side = flows.iter().find(|f| f["client"] == "10.77.1.2:50700").unwrap();
+    let client_side = flows
+        .iter()
+        .find(|f| f["client"] == "10.77.1.2:50700")
+        .unwrap();
     assert_eq!(client_side["directions"][0]["bytes"], 36 * LEN, "{body}");
 }

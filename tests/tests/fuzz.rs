@@ -77,13 +77,14 @@ fn mutate(rng: &mut StdRng, f: &[u8], other: &[u8]) -> Vec<u8> {
 /// Feeds one frame to a host tracker; `Err` with the panic message if it panicked.
 fn host_feed(host: &mut Host, link: LinkKind, frame: &[u8], now: u64) -> Result<(), String> {
     let hook = Hook::Xdp(link);
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.feed(hook, frame, now)))
-        .map_err(|p| {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.feed(hook, frame, now))).map_err(
+        |p| {
             p.downcast_ref::<String>()
                 .cloned()
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default()
-        })
+        },
+    )
 }
 
 /// Keeps a failing input for the regression replay; returns where.
@@ -110,8 +111,16 @@ fn small_tables() -> Settings {
 /// Table bounds, and every fed frame counted exactly once (tracked or a reason).
 fn check_invariants(host: &Host, fed: u64) {
     let s = host.snapshot();
-    assert!(s.flows.len() <= 256, "{} flows in a 256-flow table", s.flows.len());
-    assert!(s.pending.len() <= 64, "{} pending in a 64-entry table", s.pending.len());
+    assert!(
+        s.flows.len() <= 256,
+        "{} flows in a 256-flow table",
+        s.flows.len()
+    );
+    assert!(
+        s.pending.len() <= 64,
+        "{} pending in a 64-entry table",
+        s.pending.len()
+    );
     let outcomes: u64 = s.counters[counter::TRACKED as usize]
         + s.counters[..counter::REASONS as usize].iter().sum::<u64>();
     assert_eq!(outcomes, fed, "every frame counted once: {:?}", s.counters);
@@ -173,7 +182,10 @@ fn fuzz_host_parser_and_state_machine() {
             fed = 0;
         }
     }
-    println!("{fed} frames since the last reset, {} s", start.elapsed().as_secs());
+    println!(
+        "{fed} frames since the last reset, {} s",
+        start.elapsed().as_secs()
+    );
 }
 
 #[test]
@@ -207,6 +219,10 @@ fn differential_fuzz_kernel_and_host() {
         if k != h {
             panic!("batch {batch}: kernel and host disagree (seed {seed})");
         }
-        assert_eq!(kernel.events(), std::mem::take(&mut host.events), "batch {batch}: stall records differ");
+        assert_eq!(
+            kernel.events(),
+            std::mem::take(&mut host.events),
+            "batch {batch}: stall records differ"
+        );
     }
 }

@@ -159,7 +159,11 @@ fn kernel_reports_unanswered_ctcp_stall() {
         .filter(|e| e.what == StallWhat::Candidate as u8)
         .map(|e| e.key.port[e.client as usize])
         .collect();
-    assert_eq!(candidates, [40002], "one candidate record, for the stalled flow");
+    assert_eq!(
+        candidates,
+        [40002],
+        "one candidate record, for the stalled flow"
+    );
     events.retain(|e| e.what != StallWhat::Candidate as u8);
     assert_eq!(
         events.len(),

@@ -3,7 +3,6 @@
 //! same duplicate ACKs, retransmissions (each kind), lost segments, ACKed-unseen
 //! segments, zero windows and keep-alives as tshark.
 
-
 use ackwatch_tests::corpus::{captures, pcaps_dir};
 use ackwatch_tests::tshark;
 

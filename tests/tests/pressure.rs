@@ -86,20 +86,31 @@ fn metric(text: &str, name: &str) -> f64 {
 
 /// Runs `steps` in time order with a sweep every virtual second, as the agent does,
 /// until `end`; returns every stall record and the metrics after the last sweep.
-fn run(k: &mut Kernel, mut steps: Vec<Step>, capacity: u32, end: u64) -> (Vec<StallRecord>, String) {
+fn run(
+    k: &mut Kernel,
+    mut steps: Vec<Step>,
+    capacity: u32,
+    end: u64,
+) -> (Vec<StallRecord>, String) {
     steps.sort_by_key(|s| s.at_ns);
     let cfg = ebpf_probe::verdict::Config::default();
     let metrics = Metrics::new(capacity, 100);
     let mut records = Vec::new();
     let mut next_sweep = (steps[0].at_ns / SEC + 1) * SEC;
     let do_sweep = |k: &mut Kernel, now: u64, records: &mut Vec<StallRecord>| {
-        k.probe.set_clock(std::time::Duration::from_nanos(now)).unwrap();
+        k.probe
+            .set_clock(std::time::Duration::from_nanos(now))
+            .unwrap();
         let (t, pass) = sweep(&mut k.probe, &cfg, IDLE_NS, now).expect("sweep");
         records.extend(t.records);
         metrics.refresh(&k.probe.counters().unwrap(), &pass.flows, pass.entries);
         metrics.refresh_totals(&pass.live, &pass.evicted);
         metrics.evictions.inc_by(t.evictions);
-        assert!(pass.entries <= capacity as usize, "{} flows in a {capacity}-flow table", pass.entries);
+        assert!(
+            pass.entries <= capacity as usize,
+            "{} flows in a {capacity}-flow table",
+            pass.entries
+        );
     };
     for s in &steps {
         while s.at_ns >= next_sweep {
@@ -137,7 +148,10 @@ fn a_full_table_still_reports_the_stall() {
     for i in 0..19 {
         steps.extend(ctcp_flow(client(1 + i, 40_000), server(), 10, None, 0));
     }
-    let stalled = shifted(ctcp_flow(client(100, 40_000), server(), 20, Some(8), 1500), 40 * SEC);
+    let stalled = shifted(
+        ctcp_flow(client(100, 40_000), server(), 20, Some(8), 1500),
+        40 * SEC,
+    );
     let key = stalled_key(&stalled);
     steps.extend(stalled);
     // 50,000 short flows over 80 s: 625 a second, each held 10 s after its close, so
@@ -150,7 +164,10 @@ fn a_full_table_still_reports_the_stall() {
     let (records, metrics) = run(&mut k, steps, CAPACITY, end);
     let started = started_for(&records, &key);
     assert_eq!(started.len(), 1, "the stall is reported once: {records:?}");
-    let refused = metric(&metrics, "ackwatch_flow_table_refused_total{reason=\"table_full\"}");
+    let refused = metric(
+        &metrics,
+        "ackwatch_flow_table_refused_total{reason=\"table_full\"}",
+    );
     let evicted = metric(&metrics, "ackwatch_flows_evicted_total");
     let entries = metric(&metrics, "ackwatch_flow_table_entries");
     let capacity = metric(&metrics, "ackwatch_flow_table_capacity");
@@ -175,7 +192,10 @@ fn syn_flood_during_a_stall() {
     for i in 0..10 {
         steps.extend(ctcp_flow(client(1 + i, 40_000), server(), 10, None, 0));
     }
-    let stalled = shifted(ctcp_flow(client(100, 40_000), server(), 20, Some(8), 1500), 2 * SEC);
+    let stalled = shifted(
+        ctcp_flow(client(100, 40_000), server(), 20, Some(8), 1500),
+        2 * SEC,
+    );
     let key = stalled_key(&stalled);
     steps.extend(stalled);
     // 100,000 SYNs from spoofed sources to port 10000 over the stall's 2 s.
@@ -191,17 +211,39 @@ fn syn_flood_during_a_stall() {
     let flood_at = steps.iter().position(|s| s.at_ns >= 3 * SEC).unwrap();
     let rest = steps.split_off(flood_at);
     let (mut records, _) = run(&mut k, steps, CAPACITY, 3 * SEC);
-    let before: Vec<_> = k.snapshot().flows.into_iter().filter(|(k, _)| *k != key).collect();
+    let before: Vec<_> = k
+        .snapshot()
+        .flows
+        .into_iter()
+        .filter(|(k, _)| *k != key)
+        .collect();
     let end = rest.last().unwrap().at_ns + 3 * SEC;
     let (more, _) = run(&mut k, rest, CAPACITY, end);
     records.extend(more);
     let after = k.snapshot();
-    assert_eq!(started_for(&records, &key).len(), 1, "the stall is reported: {records:?}");
-    let established: Vec<_> = after.flows.iter().filter(|(k, _)| *k != key).cloned().collect();
+    assert_eq!(
+        started_for(&records, &key).len(),
+        1,
+        "the stall is reported: {records:?}"
+    );
+    let established: Vec<_> = after
+        .flows
+        .iter()
+        .filter(|(k, _)| *k != key)
+        .cloned()
+        .collect();
     assert_eq!(established, before, "established flows keep their state");
     assert!(after.flows.len() <= CAPACITY as usize);
-    assert!(after.pending.len() <= PENDING as usize, "{} pending", after.pending.len());
-    assert_eq!(after.counters[counter::TABLE_FULL as usize], 0, "no SYN reached the flow table");
+    assert!(
+        after.pending.len() <= PENDING as usize,
+        "{} pending",
+        after.pending.len()
+    );
+    assert_eq!(
+        after.counters[counter::TABLE_FULL as usize],
+        0,
+        "no SYN reached the flow table"
+    );
 }
 
 /// A ring buffer far too small (one page, ~50 records) and nobody reading it while 100
@@ -215,7 +257,13 @@ fn lost_stall_records_are_found_in_the_table() {
     });
     let mut steps = Vec::new();
     for i in 0..100 {
-        steps.extend(ctcp_flow(client(1 + i, 40_000), server(), 20, Some(8), 1500));
+        steps.extend(ctcp_flow(
+            client(1 + i, 40_000),
+            server(),
+            20,
+            Some(8),
+            1500,
+        ));
     }
     steps.sort_by_key(|s| s.at_ns);
     for s in &steps {
@@ -225,7 +273,10 @@ fn lost_stall_records_are_found_in_the_table() {
     let counters = k.probe.counters().unwrap();
     let lost = counters[counter::RINGBUF_FULL as usize];
     println!("{} records delivered, {lost} lost", delivered.len());
-    assert!(lost > 0 && !delivered.is_empty(), "the ring must overflow for this test");
+    assert!(
+        lost > 0 && !delivered.is_empty(),
+        "the ring must overflow for this test"
+    );
     let reported = |r: &StallRecord| {
         delivered
             .iter()
@@ -239,12 +290,26 @@ fn lost_stall_records_are_found_in_the_table() {
         let (t, _) = sweep(&mut k.probe, &cfg, IDLE_NS, now + sweep_no * SEC).unwrap();
         assert_eq!(t.stalled.len(), 100, "the table holds all 100 stalls");
         let missing = lost_starts.check(&t, reported);
-        assert!(sweep_no == 1 || missing.is_empty(), "reported only at the second look");
+        assert!(
+            sweep_no == 1 || missing.is_empty(),
+            "reported only at the second look"
+        );
         found.extend(missing);
     }
-    let delivered_starts = delivered.iter().filter(|d| d.what == StallWhat::Started as u8).count();
-    assert_eq!(found.len() + delivered_starts, 100, "every stall reported exactly once");
+    let delivered_starts = delivered
+        .iter()
+        .filter(|d| d.what == StallWhat::Started as u8)
+        .count();
+    assert_eq!(
+        found.len() + delivered_starts,
+        100,
+        "every stall reported exactly once"
+    );
     assert!(found.iter().all(|r| !reported(r)));
     // Each stall sent a candidate record and a start record; either may have been lost.
-    assert!(found.len() as u64 <= lost, "{} found, {lost} records lost", found.len());
+    assert!(
+        found.len() as u64 <= lost,
+        "{} found, {lost} records lost",
+        found.len()
+    );
 }

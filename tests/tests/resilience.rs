@@ -25,7 +25,9 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn open_fds(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
 }
 
 /// Sends `raw` as is; the status code of the answer (0 if none).
@@ -101,8 +103,14 @@ fn http_under_load_with_bad_and_slow_clients() {
     );
     assert_eq!(ok, REQUESTS);
     let events = stall_events(&agent, Duration::from_secs(2));
-    let started = events.iter().filter(|e| e["event"] == "stall_started").count();
-    assert_eq!(started, 3, "every stall reported during the load: {events:?}");
+    let started = events
+        .iter()
+        .filter(|e| e["event"] == "stall_started")
+        .count();
+    assert_eq!(
+        started, 3,
+        "every stall reported during the load: {events:?}"
+    );
 
     // Bad requests get a 4xx and a closed connection, never a stalled agent.
     let big_header = [
@@ -111,39 +119,71 @@ fn http_under_load_with_bad_and_slow_clients() {
         b"\r\n\r\n",
     ]
     .concat();
-    let long_uri = format!("GET /flows?{} HTTP/1.1\r\nHost: a\r\n\r\n", "a=b&".repeat(100_000));
+    let long_uri = format!(
+        "GET /flows?{} HTTP/1.1\r\nHost: a\r\n\r\n",
+        "a=b&".repeat(100_000)
+    );
     let cases: [(&str, &[u8]); 9] = [
         ("not HTTP", b"GARBAGE\r\n\r\n"),
         ("a 1 MB header", &big_header),
         ("a 400 kB URI", long_uri.as_bytes()),
-        ("limit not a number", b"GET /flows?limit=abc HTTP/1.1\r\nHost: a\r\n\r\n"),
-        ("limit too large", b"GET /flows?limit=100000000 HTTP/1.1\r\nHost: a\r\n\r\n"),
-        ("unknown state", b"GET /flows?state=bogus HTTP/1.1\r\nHost: a\r\n\r\n"),
-        ("unknown class", b"GET /flows?class=bogus HTTP/1.1\r\nHost: a\r\n\r\n"),
+        (
+            "limit not a number",
+            b"GET /flows?limit=abc HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
+            "limit too large",
+            b"GET /flows?limit=100000000 HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
+            "unknown state",
+            b"GET /flows?state=bogus HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
+        (
+            "unknown class",
+            b"GET /flows?class=bogus HTTP/1.1\r\nHost: a\r\n\r\n",
+        ),
         ("unknown path", b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n"),
-        ("wrong method", b"POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n"),
+        (
+            "wrong method",
+            b"POST /metrics HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n",
+        ),
     ];
     for (what, raw) in cases {
         let status = in_ns(&ns, || raw_status(raw));
         println!("{what}: {status}");
-        assert!((400..500).contains(&status), "{what}: got {status}, want a 4xx");
+        assert!(
+            (400..500).contains(&status),
+            "{what}: got {status}, want a 4xx"
+        );
     }
     // The slow clients are still connected, and the agent still answers at once.
     let t = Instant::now();
     assert_eq!(http_get(&ns, AGENT_ADDR, "/healthz").0, 200);
-    assert!(t.elapsed() < Duration::from_secs(1), "/healthz took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "/healthz took {:?}",
+        t.elapsed()
+    );
     // ... until the header timeout (10 s) closes them.
     let deadline = slow_started + Duration::from_secs(12);
     for mut c in slow {
         let wait = deadline.saturating_duration_since(Instant::now());
-        c.set_read_timeout(Some(wait.max(Duration::from_millis(100)))).unwrap();
+        c.set_read_timeout(Some(wait.max(Duration::from_millis(100))))
+            .unwrap();
         // Closed: end of stream (or a 408); still open: the read times out.
         let closed = c.read(&mut [0u8; 256]).is_ok();
-        assert!(closed, "a slow client still connected after {:?}", slow_started.elapsed());
+        assert!(
+            closed,
+            "a slow client still connected after {:?}",
+            slow_started.elapsed()
+        );
     }
     // Past the connection cap (256), new connections are closed at once and counted.
     let idle: Vec<TcpStream> = in_ns(&ns, || {
-        (0..300).map(|_| TcpStream::connect(AGENT_ADDR).unwrap()).collect()
+        (0..300)
+            .map(|_| TcpStream::connect(AGENT_ADDR).unwrap())
+            .collect()
     });
     std::thread::sleep(Duration::from_millis(500));
     let refused = idle
@@ -154,12 +194,17 @@ fn http_under_load_with_bad_and_slow_clients() {
             matches!((&**c).read(&mut b), Ok(0))
         })
         .count();
-    assert!(refused >= 300 - 256, "{refused} of 300 idle connections closed");
+    assert!(
+        refused >= 300 - 256,
+        "{refused} of 300 idle connections closed"
+    );
     drop(idle);
     std::thread::sleep(Duration::from_millis(200));
     let (_, body) = http_get(&ns, AGENT_ADDR, "/metrics");
     assert!(
-        body.lines().any(|l| l.starts_with("ackwatch_http_connections_refused_total ") && !l.ends_with(" 0")),
+        body.lines().any(
+            |l| l.starts_with("ackwatch_http_connections_refused_total ") && !l.ends_with(" 0")
+        ),
         "refusals counted"
     );
     let rss_after = rss_kib(agent.pid());
@@ -252,5 +297,9 @@ fn twenty_restarts_under_traffic() {
     );
     let left: Vec<_> = std::fs::read_dir(&pin).unwrap().collect();
     assert!(left.is_empty(), "pins left: {left:?}");
-    assert_eq!(probe_objects(), before, "programs or links left in the kernel");
+    assert_eq!(
+        probe_objects(),
+        before,
+        "programs or links left in the kernel"
+    );
 }

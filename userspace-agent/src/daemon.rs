@@ -52,7 +52,11 @@ impl Shared {
     fn resume_open_stalls(&self) {
         let flows = self.probe.lock().unwrap().flows().unwrap_or_default();
         for (key, flow) in flows {
-            if flow.half.iter().any(|h| h.flags & half_flag::CANDIDATE != 0) {
+            if flow
+                .half
+                .iter()
+                .any(|h| h.flags & half_flag::CANDIDATE != 0)
+            {
                 self.candidates.lock().unwrap().insert(key);
             }
             for rec in stalled_sides(&key, &flow, None) {
@@ -268,10 +272,14 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                 let walk = shared.clone();
                 let done = tokio::task::spawn_blocking(move || {
                     let started = std::time::Instant::now();
-                    sweeper.watch.extend(walk.candidates.lock().unwrap().drain());
+                    sweeper
+                        .watch
+                        .extend(walk.candidates.lock().unwrap().drain());
                     let mut probe = walk.probe.lock().unwrap();
                     let ticked = sweeper.tick(&mut probe, flows::monotonic_now());
-                    walk.metrics.sweep_seconds.set(started.elapsed().as_secs_f64());
+                    walk.metrics
+                        .sweep_seconds
+                        .set(started.elapsed().as_secs_f64());
                     let result = ticked.and_then(|t| probe.counters().map(|c| (t, c)));
                     (sweeper, result)
                 })

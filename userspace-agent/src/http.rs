@@ -115,7 +115,10 @@ fn matching_flows(
             if out.len() >= limit {
                 return false;
             }
-            let wanted = q.state.as_deref().is_none_or(|st| state_name(f.state) == st)
+            let wanted = q
+                .state
+                .as_deref()
+                .is_none_or(|st| state_name(f.state) == st)
                 && q.class.as_deref().is_none_or(|c| class_name(f.class) == c);
             if !wanted {
                 return true;

@@ -288,7 +288,10 @@ impl Probe {
         max: usize,
         mut each: impl FnMut(&FlowKey, &Flow) -> bool,
     ) -> Result<bool, ProbeError> {
-        let map = self.ebpf.map("FLOWS").ok_or(ProbeError::MissingMap("FLOWS"))?;
+        let map = self
+            .ebpf
+            .map("FLOWS")
+            .ok_or(ProbeError::MissingMap("FLOWS"))?;
         if let aya::maps::Map::HashMap(data) = map
             && let Some(done) = crate::batch::walk(data, cursor, max, &mut each)
                 .map_err(|e| ProbeError::Batch("FLOWS", e))?
@@ -302,7 +305,10 @@ impl Probe {
 
     /// One established flow.
     pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, ProbeError> {
-        let map = self.ebpf.map("FLOWS").ok_or(ProbeError::MissingMap("FLOWS"))?;
+        let map = self
+            .ebpf
+            .map("FLOWS")
+            .ok_or(ProbeError::MissingMap("FLOWS"))?;
         let table: HashMap<&MapData, FlowKey, Flow> =
             HashMap::try_from(map).map_err(|e| ProbeError::Map("FLOWS", e))?;
         match table.get(key, 0) {

@@ -86,7 +86,12 @@ impl Sweeper {
 
     /// The stall rule for each candidate; a flow leaves the list once no side of it is
     /// a candidate that has not stalled yet (its ACK moved, or it stalled), or it is gone.
-    fn check_watched(&mut self, probe: &mut Probe, now: u64, tick: &mut Tick) -> Result<(), ProbeError> {
+    fn check_watched(
+        &mut self,
+        probe: &mut Probe,
+        now: u64,
+        tick: &mut Tick,
+    ) -> Result<(), ProbeError> {
         let mut done = Vec::new();
         for key in &self.watch {
             tick.read += 1;
@@ -94,14 +99,18 @@ impl Sweeper {
                 done.push(*key);
                 continue;
             };
-            let mut sink = Records { key: *key, out: Vec::new() };
+            let mut sink = Records {
+                key: *key,
+                out: Vec::new(),
+            };
             flow.check_stalls(&self.cfg, now, &mut sink);
             if !sink.out.is_empty() {
                 probe.write_flow(key, &flow)?;
             }
-            let waiting = flow.half.iter().any(|h| {
-                h.flags & half_flag::CANDIDATE != 0 && h.flags & half_flag::STALLED == 0
-            });
+            let waiting = flow
+                .half
+                .iter()
+                .any(|h| h.flags & half_flag::CANDIDATE != 0 && h.flags & half_flag::STALLED == 0);
             if !waiting {
                 done.push(*key);
             }
@@ -113,7 +122,13 @@ impl Sweeper {
         Ok(())
     }
 
-    fn walk(&mut self, probe: &mut Probe, now: u64, slice: usize, tick: &mut Tick) -> Result<(), ProbeError> {
+    fn walk(
+        &mut self,
+        probe: &mut Probe,
+        now: u64,
+        slice: usize,
+        tick: &mut Tick,
+    ) -> Result<(), ProbeError> {
         // Removals and write-backs wait for the end of the slice (the walk borrows the
         // probe); both are few.
         let (mut evict, mut write) = (Vec::new(), Vec::new());
@@ -163,7 +178,12 @@ impl Sweeper {
 }
 
 /// One whole pass at once, nothing watched (tests, offline checks).
-pub fn sweep(probe: &mut Probe, cfg: &Config, idle_ns: u64, now: u64) -> Result<(Tick, Pass), ProbeError> {
+pub fn sweep(
+    probe: &mut Probe,
+    cfg: &Config,
+    idle_ns: u64,
+    now: u64,
+) -> Result<(Tick, Pass), ProbeError> {
     let mut s = Sweeper::new(*cfg, idle_ns, 0);
     let mut tick = Tick::default();
     s.walk(probe, now, usize::MAX, &mut tick)?;
@@ -239,4 +259,3 @@ fn add_totals(into: &mut [u64; 5], flow: &Flow) {
         }
     }
 }
-

@@ -35,7 +35,9 @@ fn timed_get(ns: &str, path: &str) -> (f64, usize) {
 }
 
 fn metric(ns: &str, name: &str) -> f64 {
-    let (_, body) = in_ns(ns, || ackwatch::client::http_get(AGENT_ADDR, "/metrics").unwrap());
+    let (_, body) = in_ns(ns, || {
+        ackwatch::client::http_get(AGENT_ADDR, "/metrics").unwrap()
+    });
     body.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(f64::NAN)
@@ -78,13 +80,15 @@ fn full_pass(sizes: &[u32], figures: &mut Vec<Figure>) {
         let mut best = f64::MAX;
         for _ in 0..3 {
             let t = Instant::now();
-            let (_, pass) = ackwatch::sweep::sweep(&mut probe, &cfg, u64::MAX, monotonic_now())
-                .expect("sweep");
+            let (_, pass) =
+                ackwatch::sweep::sweep(&mut probe, &cfg, u64::MAX, monotonic_now()).expect("sweep");
             assert_eq!(pass.entries, n as usize);
             best = best.min(t.elapsed().as_secs_f64() * 1000.0);
         }
         let per_flow = best * 1e6 / n as f64;
-        println!("sweep, a whole pass over {n} flows: {best:.1} ms ({per_flow:.0} ns a flow, BPF_MAP_LOOKUP_BATCH)");
+        println!(
+            "sweep, a whole pass over {n} flows: {best:.1} ms ({per_flow:.0} ns a flow, BPF_MAP_LOOKUP_BATCH)"
+        );
         let target = match n {
             10_000 => Some(2.0),
             1_000_000 => Some(100.0),
@@ -109,7 +113,14 @@ pub fn run(sizes: &[u32], figures: &mut Vec<Figure>) {
     let agent = Agent::start(
         &lab.headend,
         &[
-            "--iface", "h0", "--max-flows", &capacity, "--sweep-interval", "1s", "--pin-path", &pin,
+            "--iface",
+            "h0",
+            "--max-flows",
+            &capacity,
+            "--sweep-interval",
+            "1s",
+            "--pin-path",
+            &pin,
         ],
     );
     let ns = lab.headend.clone();
@@ -152,7 +163,10 @@ pub fn run(sizes: &[u32], figures: &mut Vec<Figure>) {
     let cpu = (cpu_seconds(pid) - cpu0) / STEADY.as_secs_f64() * 100.0;
     let rss = rss_kib(pid);
     let size = size_name(largest);
-    println!("agent, {largest} flows, steady for {STEADY:?} with a 1 s sweep: CPU {cpu:.1}% of a core, RSS {:.1} MB", rss / 1024.0);
+    println!(
+        "agent, {largest} flows, steady for {STEADY:?} with a 1 s sweep: CPU {cpu:.1}% of a core, RSS {:.1} MB",
+        rss / 1024.0
+    );
     figures.push(Figure {
         name: format!("agent_cpu_percent_steady_{size}"),
         value: cpu,

@@ -121,5 +121,4 @@ pub fn run(packets: usize, figures: &mut Vec<Figure>) {
         unit: "ratio",
         target: Some(1.5),
     });
-
 }

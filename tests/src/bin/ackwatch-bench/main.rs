@@ -18,7 +18,9 @@ fn main() {
     let packets: usize = if quick {
         20_000
     } else {
-        args.iter().find_map(|a| a.parse().ok()).unwrap_or(1_000_000)
+        args.iter()
+            .find_map(|a| a.parse().ok())
+            .unwrap_or(1_000_000)
     };
     let sizes: &[u32] = if quick {
         &[0, 1_000]

@@ -119,8 +119,17 @@ fn per_frame(probe: &mut Probe, frames: &[Vec<u8>]) -> (f64, f64) {
 fn new_flows(flags: u8, third_octet: u8) -> Vec<Vec<u8>> {
     (0..INSERTS)
         .map(|i| {
-            let src = format!("10.{third_octet}.{}.{}:{}", i / 250, i % 250 + 1, 20_000 + i % 1000);
-            let payload = if flags & TH_SYN != 0 { Vec::new() } else { vec![7; 200] };
+            let src = format!(
+                "10.{third_octet}.{}.{}:{}",
+                i / 250,
+                i % 250 + 1,
+                20_000 + i % 1000
+            );
+            let payload = if flags & TH_SYN != 0 {
+                Vec::new()
+            } else {
+                vec![7; 200]
+            };
             build(Seg {
                 src: &src,
                 dst: "10.0.0.2:10000",
@@ -144,7 +153,11 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
     let plain = vec![0x5a; 1000];
     // A flow with the client's data outstanding, so the server's ACKs below it repeat.
     probe
-        .xdp_run_time("ackwatch_xdp", &data("10.0.0.1:40003", "10.0.0.2:10000", 5000, plain.clone()), 1)
+        .xdp_run_time(
+            "ackwatch_xdp",
+            &data("10.0.0.1:40003", "10.0.0.2:10000", 5000, plain.clone()),
+            1,
+        )
         .expect("prime");
     let mut arp = ack("10.0.0.1:40000", "10.0.0.2:10000", 1);
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
@@ -191,13 +204,37 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
     // Single runs (a new flow each): slower than the hot loop for any program, as
     // caches are cold after the syscall, and noisier.
     let (t, p) = per_frame(&mut probe, &new_flows(TH_ACK | TH_PSH, 1));
-    push(figures, zero, prefilled, "insert_established", t, p, Some(150.0));
+    push(
+        figures,
+        zero,
+        prefilled,
+        "insert_established",
+        t,
+        p,
+        Some(150.0),
+    );
     let (t, p) = per_frame(&mut probe, &new_flows(TH_SYN, 2));
-    push(figures, zero, prefilled, "insert_syn_pending", t, p, Some(150.0));
+    push(
+        figures,
+        zero,
+        prefilled,
+        "insert_syn_pending",
+        t,
+        p,
+        Some(150.0),
+    );
     prefill(&mut probe, prefilled + INSERTS + 64, true);
     let refused = data("10.0.0.9:40009", "10.0.0.2:10000", 1, ctcp_payload(1000));
     let (t, pass) = hot_loop(&mut probe, &refused);
-    push(figures, zero, prefilled, "table_full_refused", t, pass, None);
+    push(
+        figures,
+        zero,
+        prefilled,
+        "table_full_refused",
+        t,
+        pass,
+        None,
+    );
 }
 
 /// One figure: ns over XDP_PASS, printed with the ratio. At sizes above 0 the target is

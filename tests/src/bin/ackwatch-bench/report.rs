@@ -29,11 +29,17 @@ fn root() -> PathBuf {
 }
 
 pub fn print(figures: &[Figure]) {
-    println!("\n{:<48} {:>14} {:<10} {:>10}", "figure", "value", "unit", "target");
+    println!(
+        "\n{:<48} {:>14} {:<10} {:>10}",
+        "figure", "value", "unit", "target"
+    );
     for f in figures {
         let target = f.target.map(|t| format!("{t:.1}")).unwrap_or("-".into());
         let miss = if f.missed() { "  MISSED" } else { "" };
-        println!("{:<48} {:>14.1} {:<10} {:>10}{miss}", f.name, f.value, f.unit, target);
+        println!(
+            "{:<48} {:>14.1} {:<10} {:>10}{miss}",
+            f.name, f.value, f.unit, target
+        );
     }
 }
 
@@ -85,7 +91,10 @@ fn readme(figures: &[Figure], commit: &str) {
     for f in figures {
         let target = f.target.map(|t| format!("{t:.1}")).unwrap_or("-".into());
         let miss = if f.missed() { " **missed**" } else { "" };
-        table += &format!("| {} | {:.1} | {} | {target}{miss} |\n", f.name, f.value, f.unit);
+        table += &format!(
+            "| {} | {:.1} | {} | {target}{miss} |\n",
+            f.name, f.value, f.unit
+        );
     }
     table += "\n![probe cost per packet](bench/probe-cost.svg)\n";
     let out = format!("{}{table}{}", &text[..b], &text[e..]);
