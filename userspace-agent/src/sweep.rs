@@ -46,8 +46,6 @@ pub struct Tick {
     pub stalled: Vec<StallRecord>,
     /// The pass it completed, if it did.
     pub pass: Option<Pass>,
-    /// Flows read.
-    pub read: usize,
 }
 
 /// The sweep's state from one tick to the next.
@@ -94,7 +92,6 @@ impl Sweeper {
     ) -> Result<(), ProbeError> {
         let mut done = Vec::new();
         for key in &self.watch {
-            tick.read += 1;
             let Some(mut flow) = probe.flow(key)? else {
                 done.push(*key);
                 continue;
@@ -134,7 +131,6 @@ impl Sweeper {
         let (mut evict, mut write) = (Vec::new(), Vec::new());
         let (cfg, idle_ns, pass) = (&self.cfg, self.idle_ns, &mut self.pass);
         let complete = probe.walk_flows(&mut self.cursor, slice, |key, flow| {
-            tick.read += 1;
             let mut flow = *flow;
             let quiet = now.saturating_sub(flow.last_ts);
             let closed = flow.state == FlowState::Closed as u8;
@@ -177,7 +173,7 @@ impl Sweeper {
     }
 }
 
-/// One whole pass at once, nothing watched (tests, offline checks).
+/// One whole pass at once, nothing watched (the tests and the benchmarks).
 pub fn sweep(
     probe: &mut Probe,
     cfg: &Config,
