@@ -273,6 +273,12 @@ fn push(
         unit: "ns/packet",
         target,
     });
+    figures.push(Figure {
+        name: format!("probe_ratio_{name}_{}", size_name(prefilled)),
+        value: ns / pass,
+        unit: "ratio",
+        target: None,
+    });
 }
 
 pub fn size_name(n: u32) -> String {
