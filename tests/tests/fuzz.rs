@@ -1,11 +1,17 @@
-//! Fuzzing, bounded: frames seeded from ../shared/pcaps and generated conversations,
-//! mutated (bit flips, truncation, byte runs, header splices), through the host's
-//! parser and state machine (no panic, table bounds and counters consistent), and
-//! through the kernel program and the host side by side (the same state after every
-//! batch). An input that fails is written to tests/fuzz-regressions/ and replayed by
-//! every later run. ACKWATCH_FUZZ_SECONDS sets the host pass's length (default 45).
+//! Fuzzing with proptest, bounded in time: runs of consecutive frames from
+//! ../shared/pcaps and generated conversations, each frame with up to three edits (bit
+//! flips, bytes set, truncations, byte runs, insertions, splices with another frame),
+//! through the host's parser and state machine (no panic, tables within capacity,
+//! every frame counted once), and through the kernel program and the host side by side
+//! (the same state after every run).
+//!
+//! A failing input is shrunk by proptest, its seed kept in
+//! `tests/fuzz-regressions/*.txt` (proptest replays those first), and its frames in
+//! `tests/fuzz-regressions/<hash>.seq`, which `regressions_replay` feeds on every run.
+//! ACKWATCH_FUZZ_SECONDS sets the host pass's length (default 45), ACKWATCH_SEED the seed.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use ackwatch::probe::Settings;
@@ -14,8 +20,11 @@ use ackwatch_tests::corpus;
 use ackwatch_tests::harness::{Hook, Host, Kernel};
 use ebpf_probe::abi::counter;
 use ebpf_probe::parse::LinkKind;
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
+use proptest::prelude::*;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{
+    Config, FileFailurePersistence, RngSeed, TestCaseError, TestError, TestRunner,
+};
 
 fn regressions_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz-regressions")
@@ -25,79 +34,150 @@ fn seed() -> u64 {
     std::env::var("ACKWATCH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| rand::thread_rng().r#gen())
+        .unwrap_or_else(rand::random)
 }
 
-/// Seed frames: the shared captures and a generated conversation.
-fn corpus() -> Vec<(LinkKind, Vec<u8>)> {
-    let mut frames = corpus::frames(400);
-    let mut g = Generator::new(7);
-    for s in g.steps(2_000, 20) {
-        let link = match s.hook {
-            Hook::Xdp(l) | Hook::Tc(l) => l,
-        };
-        frames.push((link, s.frame));
-    }
-    assert!(frames.len() > 2_000, "the seed corpus is too small");
-    frames
+/// Seed frames: the shared captures and a generated conversation, in order.
+fn corpus() -> &'static [(LinkKind, Vec<u8>)] {
+    static CORPUS: OnceLock<Vec<(LinkKind, Vec<u8>)>> = OnceLock::new();
+    CORPUS.get_or_init(|| {
+        let mut frames = corpus::frames(400);
+        for s in Generator::new(7).steps(2_000, 20) {
+            let (Hook::Xdp(link) | Hook::Tc(link)) = s.hook;
+            frames.push((link, s.frame));
+        }
+        assert!(frames.len() > 2_000, "the seed corpus is too small");
+        frames
+    })
 }
 
-/// One mutation of `f`, at most 4 edits; sometimes a splice with `other`.
-fn mutate(rng: &mut StdRng, f: &[u8], other: &[u8]) -> Vec<u8> {
-    let mut m = f.to_vec();
-    for _ in 0..rng.gen_range(1..=4) {
+/// One edit of a frame; positions are taken modulo the frame's length.
+#[derive(Clone, Debug)]
+enum Edit {
+    Flip(usize, u8),
+    Set(usize, u8),
+    Truncate(usize),
+    Fill(usize, u8, u8),
+    Insert(usize, u8, u8),
+    /// This frame's bytes up to the position, then another corpus frame's from there.
+    Splice(usize, usize),
+}
+
+fn edit() -> impl Strategy<Value = Edit> {
+    let interesting = prop::sample::select(vec![0x00u8, 0xff, 0x7f, 0x80, 0x05, 0x45, 0x60]);
+    prop_oneof![
+        (any::<usize>(), 0u8..8).prop_map(|(a, b)| Edit::Flip(a, b)),
+        (any::<usize>(), any::<u8>()).prop_map(|(a, v)| Edit::Set(a, v)),
+        any::<usize>().prop_map(Edit::Truncate),
+        (any::<usize>(), 1u8..8, interesting).prop_map(|(a, n, v)| Edit::Fill(a, n, v)),
+        (any::<usize>(), 1u8..64, any::<u8>()).prop_map(|(a, n, v)| Edit::Insert(a, n, v)),
+        (any::<usize>(), any::<usize>()).prop_map(|(a, o)| Edit::Splice(a, o)),
+    ]
+}
+
+/// Consecutive corpus frames from `start` (a conversation, in capture order), each
+/// with its edits and the nanoseconds since the previous frame.
+#[derive(Clone, Debug)]
+struct Run {
+    start: usize,
+    frames: Vec<(Vec<Edit>, u64)>,
+}
+
+fn run_of(len: std::ops::Range<usize>) -> impl Strategy<Value = Run> {
+    let edits = prop::collection::vec(edit(), 0..3);
+    (
+        0..corpus().len(),
+        prop::collection::vec((edits, 0u64..50_000_000), len),
+    )
+        .prop_map(|(start, frames)| Run { start, frames })
+}
+
+fn apply(frame: &[u8], edits: &[Edit]) -> Vec<u8> {
+    let mut m = frame.to_vec();
+    for e in edits {
         if m.is_empty() {
             break;
         }
-        let at = rng.gen_range(0..m.len());
-        match rng.gen_range(0..6) {
-            0 => m[at] ^= 1 << rng.gen_range(0..8),
-            1 => m[at] = rng.r#gen(),
-            2 => m.truncate(at),
-            3 => {
-                let v = [0x00, 0xff, 0x7f, 0x80, 0x05, 0x45, 0x60][rng.gen_range(0..7)];
-                let end = (at + rng.gen_range(1..8)).min(m.len());
-                m[at..end].fill(v);
+        let at = |a: usize| a % m.len();
+        match *e {
+            Edit::Flip(a, bit) => {
+                let i = at(a);
+                m[i] ^= 1 << bit;
             }
-            4 => {
-                // Header of one frame, rest of another.
-                let cut = at.min(other.len());
-                m.truncate(at);
-                m.extend_from_slice(&other[cut..]);
+            Edit::Set(a, v) => {
+                let i = at(a);
+                m[i] = v;
             }
-            _ => {
-                let n = rng.gen_range(1..64);
-                m.splice(at..at, std::iter::repeat_n(rng.r#gen::<u8>(), n));
+            Edit::Truncate(a) => m.truncate(at(a)),
+            Edit::Fill(a, n, v) => {
+                let i = at(a);
+                let end = (i + n as usize).min(m.len());
+                m[i..end].fill(v);
+            }
+            Edit::Insert(a, n, v) => {
+                let i = at(a);
+                m.splice(i..i, std::iter::repeat_n(v, n as usize));
+            }
+            Edit::Splice(a, o) => {
+                let i = at(a);
+                let other = &corpus()[o % corpus().len()].1;
+                m.truncate(i);
+                m.extend_from_slice(&other[i.min(other.len())..]);
             }
         }
     }
     m
 }
 
-/// Feeds one frame to a host tracker; `Err` with the panic message if it panicked.
-fn host_feed(host: &mut Host, link: LinkKind, frame: &[u8], now: u64) -> Result<(), String> {
-    let hook = Hook::Xdp(link);
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| host.feed(hook, frame, now))).map_err(
-        |p| {
-            p.downcast_ref::<String>()
-                .cloned()
-                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default()
-        },
-    )
+/// The frames of a run, each with its link and time.
+fn frames(run: &Run, mut now: u64) -> Vec<(LinkKind, Vec<u8>, u64)> {
+    let c = corpus();
+    run.frames
+        .iter()
+        .enumerate()
+        .map(|(i, (edits, gap))| {
+            let (link, f) = &c[(run.start + i) % c.len()];
+            now += gap;
+            (*link, apply(f, edits), now)
+        })
+        .collect()
 }
 
-/// Keeps a failing input for the regression replay; returns where.
-fn keep(frame: &[u8], link: LinkKind) -> PathBuf {
-    let dir = regressions_dir();
-    std::fs::create_dir_all(&dir).unwrap();
-    let tag = if link == LinkKind::RawIp { "ip" } else { "eth" };
-    let hash = frame.iter().fold(0xcbf29ce484222325u64, |h, b| {
+/// Keeps frames that failed, for `regressions_replay`: per frame, its link (1 byte,
+/// 1 = raw IP), its time (8 bytes) and its length (4 bytes), little-endian.
+fn keep(frames: &[(LinkKind, Vec<u8>, u64)]) -> PathBuf {
+    let mut bytes = Vec::new();
+    for (link, f, now) in frames {
+        bytes.push(u8::from(*link == LinkKind::RawIp));
+        bytes.extend_from_slice(&now.to_le_bytes());
+        bytes.extend_from_slice(&(f.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(f);
+    }
+    let hash = bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
         (h ^ *b as u64).wrapping_mul(0x100000001b3)
     });
-    let path = dir.join(format!("{hash:016x}.{tag}"));
-    std::fs::write(&path, frame).unwrap();
+    let path = regressions_dir().join(format!("{hash:016x}.seq"));
+    std::fs::create_dir_all(regressions_dir()).unwrap();
+    std::fs::write(&path, bytes).unwrap();
     path
+}
+
+fn read_kept(bytes: &[u8]) -> Vec<(LinkKind, Vec<u8>, u64)> {
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while rest.len() >= 13 {
+        let link = if rest[0] == 1 {
+            LinkKind::RawIp
+        } else {
+            LinkKind::Ethernet
+        };
+        let now = u64::from_le_bytes(rest[1..9].try_into().unwrap());
+        let len = u32::from_le_bytes(rest[9..13].try_into().unwrap()) as usize;
+        let end = (13 + len).min(rest.len());
+        out.push((link, rest[13..end].to_vec(), now));
+        rest = &rest[end..];
+    }
+    out
 }
 
 fn small_tables() -> Settings {
@@ -108,22 +188,49 @@ fn small_tables() -> Settings {
     }
 }
 
-/// Table bounds, and every fed frame counted exactly once (tracked or a reason).
-fn check_invariants(host: &Host, fed: u64) {
+/// Runs `frames` through a fresh host tracker: no panic, table bounds, and every frame
+/// counted once (tracked or a reason).
+fn host_property(frames: &[(LinkKind, Vec<u8>, u64)]) -> Result<(), TestCaseError> {
+    let mut host = Host::new(small_tables());
+    for (i, (link, f, now)) in frames.iter().enumerate() {
+        let fed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            host.feed(Hook::Xdp(*link), f, *now)
+        }));
+        if let Err(p) = fed {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            return Err(TestCaseError::fail(format!("frame {i} panics: {msg}")));
+        }
+    }
     let s = host.snapshot();
-    assert!(
+    prop_assert!(
         s.flows.len() <= 256,
         "{} flows in a 256-flow table",
         s.flows.len()
     );
-    assert!(
+    prop_assert!(
         s.pending.len() <= 64,
         "{} pending in a 64-entry table",
         s.pending.len()
     );
     let outcomes: u64 = s.counters[counter::TRACKED as usize]
         + s.counters[..counter::REASONS as usize].iter().sum::<u64>();
-    assert_eq!(outcomes, fed, "every frame counted once: {:?}", s.counters);
+    prop_assert_eq!(outcomes, frames.len() as u64, "every frame counted once");
+    Ok(())
+}
+
+fn config(seed: u64, name: &'static str) -> Config {
+    Config {
+        cases: 256,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(name))),
+        rng_seed: RngSeed::Fixed(seed),
+        // Panics are caught by the property itself; shrinking is bounded.
+        max_shrink_time: 60_000,
+        ..Config::default()
+    }
 }
 
 #[test]
@@ -131,21 +238,16 @@ fn regressions_replay() {
     let Ok(dir) = std::fs::read_dir(regressions_dir()) else {
         return;
     };
-    let mut host = Host::new(small_tables());
-    let mut fed = 0;
     for e in dir.flatten() {
         let p = e.path();
-        let link = match p.extension().and_then(|x| x.to_str()) {
-            Some("ip") => LinkKind::RawIp,
-            Some("eth") => LinkKind::Ethernet,
-            _ => continue,
-        };
-        let frame = std::fs::read(&p).unwrap();
-        host_feed(&mut host, link, &frame, 1_000_000_000 + fed)
-            .unwrap_or_else(|e| panic!("{} panics again: {e}", p.display()));
-        fed += 1;
+        if p.extension().and_then(|x| x.to_str()) != Some("seq") {
+            continue;
+        }
+        let frames = read_kept(&std::fs::read(&p).unwrap());
+        if let Err(e) = host_property(&frames) {
+            panic!("{} fails again: {e}", p.display());
+        }
     }
-    check_invariants(&host, fed);
 }
 
 #[test]
@@ -156,73 +258,60 @@ fn fuzz_host_parser_and_state_machine() {
         .unwrap_or(45);
     let seed = seed();
     println!("seed {seed} (ACKWATCH_SEED to repeat), {secs} s");
-    let mut rng = StdRng::seed_from_u64(seed);
-    let corpus = corpus();
-    let mut host = Host::new(small_tables());
-    let (start, mut fed, mut now) = (Instant::now(), 0u64, 1_000_000_000u64);
+    let (start, mut cases) = (Instant::now(), 0u64);
     while start.elapsed() < Duration::from_secs(secs) {
-        for _ in 0..1_000 {
-            let (link, f) = &corpus[rng.gen_range(0..corpus.len())];
-            let other = &corpus[rng.gen_range(0..corpus.len())].1;
-            let frame = if rng.gen_bool(0.2) {
-                f.clone()
-            } else {
-                mutate(&mut rng, f, other)
-            };
-            now += rng.gen_range(0..50_000_000);
-            if let Err(e) = host_feed(&mut host, *link, &frame, now) {
-                let kept = keep(&frame, *link);
-                panic!("panic on a frame, kept as {}: {e}", kept.display());
+        // A runner stops at `cases` successes: a fresh one, on the next seed, each round.
+        // The path is relative to the package, where cargo runs integration tests.
+        let round = config(seed.wrapping_add(cases), "fuzz-regressions/host.txt");
+        let result = TestRunner::new(round).run(&run_of(1..64), |run| {
+            host_property(&frames(&run, 1_000_000_000))
+        });
+        match result {
+            Ok(()) => cases += 256,
+            Err(TestError::Fail(why, run)) => {
+                let kept = keep(&frames(&run, 1_000_000_000));
+                panic!("{why}: {run:?}; frames kept in {}", kept.display());
             }
-            fed += 1;
-        }
-        check_invariants(&host, fed);
-        if rng.gen_bool(0.05) {
-            host = Host::new(small_tables()); // fresh tables now and then: new flows again
-            fed = 0;
+            Err(e) => panic!("{e}"),
         }
     }
     println!(
-        "{fed} frames since the last reset, {} s",
+        "{cases} runs of up to 63 frames in {} s",
         start.elapsed().as_secs()
     );
 }
 
+/// Runs of edited frames through the kernel program (test run) and the host, one after
+/// another on the same tables: the same flows, counters and stall records after each.
 #[test]
 fn differential_fuzz_kernel_and_host() {
     let seed = seed();
     println!("seed {seed} (ACKWATCH_SEED to repeat)");
-    let mut rng = StdRng::seed_from_u64(seed);
-    let corpus = corpus();
+    let mut runner = TestRunner::new(config(seed, "fuzz-regressions/differential.txt"));
     let settings = small_tables();
     let mut kernel = Kernel::load(settings.clone());
     let mut host = Host::new(settings);
-    let mut now = 1_000_000_000u64;
-    for batch in 0..20 {
-        for _ in 0..500 {
-            let (link, f) = &corpus[rng.gen_range(0..corpus.len())];
-            let other = &corpus[rng.gen_range(0..corpus.len())].1;
-            let frame = if rng.gen_bool(0.3) {
-                f.clone()
-            } else {
-                mutate(&mut rng, f, other)
-            };
-            now += rng.gen_range(0..100_000_000);
+    let (mut now, mut fed) = (1_000_000_000u64, Vec::new());
+    for batch in 0..40 {
+        let run = run_of(200..300).new_tree(&mut runner).unwrap().current();
+        for (link, f, at) in frames(&run, now) {
+            now = at;
             // The test run refuses frames shorter than an Ethernet header before the
             // program runs (more on TC, see malformed.rs): XDP, and such frames skipped.
-            let hook = Hook::Xdp(*link);
-            if kernel.try_feed(hook, &frame, now).is_ok() {
-                host.feed(hook, &frame, now);
+            if kernel.try_feed(Hook::Xdp(link), &f, at).is_ok() {
+                host.feed(Hook::Xdp(link), &f, at);
+                fed.push((link, f, at));
             }
         }
-        let (k, h) = (kernel.snapshot(), host.snapshot());
-        if k != h {
-            panic!("batch {batch}: kernel and host disagree (seed {seed})");
+        let same = kernel.snapshot() == host.snapshot()
+            && kernel.events() == std::mem::take(&mut host.events);
+        if !same {
+            let kept = keep(&fed);
+            panic!(
+                "batch {batch}: kernel and host disagree (seed {seed}); frames in {}",
+                kept.display()
+            );
         }
-        assert_eq!(
-            kernel.events(),
-            std::mem::take(&mut host.events),
-            "batch {batch}: stall records differ"
-        );
     }
+    println!("{} frames, kernel and host agree", fed.len());
 }
