@@ -1,6 +1,7 @@
-//! Reading a whole hash map with BPF_MAP_LOOKUP_BATCH: a few syscalls for thousands of
-//! entries, where aya's iterator makes two per entry (about 1 µs each). aya 0.14 has no
-//! batched lookup, so this is the raw `bpf(2)` call.
+//! Reading a hash map with BPF_MAP_LOOKUP_BATCH, whole or a slice at a time (the walk
+//! resumes where the last one stopped): a syscall for a thousand entries, where aya's
+//! iterator makes two per entry (about 1 µs each). aya 0.14 has no batched lookup, so
+//! this is the raw `bpf(2)` call.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
@@ -32,22 +33,6 @@ struct BatchAttr {
 #[derive(Default)]
 pub struct Cursor {
     token: Option<Vec<u8>>,
-}
-
-/// Calls `each` with every (key, value) of the hash map `map`, one chunk in memory at a
-/// time, until it returns false. `Ok(false)` when the kernel has no batched lookup for
-/// it (the caller then iterates).
-pub fn for_each<K: Pod + Default, V: Pod + Default>(
-    map: &MapData,
-    mut each: impl FnMut(&K, &V) -> bool,
-) -> io::Result<bool> {
-    let mut cursor = Cursor::default();
-    let mut stopped = false;
-    let done = walk(map, &mut cursor, usize::MAX, |k, v| {
-        stopped = !each(k, v);
-        !stopped
-    })?;
-    Ok(done.is_some() || stopped)
 }
 
 /// Continues the walk at `cursor` for at least `max` entries (whole chunks), or until

@@ -10,6 +10,8 @@ use ebpf_probe::abi::{Flow, FlowKey, StallRecord, counter, port_flag};
 use ebpf_probe::parse::LinkKind;
 use ebpf_probe::verdict::Config;
 
+use crate::batch::Cursor;
+
 /// The probe object, built by build.rs.
 static PROBE_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackwatch-probe"));
 
@@ -253,12 +255,12 @@ impl Probe {
 
     /// Every established flow.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
-        let mut all = Vec::new();
-        self.for_each("FLOWS", |k, f| {
-            all.push((*k, *f));
-            true
-        })?;
-        Ok(all)
+        self.table("FLOWS")
+    }
+
+    /// Every half-open flow.
+    pub fn pending(&self) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
+        self.table("PENDING")
     }
 
     /// Calls `each` with every established flow until it returns false, holding only a
@@ -267,40 +269,19 @@ impl Probe {
         &self,
         each: impl FnMut(&FlowKey, &Flow) -> bool,
     ) -> Result<(), ProbeError> {
-        self.for_each("FLOWS", each)
-    }
-
-    /// Every half-open flow.
-    pub fn pending(&self) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
-        let mut all = Vec::new();
-        self.for_each("PENDING", |k, f| {
-            all.push((*k, *f));
-            true
-        })?;
-        Ok(all)
+        self.walk("FLOWS", &mut Cursor::default(), usize::MAX, each)
+            .map(|_| ())
     }
 
     /// Continues a walk of the established flows at `cursor` for about `max` entries;
     /// true when it reached the end of the table (the next call starts over).
     pub fn walk_flows(
         &self,
-        cursor: &mut crate::batch::Cursor,
+        cursor: &mut Cursor,
         max: usize,
-        mut each: impl FnMut(&FlowKey, &Flow) -> bool,
+        each: impl FnMut(&FlowKey, &Flow) -> bool,
     ) -> Result<bool, ProbeError> {
-        let map = self
-            .ebpf
-            .map("FLOWS")
-            .ok_or(ProbeError::MissingMap("FLOWS"))?;
-        if let aya::maps::Map::HashMap(data) = map
-            && let Some(done) = crate::batch::walk(data, cursor, max, &mut each)
-                .map_err(|e| ProbeError::Batch("FLOWS", e))?
-        {
-            return Ok(done);
-        }
-        // No batched lookup in this kernel: the whole table at once.
-        self.for_each("FLOWS", each)?;
-        Ok(true)
+        self.walk("FLOWS", cursor, max, each)
     }
 
     /// One established flow.
@@ -318,16 +299,30 @@ impl Probe {
         }
     }
 
-    fn for_each(
+    fn table(&self, name: &'static str) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
+        let mut all = Vec::new();
+        self.walk(name, &mut Cursor::default(), usize::MAX, |k, f| {
+            all.push((*k, *f));
+            true
+        })?;
+        Ok(all)
+    }
+
+    /// `batch::walk` over the table `name`; where the kernel has no batched lookup, the
+    /// whole table at once through aya's iterator (two syscalls an entry).
+    fn walk(
         &self,
         name: &'static str,
+        cursor: &mut Cursor,
+        max: usize,
         mut each: impl FnMut(&FlowKey, &Flow) -> bool,
-    ) -> Result<(), ProbeError> {
+    ) -> Result<bool, ProbeError> {
         let map = self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
         if let aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data) = map
-            && crate::batch::for_each(data, &mut each).map_err(|e| ProbeError::Batch(name, e))?
+            && let Some(done) = crate::batch::walk(data, cursor, max, &mut each)
+                .map_err(|e| ProbeError::Batch(name, e))?
         {
-            return Ok(());
+            return Ok(done);
         }
         let table: HashMap<&MapData, FlowKey, Flow> =
             HashMap::try_from(map).map_err(|e| ProbeError::Map(name, e))?;
@@ -337,7 +332,7 @@ impl Probe {
                 break;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Takes every record waiting in the ring buffer.
