@@ -85,6 +85,15 @@ pub fn ctcp_flow_on(
         },
         t,
     );
+    // The headend's pure ACKs: same window, so repeats are duplicate ACKs.
+    let server_ack = |ack, sack| Tcp {
+        seq: s_isn + 1,
+        ack,
+        flags: TH_ACK,
+        window: 509,
+        sack,
+        ..Default::default()
+    };
     let mut acked = c_isn + 1;
     let hole = lost.map(|i| c_isn + 1 + i * len);
     for i in 0..segments {
@@ -109,15 +118,7 @@ pub fn ctcp_flow_on(
                 vec![]
             }
         };
-        let ack = Tcp {
-            seq: s_isn + 1,
-            ack: acked,
-            flags: TH_ACK,
-            window: 509,
-            sack,
-            ..Default::default()
-        };
-        push(down, server, client, ack, t + MS / 2);
+        push(down, server, client, server_ack(acked, sack), t + MS / 2);
     }
     let end = c_isn + 1 + segments * len;
     let mut q = 0;
@@ -125,15 +126,7 @@ pub fn ctcp_flow_on(
         && q < quiet_ms
     {
         q += 100;
-        let sack = vec![(h + len, end)];
-        let ack = Tcp {
-            seq: s_isn + 1,
-            ack: acked,
-            flags: TH_ACK,
-            window: 509,
-            sack,
-            ..Default::default()
-        };
+        let ack = server_ack(acked, vec![(h + len, end)]);
         push(down, server, client, ack, t + q * MS);
     }
     out

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use ackwatch_tests::ctcp::CtcpClient;
 use ackwatch_tests::lab::{CLIENT4, HEADEND4, Lab, in_ns};
 use ackwatch_tests::live::{AGENT_ADDR, Agent, Tcpdump, http_get};
+use ackwatch_tests::observe::metric;
 use ackwatch_tests::stall_lab::{
     HOLE, ISN, LEN, ctcp, ctcp_from, hole, lab_with_loss, lab_with_loss_of,
 };
@@ -74,19 +75,13 @@ fn stall_event_flows_api_and_metrics() {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
     assert!(metrics.contains("ackwatch_packets_total{hook=\"xdp\"}"));
-    let value = |name: &str| -> u64 {
-        let line = metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no {name}"));
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    };
+    let value = |name: &str| metric(&metrics, name).unwrap_or_else(|| panic!("no {name}"));
     assert!(
-        value("ackwatch_dup_acks_total{class=\"ctcp\"}") >= 10,
+        value("ackwatch_dup_acks_total{class=\"ctcp\"}") >= 10.0,
         "{metrics}"
     );
     assert!(
-        value("ackwatch_segments_total{class=\"ctcp\"}") >= 40,
+        value("ackwatch_segments_total{class=\"ctcp\"}") >= 40.0,
         "{metrics}"
     );
     let info = metrics

@@ -10,6 +10,7 @@ use ackwatch::sweep::sweep;
 use ackwatch_tests::conversation::Step;
 use ackwatch_tests::frames::{L2, TH_ACK, TH_FIN, TH_PSH, TH_SYN, Tcp, frame};
 use ackwatch_tests::harness::{Hook, Kernel};
+use ackwatch_tests::observe;
 use ackwatch_tests::scenario::{MS, ctcp_flow};
 use ebpf_probe::abi::{FlowKey, StallRecord, StallWhat, counter};
 use ebpf_probe::parse::LinkKind;
@@ -60,15 +61,22 @@ fn short_flow(c: SocketAddr, at: u64) -> Vec<Step> {
         .collect()
 }
 
-/// `steps` moved to start at `at`.
-fn shifted(steps: Vec<Step>, at: u64) -> Vec<Step> {
-    steps
-        .into_iter()
-        .map(|mut s| {
-            s.at_ns += at;
-            s
-        })
-        .collect()
+/// `healthy` cTCP flows from t = 0 and one more that loses a segment and stalls,
+/// starting at `stall_at`; the stalled flow's key.
+fn long_flows(healthy: u32, stall_at: u64) -> (Vec<Step>, FlowKey) {
+    let mut steps = Vec::new();
+    for i in 0..healthy {
+        steps.extend(ctcp_flow(client(1 + i, 40_000), server(), 10, None, 0));
+    }
+    let mut stalled = ctcp_flow(client(100, 40_000), server(), 20, Some(8), 1500);
+    for s in &mut stalled {
+        s.at_ns += stall_at;
+    }
+    let key = ebpf_probe::parse::parse(&stalled[0].frame.as_slice(), LinkKind::Ethernet)
+        .unwrap()
+        .key;
+    steps.extend(stalled);
+    (steps, key)
 }
 
 fn started_for<'a>(records: &'a [StallRecord], key: &FlowKey) -> Vec<&'a StallRecord> {
@@ -79,9 +87,7 @@ fn started_for<'a>(records: &'a [StallRecord], key: &FlowKey) -> Vec<&'a StallRe
 }
 
 fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+    observe::metric(text, name).unwrap_or_else(|| panic!("{name} not in /metrics"))
 }
 
 /// Runs `steps` in time order with a sweep every virtual second, as the agent does,
@@ -128,12 +134,6 @@ fn run(
     (records, metrics.render())
 }
 
-fn stalled_key(steps: &[Step]) -> FlowKey {
-    ebpf_probe::parse::parse(&steps[0].frame.as_slice(), LinkKind::Ethernet)
-        .unwrap()
-        .key
-}
-
 #[test]
 fn a_full_table_still_reports_the_stall() {
     const CAPACITY: u32 = 4_096;
@@ -142,18 +142,9 @@ fn a_full_table_still_reports_the_stall() {
         max_pending: 1_024,
         ..Settings::default()
     });
-    let mut steps = Vec::new();
     // 20 long-lived cTCP flows from t = 0 (19 healthy), one of which loses a segment at
     // t = 40 s and stalls.
-    for i in 0..19 {
-        steps.extend(ctcp_flow(client(1 + i, 40_000), server(), 10, None, 0));
-    }
-    let stalled = shifted(
-        ctcp_flow(client(100, 40_000), server(), 20, Some(8), 1500),
-        40 * SEC,
-    );
-    let key = stalled_key(&stalled);
-    steps.extend(stalled);
+    let (mut steps, key) = long_flows(19, 40 * SEC);
     // 50,000 short flows over 80 s: 625 a second, each held 10 s after its close, so
     // the table runs full for most of the run.
     for i in 0..50_000u32 {
@@ -188,16 +179,7 @@ fn syn_flood_during_a_stall() {
         max_pending: PENDING,
         ..Settings::default()
     });
-    let mut steps = Vec::new();
-    for i in 0..10 {
-        steps.extend(ctcp_flow(client(1 + i, 40_000), server(), 10, None, 0));
-    }
-    let stalled = shifted(
-        ctcp_flow(client(100, 40_000), server(), 20, Some(8), 1500),
-        2 * SEC,
-    );
-    let key = stalled_key(&stalled);
-    steps.extend(stalled);
+    let (mut steps, key) = long_flows(10, 2 * SEC);
     // 100,000 SYNs from spoofed sources to port 10000 over the stall's 2 s.
     for i in 0..100_000u32 {
         let src = client(1_000_000 + i, 1024 + (i % 60_000) as u16);

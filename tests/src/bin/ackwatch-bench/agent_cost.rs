@@ -8,6 +8,7 @@ use ackwatch::flows::monotonic_now;
 use ackwatch::probe::{Probe, Settings};
 use ackwatch_tests::lab::{Lab, in_ns};
 use ackwatch_tests::live::{AGENT_ADDR, Agent, BpfFs};
+use ackwatch_tests::observe::{self, cpu_seconds, rss_kib};
 use ackwatch_tests::prefill;
 
 use crate::probe_cost::size_name;
@@ -38,27 +39,7 @@ fn metric(ns: &str, name: &str) -> f64 {
     let (_, body) = in_ns(ns, || {
         ackwatch::client::http_get(AGENT_ADDR, "/metrics").unwrap()
     });
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat.rsplit_once(") ").unwrap().1.split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
-fn rss_kib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(f64::NAN)
+    observe::metric(&body, name).unwrap_or(f64::NAN)
 }
 
 /// A whole pass over the table, as the sweep would make if it read it all at once.
@@ -161,7 +142,7 @@ pub fn run(sizes: &[u32], figures: &mut Vec<Figure>) {
     let cpu0 = cpu_seconds(pid);
     std::thread::sleep(STEADY);
     let cpu = (cpu_seconds(pid) - cpu0) / STEADY.as_secs_f64() * 100.0;
-    let rss = rss_kib(pid);
+    let rss = rss_kib(pid) as f64;
     let size = size_name(largest);
     println!(
         "agent, {largest} flows, steady for {STEADY:?} with a 1 s sweep: CPU {cpu:.1}% of a core, RSS {:.1} MB",
