@@ -1,7 +1,7 @@
 //! Wireshark 4.0's TCP sequence analysis (`tcp_analyze_sequence_number()` in
 //! `epan/dissectors/packet-tcp.c`), per packet, on the state of both directions.
 //! Every flag is computed against the state before the packet; then the state moves.
-//! See ../../../shared/reference/semantics.md for the rules and their tshark filters.
+//! See docs/semantics.md for the rules and their tshark filters.
 
 use crate::abi::{Half, event, opaque};
 use crate::parse::{Segment, TH_ACK, TH_FIN, TH_RST, TH_SYN};

@@ -1,5 +1,5 @@
 //! Table-driven tests of the state machine, one or more named cases per rule of
-//! ../shared/reference/semantics.md. Endpoint 0 is the client (C), 1 the server (S).
+//! docs/semantics.md. Endpoint 0 is the client (C), 1 the server (S).
 
 use std::vec::Vec;
 
