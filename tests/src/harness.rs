@@ -8,6 +8,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use ebpf_probe::abi::{Flow, FlowKey, StallRecord, counter};
 use ebpf_probe::host::HostStore;
 use ebpf_probe::parse::LinkKind;
+use ebpf_probe::table::Seed;
 use ebpf_probe::tracker::Store;
 
 /// Where a frame enters the probe.
@@ -31,6 +32,23 @@ impl Hook {
     }
 }
 
+/// The flow table's hash key in the kernel and host trackers compared: one key, so
+/// both refuse the same flows when a table fills.
+pub const TEST_SEED: Seed = Seed {
+    words: [
+        0x9e37_79b9,
+        0x7f4a_7c15,
+        0xbf58_476d,
+        0x1ce4_e5b9,
+        0x94d0_49bb,
+        0x1331_11eb,
+        0x2545_f491,
+        0x4f6c_dd1d,
+        0x6a09_e667,
+        0xbb67_ae85,
+    ],
+};
+
 /// BPF_PROG_TEST_RUN gives both program types the loopback device.
 pub const TEST_RUN_IFINDEX: u32 = 1;
 
@@ -50,6 +68,7 @@ pub struct Kernel {
 impl Kernel {
     pub fn load(mut settings: Settings) -> Self {
         settings.clock_from_map = true;
+        settings.table_seed.get_or_insert(TEST_SEED);
         let probe = Probe::load(&settings).unwrap_or_else(|e| panic!("loading the probe: {e}"));
         Kernel { probe }
     }
@@ -113,6 +132,7 @@ impl Host {
             settings.max_flows as usize,
             settings.max_pending as usize,
             &settings.ctcp_ports,
+            settings.table_seed.unwrap_or(TEST_SEED),
         );
         Host {
             store,
@@ -134,8 +154,13 @@ impl Host {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let mut flows: Vec<_> = self.store.flows.iter().map(|(k, v)| (*k, *v)).collect();
-        let mut pending: Vec<_> = self.store.pending.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut flows: Vec<_> = self.store.flows().map(|(k, v)| (*k, *v)).collect();
+        let mut pending: Vec<_> = self
+            .store
+            .pending
+            .iter()
+            .map(|(k, p)| (*k, p.flow))
+            .collect();
         flows.sort_by_key(|(k, _)| *k);
         pending.sort_by_key(|(k, _)| *k);
         Snapshot {
