@@ -1,23 +1,46 @@
-//! The shared captures (../shared/pcaps, or $ACKWATCH_PCAPS): the parity test's input and
-//! the fuzzers' seed corpus.
+//! The public captures in tests/captures (or $ACKWATCH_PCAPS): the parity test's input and
+//! the fuzzers' seed corpus. tests/captures/README.md says where they come from.
 
 use std::path::{Path, PathBuf};
 
 use ackwatch::capture::{Capture, Link};
 use ebpf_probe::parse::LinkKind;
 
+/// `$ACKWATCH_PCAPS`, else tests/captures.
 pub fn pcaps_dir() -> PathBuf {
     std::env::var_os("ACKWATCH_PCAPS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/pcaps"))
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("captures"))
 }
 
-/// Every capture file under `dir`, recursively.
-pub fn captures(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-        let p = e.unwrap().path();
+/// Every capture file under `pcaps_dir()`, recursively, sorted. Panics when the folder
+/// is missing or holds none: a test that reads the captures never passes without them.
+pub fn files() -> Vec<PathBuf> {
+    let dir = pcaps_dir();
+    let mut out = Vec::new();
+    if let Err(e) = captures(&dir, &mut out) {
+        missing(&dir, &e.to_string());
+    }
+    if out.is_empty() {
+        missing(&dir, "no .pcap, .pcapng or .trace file in it");
+    }
+    out.sort();
+    out
+}
+
+fn missing(dir: &Path, why: &str) -> ! {
+    panic!(
+        "the test captures are missing: {}: {why}. They are part of the repository \
+         (tests/captures, see its README.md); ACKWATCH_PCAPS may name another folder",
+        dir.display()
+    )
+}
+
+fn captures(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for e in std::fs::read_dir(dir)? {
+        let p = e?.path();
         if p.is_dir() {
-            captures(&p, out);
+            captures(&p, out)?;
         } else if matches!(
             p.extension().and_then(|x| x.to_str()),
             Some("pcap" | "pcapng" | "trace")
@@ -25,16 +48,14 @@ pub fn captures(dir: &Path, out: &mut Vec<PathBuf>) {
             out.push(p);
         }
     }
+    Ok(())
 }
 
-/// Up to `per_file` frames of each shared capture, with the link the probe would see
+/// Up to `per_file` frames of each capture, with the link the probe would see
 /// them on (Linux cooked captures become raw IP).
 pub fn frames(per_file: usize) -> Vec<(LinkKind, Vec<u8>)> {
-    let mut files = Vec::new();
-    captures(&pcaps_dir(), &mut files);
-    files.sort();
     let mut out = Vec::new();
-    for f in files {
+    for f in files() {
         let Ok(mut cap) = Capture::open(&f) else {
             continue;
         };

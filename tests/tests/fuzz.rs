@@ -1,5 +1,5 @@
 //! Fuzzing with proptest, bounded in time: runs of consecutive frames from
-//! ../shared/pcaps and generated conversations, each frame with up to three edits (bit
+//! tests/captures and generated conversations, each frame with up to three edits (bit
 //! flips, bytes set, truncations, byte runs, insertions, splices with another frame),
 //! through the host's parser and state machine (no panic, tables within capacity,
 //! every frame counted once), and through the kernel program and the host side by side
@@ -37,7 +37,7 @@ fn seed() -> u64 {
         .unwrap_or_else(rand::random)
 }
 
-/// Seed frames: the shared captures and a generated conversation, in order.
+/// Seed frames: the captures in tests/captures and a generated conversation, in order.
 fn corpus() -> &'static [(LinkKind, Vec<u8>)] {
     static CORPUS: OnceLock<Vec<(LinkKind, Vec<u8>)>> = OnceLock::new();
     CORPUS.get_or_init(|| {

@@ -1,9 +1,9 @@
 //! Parity with tshark (Wireshark 4.0, Debian 12): for every capture in
-//! ../shared/pcaps, per connection and direction, ackwatch's offline analysis counts the
+//! tests/captures, per connection and direction, ackwatch's offline analysis counts the
 //! same duplicate ACKs, retransmissions (each kind), lost segments, ACKed-unseen
 //! segments, zero windows and keep-alives as tshark.
 
-use ackwatch_tests::corpus::{captures, pcaps_dir};
+use ackwatch_tests::corpus::{files, pcaps_dir};
 use ackwatch_tests::tshark;
 
 /// Where ackwatch differs from tshark on purpose or for a reason named here:
@@ -26,9 +26,7 @@ const KNOWN: [(&str, &str, &str); 3] = [
 #[test]
 fn counts_match_tshark_on_every_shared_capture() {
     println!("reference: {}", tshark::version());
-    let mut files = Vec::new();
-    captures(&pcaps_dir(), &mut files);
-    files.sort();
+    let files = files();
     assert!(
         files.len() >= 40,
         "expected the shared captures in {}",

@@ -1,6 +1,6 @@
 //! Installs what building and testing need, skipping what is already there:
 //! nightly `rust-src` (for `-Z build-std=core`), bpf-linker linked against the
-//! nightly's own LLVM (../shared/reference/toolchain.md), and Debian packages.
+//! nightly's own LLVM (docs/toolchain.md), and Debian packages.
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
