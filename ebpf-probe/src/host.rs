@@ -123,6 +123,14 @@ impl HostStore {
         }
     }
 
+    /// The established flow of `key`.
+    pub fn flow_mut(&mut self, key: &FlowKey) -> Option<&mut Flow> {
+        let at = self.place(key).ok()?;
+        let i = table::find(self, key, &at)?;
+        // SAFETY: a live slot, borrowed with self.
+        Some(unsafe { &mut (*self.slots.get(i)?).flow })
+    }
+
     /// Removes `key`'s flow from either table, and returns it.
     pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
         if let Some(p) = self.pending.remove(key) {

@@ -262,11 +262,28 @@ pub fn loss(flow: &Flow, r: usize) -> LossSide {
     }
 }
 
-/// Whether a consistent state can have produced `rec` (docs/semantics.md,
-/// "Consistency"): every record of an episode or a late answer carries a run of at
-/// least K duplicate ACKs that started before the record. The agent drops and counts a
-/// record that fails this; the tests assert it of every record.
+/// The rules `rec` breaks; none for a record a consistent state can produce
+/// (docs/semantics.md, "Consistency"): every record is about a run of at least K
+/// duplicate ACKs (`dup_acks >= K`), timed from its first one (`since != 0`), which came
+/// before the record (`since <= at`); a start comes T or more after that first one.
+pub fn record_faults(rec: &StallRecord, cfg: &Config) -> impl Iterator<Item = &'static str> {
+    let started = rec.what == StallWhat::Started as u8;
+    [
+        (rec.dup_acks < cfg.dupack_threshold, "dup_acks < K"),
+        (rec.since == 0, "since == 0"),
+        (rec.since > rec.at, "since > at"),
+        (
+            started && rec.since <= rec.at && rec.at - rec.since < cfg.stall_timeout_ns,
+            "started before T",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(broken, rule)| broken.then_some(rule))
+}
+
+/// Whether a consistent state can have produced `rec` (`record_faults` finds nothing).
+/// The agent drops and counts a record that fails this; the tests assert it of every
+/// record.
 pub fn possible(rec: &StallRecord, cfg: &Config) -> bool {
-    let needs_run = rec.what != StallWhat::Candidate as u8;
-    !needs_run || (rec.dup_acks >= cfg.dupack_threshold && rec.since != 0 && rec.since <= rec.at)
+    record_faults(rec, cfg).next().is_none()
 }

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use ackwatch::probe::{Probe, Settings};
-use aya::programs::{TestRun, TestRunOptions};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
+use aya_obj::programs::XdpAttachType;
 use ebpf_probe::abi::{Flow, FlowKey, StallRecord, counter};
 use ebpf_probe::host::HostStore;
 use ebpf_probe::parse::LinkKind;
@@ -68,6 +69,17 @@ pub struct Kernel {
 impl Kernel {
     pub fn load(mut settings: Settings) -> Self {
         settings.clock_from_map = true;
+        Self::load_as_is(settings)
+    }
+
+    /// The probe with the kernel's clock (the coarse and precise clocks), for tests in
+    /// which time must pass by itself: `feed`'s time is then ignored.
+    pub fn load_with_kernel_clock(mut settings: Settings) -> Self {
+        settings.clock_from_map = false;
+        Self::load_as_is(settings)
+    }
+
+    fn load_as_is(mut settings: Settings) -> Self {
         settings.table_seed.get_or_insert(TEST_SEED);
         let probe = Probe::load(&settings).unwrap_or_else(|e| panic!("loading the probe: {e}"));
         Kernel { probe }
@@ -86,20 +98,32 @@ impl Kernel {
         self.probe
             .set_clock(Duration::from_nanos(now_ns))
             .expect("set clock");
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ..Default::default()
-        };
-        let result = match hook {
-            Hook::Xdp(l) => self.probe.xdp(l).expect("xdp program").test_run(opts),
-            Hook::Tc(l) => self.probe.tc(l).expect("tc program").test_run(opts),
-        };
-        result.map(|r| r.return_value).map_err(|e| {
-            let cause = std::error::Error::source(&e)
-                .map(|c| c.to_string())
-                .unwrap_or_default();
-            format!("{e}: {cause}")
-        })
+        match hook {
+            Hook::Xdp(l) => test_run(self.probe.xdp(l).expect("xdp program"), frame, 1),
+            Hook::Tc(l) => test_run(self.probe.tc(l).expect("tc program"), frame, 1),
+        }
+    }
+
+    /// The program of `hook` as a handle of its own (a second descriptor of the same
+    /// loaded program, same maps), which another thread can run while this one reads
+    /// the maps.
+    pub fn runner(&mut self, hook: Hook) -> Runner {
+        let fail = |e: &dyn std::fmt::Display| -> ! { panic!("a handle of {hook:?}: {e}") };
+        let name = || std::borrow::Cow::Borrowed("runner");
+        match hook {
+            Hook::Xdp(l) => {
+                let prog = self.probe.xdp(l).unwrap_or_else(|e| fail(&e));
+                let info = prog.info().unwrap_or_else(|e| fail(&e));
+                let prog = Xdp::from_program_info(info, name(), XdpAttachType::Interface);
+                Runner::Xdp(prog.unwrap_or_else(|e| fail(&e)))
+            }
+            Hook::Tc(l) => {
+                let prog = self.probe.tc(l).unwrap_or_else(|e| fail(&e));
+                let info = prog.info().unwrap_or_else(|e| fail(&e));
+                let prog = SchedClassifier::from_program_info(info, name());
+                Runner::Tc(prog.unwrap_or_else(|e| fail(&e)))
+            }
+        }
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -117,6 +141,39 @@ impl Kernel {
     pub fn events(&mut self) -> Vec<StallRecord> {
         self.probe.drain_events().expect("drain EVENTS")
     }
+}
+
+/// One hook's loaded program, run by BPF_PROG_TEST_RUN on the calling thread's CPU.
+pub enum Runner {
+    Xdp(Xdp),
+    Tc(SchedClassifier),
+}
+
+impl Runner {
+    /// Runs the program `repeat` times (at least once) on `frame`; returns its verdict.
+    pub fn run(&self, frame: &[u8], repeat: u32) -> Result<u32, String> {
+        match self {
+            Runner::Xdp(p) => test_run(p, frame, repeat),
+            Runner::Tc(p) => test_run(p, frame, repeat),
+        }
+    }
+}
+
+fn test_run<P>(prog: &P, frame: &[u8], repeat: u32) -> Result<u32, String>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..Default::default()
+    };
+    prog.test_run(opts).map(|r| r.return_value).map_err(|e| {
+        let cause = std::error::Error::source(&e)
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        format!("{e}: {cause}")
+    })
 }
 
 /// The host's state machine with the kernel's table semantics.
