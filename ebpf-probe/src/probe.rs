@@ -280,6 +280,9 @@ impl Store for Maps {
     }
 }
 
+/// Tries of a contended lock in each `bpf_loop` step (so `SPINS * TRIES_PER_LOOP` in all).
+const TRIES_PER_LOOP: u32 = 16;
+
 /// `bpf_loop`'s context for `Maps::lock`.
 #[repr(C)]
 struct Spin {
@@ -293,14 +296,15 @@ struct Spin {
 extern "C" fn spin_once(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Spin` that `Maps::lock` passed.
     let spin = unsafe { &mut *(ctx as *mut Spin) };
-    match table::try_lock(spin.seq) {
-        Some(held) => {
+    // Several tries a call: `bpf_loop`'s count is what the verifier pays for.
+    for _ in 0..TRIES_PER_LOOP {
+        if let Some(held) = table::try_lock(spin.seq) {
             spin.value = held.value;
             spin.got = 1;
-            1
+            return 1;
         }
-        None => 0,
     }
+    0
 }
 
 struct Ring<'a> {
