@@ -178,6 +178,10 @@ pub enum StallWhat {
     /// flow may stall without another packet (a silent sender), so the agent checks it
     /// every sweep from now on instead of waiting for its walk of the whole table.
     Candidate = 3,
+    /// Not a transition: D retransmitted the hole after R had waited T or more, before
+    /// a stall was declared. A slow but healthy sender's answer, counted with its wait
+    /// (`at - since`); the wait restarts from it.
+    LateAnswer = 4,
 }
 
 /// Stall kinds (`StallRecord::kind`).
@@ -204,7 +208,8 @@ try_from_u8!(StallWhat {
     Started,
     Recovered,
     Ended,
-    Candidate
+    Candidate,
+    LateAnswer
 });
 try_from_u8!(StallKind {
     Unanswered,
@@ -215,6 +220,37 @@ try_from_u8!(LossSide {
     Upstream,
     Downstream
 });
+
+/// A flow in the pending (LRU) table: half-open, or seen from one side only, so that
+/// a SYN flood or spoofed one-sided packets never take an established flow's place.
+/// `seq` is a lock as in `table::Slot`.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Pending {
+    pub seq: u64,
+    /// Set when the flow moved to the established table: a packet that found this
+    /// entry before it was deleted looks there instead.
+    pub moved: u32,
+    pub _pad: u32,
+    pub flow: Flow,
+}
+const _: () = assert!(size_of::<Pending>() == 16 + size_of::<Flow>());
+
+/// The probe's clock. With `map_now` set (tests, replays) it is the time; otherwise the
+/// coarse time is `jiffies * ns_per_jiffy + offset` (no helper call: the verifier
+/// inlines `bpf_jiffies64`), which the agent calibrates at load against the precise
+/// clock (`bpf_ktime_get_ns`, CLOCK_MONOTONIC) that the probe reads only where a rule
+/// needs sub-tick precision.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct ClockParams {
+    pub map_now: u64,
+    pub ns_per_jiffy: u64,
+    pub offset: u64,
+    /// Written by the calibration program: a jiffies reading and the precise time.
+    pub sample_jiffies: u64,
+    pub sample_ns: u64,
+}
 
 /// Ring-buffer record sent on entering and leaving the stalled state.
 #[repr(C)]
@@ -254,15 +290,21 @@ pub mod counter {
     /// A packet with no entry that may not create one (a stray RST).
     pub const NO_FLOW: u32 = 8;
     pub const MAP_ERROR: u32 = 9;
+    /// The packet's flow stayed locked by the other hook (or the agent) for a whole
+    /// bounded spin: the packet passes untracked.
+    pub const FLOW_BUSY: u32 = 10;
     /// Number of reasons; names in `REASON_NAMES`.
-    pub const REASONS: u32 = 10;
-    pub const PACKETS_XDP: u32 = 10;
-    pub const PACKETS_TC: u32 = 11;
-    pub const TRACKED: u32 = 12;
-    pub const RINGBUF_FULL: u32 = 13;
-    /// Half-open connections given a pending (LRU) entry.
-    pub const PENDING_INSERTS: u32 = 14;
-    pub const COUNT: u32 = 15;
+    pub const REASONS: u32 = 11;
+    pub const PACKETS_XDP: u32 = 11;
+    pub const PACKETS_TC: u32 = 12;
+    pub const TRACKED: u32 = 13;
+    pub const RINGBUF_FULL: u32 = 14;
+    /// Flows given a pending (LRU) entry: half-open, or seen from one side only.
+    pub const PENDING_INSERTS: u32 = 15;
+    /// A verdict refused because the state it read was impossible (fewer than K
+    /// duplicate ACKs, no start time): never expected, never reported.
+    pub const IMPOSSIBLE_STATE: u32 = 16;
+    pub const COUNT: u32 = 17;
     pub const REASON_NAMES: [&str; REASONS as usize] = [
         "not_ip",
         "not_tcp",
@@ -274,6 +316,7 @@ pub mod counter {
         "table_full",
         "no_flow",
         "map_error",
+        "flow_busy",
     ];
 }
 
@@ -309,4 +352,14 @@ mod pod {
     unsafe impl aya::Pod for Flow {}
     // SAFETY: as above.
     unsafe impl aya::Pod for StallRecord {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Pending {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ClockParams {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::table::Bucket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::table::Slot {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::table::Seed {}
 }

@@ -4,6 +4,7 @@
 //! See docs/semantics.md for the rules and their tshark filters.
 
 use crate::abi::{Half, event, opaque};
+use crate::clock::Clock;
 use crate::parse::{Segment, TH_ACK, TH_FIN, TH_RST, TH_SYN};
 use crate::seq::{gt, le, lt};
 
@@ -36,10 +37,18 @@ const SFR: u8 = TH_SYN | TH_FIN | TH_RST;
 const DUPACK_NEUTRALIZED: u32 = u32::MAX;
 
 /// Analyses one segment sent by `fwd`'s side, updates both directions' state and
-/// `fwd`'s counters, and returns the analysis bits (`A_*`). `irtt` is the flow's
-/// initial RTT (0 when unknown).
+/// `fwd`'s counters, and returns the analysis bits (`A_*`). `now` is the coarse time;
+/// `clock` gives the precise one where the out-of-order window needs it. `irtt` is the
+/// flow's initial RTT (0 when unknown).
 #[inline(always)]
-pub fn analyze(fwd: &mut Half, rev: &mut Half, seg: &Segment, now: u64, irtt: u64) -> u32 {
+pub fn analyze<C: Clock>(
+    fwd: &mut Half,
+    rev: &mut Half,
+    seg: &Segment,
+    now: u64,
+    clock: &mut C,
+    irtt: u64,
+) -> u32 {
     let mut a = flags_before_ack_update(fwd, rev, seg);
     a = opaque(&mut fwd.last_analysis, a);
     if seg.ack != fwd.lastack {
@@ -59,9 +68,9 @@ pub fn analyze(fwd: &mut Half, rev: &mut Half, seg: &Segment, now: u64, irtt: u6
         rev.maxseqtobeacked = rev.nextseq;
         rev.dupacknum = DUPACK_NEUTRALIZED;
     }
-    a |= retransmission_kind(fwd, rev, seg, now, irtt, a);
+    a |= retransmission_kind(fwd, rev, seg, now, clock, irtt, a);
     a = opaque(&mut fwd.last_analysis, a);
-    advance(fwd, seg, now, a);
+    advance(fwd, seg, now, clock, a);
     count(fwd, a);
     opaque(&mut fwd.last_analysis, a)
 }
@@ -103,7 +112,15 @@ fn flags_before_ack_update(fwd: &Half, rev: &Half, seg: &Segment) -> u32 {
 /// Spurious, fast, out-of-order or plain retransmission, first match, for segments
 /// with data, SYN or FIN that are not keep-alives.
 #[inline(always)]
-fn retransmission_kind(fwd: &Half, rev: &Half, seg: &Segment, now: u64, irtt: u64, a: u32) -> u32 {
+fn retransmission_kind<C: Clock>(
+    fwd: &Half,
+    rev: &Half,
+    seg: &Segment,
+    now: u64,
+    clock: &mut C,
+    irtt: u64,
+    a: u32,
+) -> u32 {
     let syn_fin = seg.has(TH_SYN | TH_FIN);
     if (seg.seglen == 0 && !syn_fin) || a & A_KEEP_ALIVE != 0 {
         return 0;
@@ -129,7 +146,8 @@ fn retransmission_kind(fwd: &Half, rev: &Half, seg: &Segment, now: u64, irtt: u6
     }
     let ooo_window = if irtt != 0 { irtt } else { OOO_DEFAULT_NS };
     let next = end.wrapping_add(syn_fin as u32);
-    if now.wrapping_sub(fwd.nextseqtime) < ooo_window && fwd.nextseq != next {
+    // `nextseqtime` is precise: the window is one initial RTT, microseconds on a LAN.
+    if fwd.nextseq != next && clock.precise().wrapping_sub(fwd.nextseqtime) < ooo_window {
         return mark | A_OUT_OF_ORDER;
     }
     mark | A_RETRANSMISSION
@@ -137,7 +155,7 @@ fn retransmission_kind(fwd: &Half, rev: &Half, seg: &Segment, now: u64, irtt: u6
 
 /// Moves `nextseq`, `maxseqtobeacked`, window and ACK after the flags are known.
 #[inline(always)]
-fn advance(fwd: &mut Half, seg: &Segment, now: u64, a: u32) {
+fn advance<C: Clock>(fwd: &mut Half, seg: &Segment, now: u64, clock: &mut C, a: u32) {
     let mut next = seg.seq.wrapping_add(seg.seglen);
     if seg.has(TH_SYN | TH_FIN) {
         next = next.wrapping_add(1);
@@ -145,7 +163,7 @@ fn advance(fwd: &mut Half, seg: &Segment, now: u64, a: u32) {
     let probe = a & A_ZERO_WINDOW_PROBE != 0;
     if (gt(next, fwd.nextseq) || fwd.nextseq == 0) && !probe {
         fwd.nextseq = next;
-        fwd.nextseqtime = now;
+        fwd.nextseqtime = clock.precise();
     }
     if (seg.seq == fwd.maxseqtobeacked || fwd.maxseqtobeacked == 0) && !probe {
         fwd.maxseqtobeacked = fwd.nextseq;

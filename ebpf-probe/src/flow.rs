@@ -4,18 +4,21 @@
 
 use crate::abi::{Flow, FlowState, half_flag, opaque};
 use crate::analysis::analyze;
+use crate::clock::Clock;
 use crate::parse::{Segment, TH_ACK, TH_FIN, TH_RST, TH_SYN};
 use crate::seq::lt;
 use crate::verdict::{self, Config, StallSink, halves};
 
 impl Flow {
-    /// Applies segment `seg`, sent by endpoint `dir`, at time `now` (ns).
+    /// Applies segment `seg`, sent by endpoint `dir`, at coarse time `now` (ns);
+    /// `clock` gives the precise time to the rules that need it.
     #[inline(always)]
-    pub fn update<K: StallSink>(
+    pub fn update<K: StallSink, C: Clock>(
         &mut self,
         dir: usize,
         seg: &Segment,
         now: u64,
+        clock: &mut C,
         cfg: &Config,
         sink: &mut K,
     ) {
@@ -28,19 +31,20 @@ impl Flow {
         let (dup, retx) = (bits & 1 != 0, bits & 2 != 0);
         fwd.packets = fwd.packets.wrapping_add(1);
         fwd.bytes = fwd.bytes.wrapping_add(seg.seglen as u64);
-        let a = analyze(fwd, rev, seg, now, irtt);
+        let a = analyze(fwd, rev, seg, now, clock, irtt);
         let before = verdict::Before {
             dup,
             retx,
             next: before_next,
         };
-        verdict::after_segment(self, dir, seg, a, before, now, sink);
+        verdict::after_segment(self, dir, seg, a, before, now, cfg, sink);
 
-        // Wireshark's initial RTT: most recent SYN to the first ACK without SYN.
+        // Wireshark's initial RTT: most recent SYN to the first ACK without SYN, on the
+        // precise clock.
         if seg.has(TH_SYN) && !seg.has(TH_ACK) {
-            self.syn_ts = now;
+            self.syn_ts = clock.precise();
         } else if seg.has(TH_ACK) && !seg.has(TH_SYN) && self.syn_ts != 0 && self.irtt == 0 {
-            self.irtt = now.wrapping_sub(self.syn_ts);
+            self.irtt = clock.precise().wrapping_sub(self.syn_ts);
         }
         self.last_ts = now;
 

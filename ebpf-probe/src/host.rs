@@ -1,43 +1,158 @@
-//! The flow table on the host, with the kernel's semantics: an established table that
-//! refuses new flows when full, and a bounded pending table for half-open connections.
-//! Used by the offline analyser and as the reference in the kernel tests.
+//! The flow tables on the host, with the kernel's semantics: the same established table
+//! (`table`, in memory allocated zeroed, so untouched slots cost no RAM) and a bounded
+//! pending table for half-open and one-sided flows. Used by the offline analyser and as
+//! the reference in the kernel tests.
 
+use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::collections::{HashMap, VecDeque};
 use std::vec::Vec;
 
-use crate::abi::{Flow, FlowKey, StallRecord, StallWhat, counter, port_flag};
+use crate::abi::{Flow, FlowKey, Pending, StallRecord, StallWhat, counter, port_flag};
+use crate::clock::Fixed;
 use crate::parse::{Frame, LinkKind, Reason, parse};
+use crate::table::{self, Bucket, Place, Seed, Slot, Slots, WAYS};
 use crate::tracker::{Store, track};
 use crate::verdict::{Config, StallSink};
 
+/// `n` zeroed values of a type for which all-zero bytes are a valid value.
+struct Zeroed<T> {
+    ptr: *mut T,
+    len: usize,
+}
+
+impl<T> Zeroed<T> {
+    fn new(len: usize) -> Self {
+        let layout = Layout::array::<T>(len.max(1)).expect("table size");
+        // SAFETY: a non-zero size; the callers' types are plain integers.
+        let ptr = unsafe { alloc_zeroed(layout) } as *mut T;
+        assert!(!ptr.is_null(), "allocating {len} table entries");
+        Zeroed { ptr, len }
+    }
+
+    fn get(&self, i: u32) -> Option<*mut T> {
+        // SAFETY: in bounds.
+        ((i as usize) < self.len).then(|| unsafe { self.ptr.add(i as usize) })
+    }
+}
+
+impl<T> Drop for Zeroed<T> {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout.
+        unsafe {
+            dealloc(
+                self.ptr as *mut u8,
+                Layout::array::<T>(self.len.max(1)).unwrap(),
+            )
+        }
+    }
+}
+
+impl Seed {
+    /// A hash key from the system's random source.
+    pub fn random() -> std::io::Result<Seed> {
+        use std::io::Read;
+        let mut bytes = [0u8; size_of::<Seed>()];
+        std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+        Ok(Seed {
+            words: core::array::from_fn(|i| {
+                u32::from_ne_bytes(bytes[4 * i..4 * i + 4].try_into().unwrap())
+            }),
+        })
+    }
+}
+
 pub struct HostStore {
-    pub flows: HashMap<FlowKey, Flow>,
-    pub pending: HashMap<FlowKey, Flow>,
+    buckets: Zeroed<Bucket>,
+    slots: Zeroed<Slot>,
+    seed: Seed,
+    pub pending: HashMap<FlowKey, Pending>,
     /// Insertion order of pending keys, oldest first (the kernel's LRU is approximate:
     /// tests that compare both keep the pending table from filling).
     pending_order: VecDeque<FlowKey>,
     pub ports: Vec<u8>,
-    pub capacity: usize,
     pub pending_capacity: usize,
     /// The kernel's per-CPU counters, indexed by `abi::counter`.
     pub counters: Vec<u64>,
 }
 
 impl HostStore {
-    pub fn new(capacity: usize, pending_capacity: usize, ctcp_ports: &[u16]) -> Self {
+    /// Tables for `capacity` established and `pending_capacity` pending flows, hashed
+    /// with `seed` (the kernel's, where the two are compared).
+    pub fn new(capacity: usize, pending_capacity: usize, ctcp_ports: &[u16], seed: Seed) -> Self {
         let mut ports = std::vec![0u8; 65536];
         for &p in ctcp_ports {
             ports[p as usize] |= port_flag::CTCP;
         }
+        let buckets = table::buckets_for(capacity as u32);
         HostStore {
-            flows: HashMap::new(),
+            buckets: Zeroed::new(buckets as usize),
+            slots: Zeroed::new(buckets as usize * WAYS as usize),
+            seed,
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
             ports,
-            capacity,
             pending_capacity,
             counters: std::vec![0; counter::COUNT as usize],
         }
+    }
+
+    /// Established slots in use.
+    fn used(&self) -> impl Iterator<Item = *mut Slot> + '_ {
+        (0..self.slots.len as u32).filter_map(|i| {
+            // SAFETY: a live bucket; the host is single-threaded.
+            let tag = unsafe { (*self.buckets.get(i / WAYS)?).tags[(i % WAYS) as usize] };
+            (tag > table::RESERVED).then(|| self.slots.get(i)).flatten()
+        })
+    }
+
+    /// Every established flow.
+    pub fn flows(&self) -> impl Iterator<Item = (&FlowKey, &Flow)> {
+        // SAFETY: live slots, borrowed with self.
+        self.used().map(|s| unsafe { (&(*s).key, &(*s).flow) })
+    }
+
+    /// Every flow of both tables, established first, changeable.
+    pub fn for_each_mut(&mut self, mut each: impl FnMut(&FlowKey, &mut Flow)) {
+        for s in self.used().collect::<Vec<_>>() {
+            // SAFETY: a live slot; `self` is borrowed mutably for the whole loop.
+            let s = unsafe { &mut *s };
+            each(&s.key, &mut s.flow);
+        }
+        for (k, p) in self.pending.iter_mut() {
+            each(k, &mut p.flow);
+        }
+    }
+
+    /// The established flow of `key`.
+    pub fn flow_mut(&mut self, key: &FlowKey) -> Option<&mut Flow> {
+        let at = self.place(key).ok()?;
+        let i = table::find(self, key, &at)?;
+        // SAFETY: a live slot, borrowed with self.
+        Some(unsafe { &mut (*self.slots.get(i)?).flow })
+    }
+
+    /// Removes `key`'s flow from either table, and returns it.
+    pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
+        if let Some(p) = self.pending.remove(key) {
+            self.pending_order.retain(|k| k != key);
+            return Some(p.flow);
+        }
+        let at = self.place(key).ok()?;
+        let i = table::find(self, key, &at)?;
+        // SAFETY: a live slot.
+        let flow = unsafe { (*self.slots.get(i)?).flow };
+        table::free(self, i);
+        Some(flow)
+    }
+}
+
+impl Slots for HostStore {
+    fn bucket(&mut self, b: u32) -> Option<*mut Bucket> {
+        self.buckets.get(b)
+    }
+
+    fn slot(&mut self, i: u32) -> Option<*mut Slot> {
+        self.slots.get(i)
     }
 }
 
@@ -50,38 +165,29 @@ impl Store for HostStore {
         self.ports[port as usize] |= port_flag::SIGNATURE;
     }
 
-    fn established(&mut self, key: &FlowKey) -> Option<*mut Flow> {
-        self.flows.get_mut(key).map(|f| f as *mut Flow)
+    fn place(&mut self, key: &FlowKey) -> Result<Place, Reason> {
+        Ok(table::place(key, &self.seed, self.buckets.len as u32))
     }
 
-    fn pending(&mut self, key: &FlowKey) -> Option<*mut Flow> {
-        self.pending.get_mut(key).map(|f| f as *mut Flow)
+    fn pending(&mut self, key: &FlowKey) -> Option<*mut Pending> {
+        self.pending.get_mut(key).map(|f| f as *mut Pending)
     }
 
-    fn create(&mut self, key: &FlowKey, pending: bool) -> Result<*mut Flow, Reason> {
-        if pending {
-            while self.pending.len() >= self.pending_capacity {
-                let Some(old) = self.pending_order.pop_front() else {
-                    break;
-                };
-                self.pending.remove(&old);
-            }
-            self.pending_order.push_back(*key);
-            return Ok(self.pending.entry(*key).or_default() as *mut Flow);
+    fn create_pending(&mut self, key: &FlowKey) -> Result<*mut Pending, Reason> {
+        while self.pending.len() >= self.pending_capacity {
+            let Some(old) = self.pending_order.pop_front() else {
+                break;
+            };
+            self.pending.remove(&old);
         }
-        if self.flows.len() >= self.capacity {
-            return Err(counter::TABLE_FULL);
-        }
-        Ok(self.flows.entry(*key).or_default() as *mut Flow)
+        self.pending_order.push_back(*key);
+        Ok(self.pending.entry(*key).or_default() as *mut Pending)
     }
 
-    fn promote(&mut self, key: &FlowKey) -> Result<*mut Flow, Reason> {
-        if self.flows.len() >= self.capacity {
-            return Err(counter::TABLE_FULL);
+    fn remove_pending(&mut self, key: &FlowKey) {
+        if self.pending.remove(key).is_some() {
+            self.pending_order.retain(|k| k != key);
         }
-        let flow = self.pending.remove(key).ok_or(counter::MAP_ERROR)?;
-        self.pending_order.retain(|k| k != key);
-        Ok(self.flows.entry(*key).or_insert(flow) as *mut Flow)
     }
 
     fn count(&mut self, index: u32) {
@@ -106,8 +212,10 @@ impl HostStore {
             let mut sink = Records {
                 key: pkt.key,
                 out: Vec::new(),
+                impossible: 0,
             };
-            let tracked = track(self, &mut sink, cfg, &pkt, || now, ifindex);
+            let tracked = track(self, &mut sink, cfg, &pkt, &mut Fixed(now), ifindex);
+            self.counters[counter::IMPOSSIBLE_STATE as usize] += sink.impossible;
             records = sink.out;
             tracked
         });
@@ -121,6 +229,17 @@ impl HostStore {
 pub struct Records {
     pub key: FlowKey,
     pub out: Vec<StallRecord>,
+    /// Verdicts refused on an impossible state.
+    pub impossible: u64,
+}
+
+impl Records {
+    pub fn new(key: FlowKey) -> Self {
+        Records {
+            key,
+            ..Default::default()
+        }
+    }
 }
 
 impl StallSink for Records {
@@ -128,5 +247,9 @@ impl StallSink for Records {
         let mut rec = StallRecord::default();
         rec.fill(&self.key, flow, r, what, now);
         self.out.push(rec);
+    }
+
+    fn impossible(&mut self) {
+        self.impossible += 1;
     }
 }

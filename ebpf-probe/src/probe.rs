@@ -4,44 +4,59 @@ use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::__sk_buff;
 use aya_ebpf::bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action};
 use aya_ebpf::cty::c_void;
-use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes};
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_loop, bpf_skb_load_bytes};
 use aya_ebpf::macros::{classifier, map, xdp};
-use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{TcContext, XdpContext};
 use aya_log_ebpf::info;
-use ebpf_probe::abi::{Flow, FlowKey, StallRecord, StallWhat, counter, port_flag};
+use ebpf_probe::abi::{
+    ClockParams, Flow, FlowKey, Pending, StallRecord, StallWhat, counter, opaque, port_flag,
+};
+use ebpf_probe::clock::Clock;
 use ebpf_probe::parse::{self, Frame, LinkKind, Reason, parse_into};
+use ebpf_probe::table::{self, Bucket, Held, Place, Seed, Slot, Slots, WAYS};
 use ebpf_probe::tracker::{Store, track};
 use ebpf_probe::verdict::{Config, StallSink};
 
 /// Default capacities; the agent sets the real ones at load time.
-const DEFAULT_FLOWS: u32 = 262_144;
+const DEFAULT_BUCKETS: u32 = 36_864;
 const DEFAULT_PENDING: u32 = 65_536;
 const RING_BYTES: u32 = 256 * 1024;
-/// `errno` of a full hash map on insert.
-const E2BIG: i32 = 7;
-const EEXIST: i32 = 17;
+/// The agent maps the established table into its memory.
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
+/// The established table (`ebpf_probe::table`): `FLOW_BUCKETS` buckets of tags, and
+/// eight slots per bucket.
 #[map]
-static FLOWS: HashMap<FlowKey, Flow> = HashMap::with_max_entries(DEFAULT_FLOWS, 0);
+static BUCKETS: Array<Bucket> = Array::with_max_entries(DEFAULT_BUCKETS, BPF_F_MMAPABLE);
 #[map]
-static PENDING: LruHashMap<FlowKey, Flow> = LruHashMap::with_max_entries(DEFAULT_PENDING, 0);
+static FLOWS: Array<Slot> = Array::with_max_entries(DEFAULT_BUCKETS * WAYS, BPF_F_MMAPABLE);
+/// The table's hash key, chosen by the agent when it creates the table (pinned with it).
+#[map]
+static SEED: Array<Seed> = Array::with_max_entries(1, 0);
+#[map]
+static PENDING: LruHashMap<FlowKey, Pending> = LruHashMap::with_max_entries(DEFAULT_PENDING, 0);
 #[map]
 static PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
-/// An all-zero flow, the source of every insert (a Flow does not fit the BPF stack).
+/// An all-zero entry, the source of every insert (a Flow does not fit the BPF stack).
 #[map]
-static ZERO: Array<Flow> = Array::with_max_entries(1, 0);
+static ZERO: Array<Pending> = Array::with_max_entries(1, 0);
 /// Per-CPU room for the parsed packet (it does not fit the stack with the rest).
 #[map]
 static SCRATCH: PerCpuArray<parse::Packet> = PerCpuArray::with_max_entries(1, 0);
-/// The clock when `CLOCK_FROM_MAP` is set.
+/// Per-CPU word that values pass through to become unknown to the verifier.
 #[map]
-static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
+static LAUNDER: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+/// The clock's calibration, or the time itself when `CLOCK_FROM_MAP` is set.
+#[map]
+static CLOCK: Array<ClockParams> = Array::with_max_entries(1, 0);
 
+#[unsafe(no_mangle)]
+static FLOW_BUCKETS: u32 = DEFAULT_BUCKETS;
 #[unsafe(no_mangle)]
 static DUPACK_THRESHOLD: u32 = 3;
 #[unsafe(no_mangle)]
@@ -66,13 +81,40 @@ fn bump(index: u32) {
     }
 }
 
-#[inline(always)]
-fn now() -> u64 {
-    if global!(CLOCK_FROM_MAP) != 0 {
-        return CLOCK.get(0).copied().unwrap_or(0);
+/// The clock, each kind read at most once a packet.
+struct KernelClock {
+    coarse: u64,
+    precise: u64,
+}
+
+impl Clock for KernelClock {
+    #[inline(always)]
+    fn coarse(&mut self) -> u64 {
+        if self.coarse == 0 {
+            let Some(c) = CLOCK.get(0) else { return 0 };
+            self.coarse = if global!(CLOCK_FROM_MAP) != 0 {
+                c.map_now
+            } else {
+                // SAFETY: helper without arguments; the verifier inlines it into a load.
+                let j = unsafe { bpf_jiffies64() };
+                j.wrapping_mul(c.ns_per_jiffy).wrapping_add(c.offset)
+            };
+        }
+        self.coarse
     }
-    // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_ns() }
+
+    #[inline(always)]
+    fn precise(&mut self) -> u64 {
+        if self.precise == 0 {
+            self.precise = if global!(CLOCK_FROM_MAP) != 0 {
+                self.coarse()
+            } else {
+                // SAFETY: helper without arguments.
+                unsafe { bpf_ktime_get_ns() }
+            };
+        }
+        self.precise
+    }
 }
 
 /// The packet, read with direct loads (a bounds check and a load): a helper call costs
@@ -143,6 +185,56 @@ impl Frame for Packet {
 
 struct Maps;
 
+impl Slots for Maps {
+    #[inline(always)]
+    fn bucket(&mut self, b: u32) -> Option<*mut Bucket> {
+        BUCKETS.get_ptr_mut(b)
+    }
+
+    #[inline(always)]
+    fn slot(&mut self, i: u32) -> Option<*mut Slot> {
+        FLOWS.get_ptr_mut(i)
+    }
+
+    /// One try inline (no contention: no call); else up to `SPINS` tries in
+    /// `bpf_loop`, whose callback the verifier checks once, where an inlined loop would
+    /// be checked once per try.
+    #[inline(always)]
+    fn lock(&mut self, seq: *mut u64) -> Option<Held> {
+        let held = table::try_lock(seq);
+        if held.is_some() {
+            return held;
+        }
+        let mut spin = Spin {
+            seq,
+            value: 0,
+            got: 0,
+        };
+        // SAFETY: a static callback and a context on this stack, for the call's time.
+        unsafe {
+            bpf_loop(
+                table::SPINS,
+                spin_once as *mut c_void,
+                &mut spin as *mut Spin as *mut c_void,
+                0,
+            )
+        };
+        (spin.got != 0).then_some(Held {
+            seq,
+            value: spin.value,
+        })
+    }
+
+    #[inline(always)]
+    fn launder(&mut self, v: u32) -> u32 {
+        match LAUNDER.get_ptr_mut(0) {
+            // SAFETY: this CPU's slot.
+            Some(p) => opaque(unsafe { &mut *p }, v),
+            None => v,
+        }
+    }
+}
+
 impl Store for Maps {
     #[inline(always)]
     fn port_flags(&self, port: u16) -> u8 {
@@ -158,50 +250,61 @@ impl Store for Maps {
     }
 
     #[inline(always)]
-    fn established(&mut self, key: &FlowKey) -> Option<*mut Flow> {
-        FLOWS.get_ptr_mut(key)
+    fn place(&mut self, key: &FlowKey) -> Result<Place, Reason> {
+        let seed = SEED.get(0).ok_or(counter::MAP_ERROR)?;
+        Ok(table::place(key, seed, global!(FLOW_BUCKETS)))
     }
 
     #[inline(always)]
-    fn pending(&mut self, key: &FlowKey) -> Option<*mut Flow> {
+    fn pending(&mut self, key: &FlowKey) -> Option<*mut Pending> {
         PENDING.get_ptr_mut(key)
     }
 
     #[inline(always)]
-    fn create(&mut self, key: &FlowKey, pending: bool) -> Result<*mut Flow, Reason> {
+    fn create_pending(&mut self, key: &FlowKey) -> Result<*mut Pending, Reason> {
         let zero = ZERO.get_ptr(0).ok_or(counter::MAP_ERROR)?;
-        // SAFETY: a map value pointer, valid for the program's run.
-        let zero = unsafe { &*zero };
-        if pending {
-            let _ = PENDING.insert(key, zero, BPF_NOEXIST as u64);
-            return PENDING.get_ptr_mut(key).ok_or(counter::MAP_ERROR);
-        }
-        match FLOWS.insert(key, zero, BPF_NOEXIST as u64) {
-            Err(e) if e == -E2BIG => Err(counter::TABLE_FULL),
-            Err(e) if e != -EEXIST => Err(counter::MAP_ERROR),
-            _ => FLOWS.get_ptr_mut(key).ok_or(counter::MAP_ERROR),
-        }
+        // SAFETY: a map value pointer, valid for the program's run. An entry another
+        // CPU inserted meanwhile (EEXIST) is the one we want.
+        let _ = PENDING.insert(key, unsafe { &*zero }, BPF_NOEXIST as u64);
+        PENDING.get_ptr_mut(key).ok_or(counter::MAP_ERROR)
     }
 
-    // `&*p`, not `*p`: passing the value would copy a Flow onto the 512-byte stack.
-    #[allow(clippy::needless_borrows_for_generic_args)]
     #[inline(always)]
-    fn promote(&mut self, key: &FlowKey) -> Result<*mut Flow, Reason> {
-        let p = PENDING.get_ptr(key).ok_or(counter::MAP_ERROR)?;
-        // SAFETY: a map value pointer, valid for the program's run.
-        match FLOWS.insert(key, unsafe { &*p }, BPF_NOEXIST as u64) {
-            Err(e) if e == -E2BIG => return Err(counter::TABLE_FULL),
-            Err(e) if e != -EEXIST => return Err(counter::MAP_ERROR),
-            _ => {}
-        }
+    fn remove_pending(&mut self, key: &FlowKey) {
         let _ = PENDING.remove(key);
-        FLOWS.get_ptr_mut(key).ok_or(counter::MAP_ERROR)
     }
 
     #[inline(always)]
     fn count(&mut self, index: u32) {
         bump(index);
     }
+}
+
+/// Tries of a contended lock in each `bpf_loop` step (so `SPINS * TRIES_PER_LOOP` in all).
+const TRIES_PER_LOOP: u32 = 16;
+
+/// `bpf_loop`'s context for `Maps::lock`.
+#[repr(C)]
+struct Spin {
+    seq: *mut u64,
+    value: u64,
+    got: u64,
+}
+
+/// One try of a contended lock; 1 stops the loop.
+#[inline(never)]
+extern "C" fn spin_once(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `Spin` that `Maps::lock` passed.
+    let spin = unsafe { &mut *(ctx as *mut Spin) };
+    // Several tries a call: `bpf_loop`'s count is what the verifier pays for.
+    for _ in 0..TRIES_PER_LOOP {
+        if let Some(held) = table::try_lock(spin.seq) {
+            spin.value = held.value;
+            spin.got = 1;
+            return 1;
+        }
+    }
+    0
 }
 
 struct Ring<'a> {
@@ -224,6 +327,11 @@ impl StallSink for Ring<'_> {
             }
             None => bump(counter::RINGBUF_FULL),
         }
+    }
+
+    #[inline(always)]
+    fn impossible(&mut self) {
+        bump(counter::IMPOSSIBLE_STATE);
     }
 }
 
@@ -259,7 +367,11 @@ fn parse_and_track<C: EbpfContext>(
         key: &pkt.key,
         last: None,
     };
-    let tracked = track(&mut Maps, &mut ring, &cfg, pkt, now, ifindex);
+    let mut clock = KernelClock {
+        coarse: 0,
+        precise: 0,
+    };
+    let tracked = track(&mut Maps, &mut ring, &cfg, pkt, &mut clock, ifindex);
     // A stall transition, not a packet: rare enough to log (one call site keeps the
     // verifier's work small).
     if let Some((what, hole)) = ring.last {
@@ -338,6 +450,20 @@ pub fn ackwatch_xdp_ip(ctx: XdpContext) -> u32 {
 /// Does nothing: the baseline the benchmarks subtract (never attached).
 #[xdp]
 pub fn ackwatch_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Reads jiffies and the precise clock at once into CLOCK, for the agent's calibration
+/// of the coarse clock (run with BPF_PROG_TEST_RUN, never attached).
+#[xdp]
+pub fn ackwatch_clock(_ctx: XdpContext) -> u32 {
+    if let Some(c) = CLOCK.get_ptr_mut(0) {
+        // SAFETY: helpers without arguments; a map value pointer.
+        unsafe {
+            (*c).sample_jiffies = bpf_jiffies64();
+            (*c).sample_ns = bpf_ktime_get_ns();
+        }
+    }
     xdp_action::XDP_PASS
 }
 

@@ -3,11 +3,12 @@
 
 use std::vec::Vec;
 
-use crate::abi::{Flow, FlowState, LossSide, StallKind, StallRecord, StallWhat, event};
+use crate::abi::{Flow, FlowState, LossSide, StallKind, StallRecord, StallWhat, event, half_flag};
 use crate::analysis::*;
+use crate::clock::Fixed;
 use crate::host::Records;
 use crate::parse::{Segment, TH_ACK, TH_FIN, TH_RST, TH_SYN};
-use crate::verdict::Config;
+use crate::verdict::{Config, possible};
 
 const C: usize = 0;
 const S: usize = 1;
@@ -76,7 +77,8 @@ fn run(cfg: &Config, ps: &[P]) -> Run {
     let mut sink = Records::default();
     let mut bits = Vec::new();
     for x in ps {
-        flow.update(x.from, &x.seg, 1_000 * MS + x.t * MS, cfg, &mut sink);
+        let now = 1_000 * MS + x.t * MS;
+        flow.update(x.from, &x.seg, now, &mut Fixed(now), cfg, &mut sink);
         bits.push(flow.half[x.from].last_analysis);
     }
     let (candidates, records) = sink
@@ -656,4 +658,112 @@ fn stall_across_the_wrap_reports_the_right_hole() {
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].hole, 1201u32.wrapping_add(d));
     assert_eq!(s[0].loss, LossSide::Downstream as u8);
+}
+
+/// The retransmission that answers a hole after T is a late answer, not a stall: it is
+/// reported as such with its wait, and R's ACK moving after it recovers nothing.
+#[test]
+fn late_retransmission_is_a_late_answer_not_a_stall() {
+    let mut ps = episode(1, false, 0);
+    ps.push(p(C, 1201, 5001, A, 502, 100, 1_300));
+    ps.push(p(S, 5001, 1601, A, 500, 0, 1_301));
+    let r = run(&Config::default(), &ps);
+    let whats: Vec<u8> = r.records.iter().map(|x| x.what).collect();
+    assert_eq!(whats, [StallWhat::LateAnswer as u8], "{:?}", r.records);
+    let late = &r.records[0];
+    assert_eq!(late.hole, 1201);
+    assert_eq!(late.dup_acks, 3);
+    assert_eq!(
+        late.at - late.since,
+        1_300 * MS - 22 * MS,
+        "waited from the first dup ACK"
+    );
+    assert_eq!(r.flow.half[S].stalls, 0);
+    assert_ne!(r.flow.state, FlowState::Stalled as u8);
+}
+
+/// An answer before T is an ordinary retransmission; an answer after a stall was
+/// declared (here by a later duplicate ACK) leaves the stall to recover.
+#[test]
+fn only_answers_after_t_and_before_a_stall_are_late() {
+    let mut early = episode(1, false, 0);
+    early.push(p(C, 1201, 5001, A, 502, 100, 500));
+    assert!(run(&Config::default(), &early).records.is_empty());
+
+    let mut stalled = episode(1, false, 12);
+    stalled.push(p(C, 1201, 5001, A, 502, 100, 1_300));
+    stalled.push(p(S, 5001, 1601, A, 500, 0, 1_301));
+    let whats: Vec<u8> = run(&Config::default(), &stalled)
+        .records
+        .iter()
+        .map(|x| x.what)
+        .collect();
+    assert_eq!(
+        whats,
+        [StallWhat::Started as u8, StallWhat::Recovered as u8]
+    );
+}
+
+/// The wait restarts at a late answer: if that retransmission is lost as well, the
+/// flow stalls T after it, as "retransmissions lost".
+#[test]
+fn a_lost_late_answer_stalls_t_later() {
+    let cfg = Config::default();
+    let mut ps = episode(1, false, 0);
+    ps.push(p(C, 1201, 5001, A, 502, 100, 1_300));
+    let mut r = run(&cfg, &ps);
+    let mut sink = Records::default();
+    // The sweep's clock a little behind the probe's: not a stall (nor a wrap).
+    r.flow.check_stalls(&cfg, 2_299 * MS, &mut sink);
+    r.flow.check_stalls(&cfg, 3_299 * MS, &mut sink);
+    assert!(sink.out.is_empty(), "{:?}", sink.out);
+    r.flow.check_stalls(&cfg, 3_301 * MS, &mut sink);
+    assert_eq!(sink.out.len(), 1);
+    assert_eq!(sink.out[0].what, StallWhat::Started as u8);
+    assert_eq!(sink.out[0].kind, StallKind::RetransmissionsLost as u8);
+    assert_eq!(sink.out[0].since, 2_300 * MS);
+}
+
+/// A run of K duplicate ACKs without its start time (a torn or corrupt state) is never
+/// turned into a stall: the verdict refuses and counts it.
+#[test]
+fn an_impossible_state_is_refused_and_counted() {
+    let cfg = Config::default();
+    let mut r = run(&cfg, &episode(1, false, 0));
+    assert_eq!(r.flow.half[S].dup_run, 3);
+    r.flow.half[S].hole_since = 0;
+    let mut sink = Records::default();
+    r.flow.check_stalls(&cfg, 5_000 * MS, &mut sink);
+    assert!(sink.out.is_empty(), "{:?}", sink.out);
+    assert_eq!(sink.impossible, 1);
+    assert_eq!(r.flow.half[S].flags & half_flag::STALLED, 0);
+}
+
+/// Every record the verdict emits is possible (`verdict::possible`); one with fewer
+/// than K duplicate ACKs, no start or a start after it is not.
+#[test]
+fn records_of_consistent_states_are_possible() {
+    let cfg = Config::default();
+    let mut ps = episode(1, false, 12);
+    ps.push(p(C, 1201, 5001, A, 502, 100, 1_300));
+    ps.push(p(S, 5001, 1601, A, 500, 0, 1_301));
+    let r = run(&cfg, &ps);
+    assert!(!r.records.is_empty());
+    for rec in r.records.iter().chain(&r.candidates) {
+        assert!(possible(rec, &cfg), "{rec:?}");
+    }
+    let good = r.records[0];
+    for bad in [
+        StallRecord {
+            dup_acks: 1,
+            ..good
+        },
+        StallRecord { since: 0, ..good },
+        StallRecord {
+            since: good.at + 1,
+            ..good
+        },
+    ] {
+        assert!(!possible(&bad, &cfg), "{bad:?}");
+    }
 }

@@ -1,43 +1,54 @@
-//! From a parsed packet to the flow table: scope, where the entry lives, and the update.
+//! From a parsed packet to the flow table: scope, where the entry lives, and the update,
+//! all under the entry's lock.
 //!
-//! Half-open connections (a SYN, a SYN-ACK) live in a separate LRU table, so that a SYN
-//! flood to a cTCP port churns only that table and never pushes established flows out;
-//! the first packet without SYN moves the entry to the established table, which never
-//! evicts (the agent's sweep removes idle flows) and refuses new flows when full.
+//! A new flow starts in the pending table (an LRU), and moves to the established table
+//! (`table`, which never evicts: the agent's sweep removes idle flows) with the first
+//! packet without SYN once both sides have been seen. So a SYN flood, or spoofed
+//! one-sided packets to a cTCP port, churn only the pending table and never take an
+//! established flow's place; when the established table is full, a flow's packets are
+//! refused (counted) until room frees.
+//!
+//! XDP (one direction) and TC (the other) run on different CPUs at once and update the
+//! same entry: every update, and every verdict, happens under the entry's lock
+//! (`table::lock`, a compare-and-swap, no helper call), so no verdict reads a state that
+//! another CPU is halfway through writing.
 
-use crate::abi::{Flow, FlowClass, FlowKey, StallRecord, StallWhat, counter, port_flag};
+use crate::abi::{
+    Flow, FlowClass, FlowKey, Pending, StallRecord, StallWhat, counter, half_flag, port_flag,
+};
 use crate::classify::PayloadClass;
+use crate::clock::Clock;
 use crate::parse::{Packet, Reason, TH_ACK, TH_RST, TH_SYN};
+use crate::table::{self, Held, Place, Slots};
 use crate::verdict::{self, Config, StallSink};
 
-/// Where flows live: BPF maps in the kernel, hash maps on the host. Entries are handed
+/// Where flows live: BPF maps in the kernel, memory on the host. Entries are handed
 /// out as pointers (a map value in the kernel): `track` holds one only while it makes
-/// no other call on the store.
-pub trait Store {
+/// no other call on the store that could free it.
+pub trait Store: Slots {
     /// `port_flag` bits of a port.
     fn port_flags(&self, port: u16) -> u8;
     /// Marks a port on which a cTCP payload signature was seen.
     fn mark_signature_port(&mut self, port: u16);
-    fn established(&mut self, key: &FlowKey) -> Option<*mut Flow>;
-    fn pending(&mut self, key: &FlowKey) -> Option<*mut Flow>;
-    /// Inserts a zeroed flow in the pending (LRU) or established table.
-    fn create(&mut self, key: &FlowKey, pending: bool) -> Result<*mut Flow, Reason>;
-    /// Moves a pending flow to the established table.
-    fn promote(&mut self, key: &FlowKey) -> Result<*mut Flow, Reason>;
+    /// Where `key` lives in the established table (the table's hash key and size).
+    fn place(&mut self, key: &FlowKey) -> Result<Place, Reason>;
+    fn pending(&mut self, key: &FlowKey) -> Option<*mut Pending>;
+    /// Inserts a zeroed pending entry unless the key has one, and returns the entry.
+    fn create_pending(&mut self, key: &FlowKey) -> Result<*mut Pending, Reason>;
+    fn remove_pending(&mut self, key: &FlowKey);
     /// Bumps a counter (`abi::counter`).
     fn count(&mut self, index: u32);
 }
 
-/// Tracks one packet seen on interface `ifindex`; `clock` gives the time (ns), read
-/// only once the packet's flow is found (a clock read costs as much as a hash lookup in
-/// the kernel). `Err` carries the reason it was not tracked.
+/// Tracks one packet seen on interface `ifindex`; `clock` is read only once the
+/// packet's flow is found. `Err` carries the reason it was not tracked.
 #[inline(always)]
-pub fn track<S: Store, K: StallSink>(
+pub fn track<S: Store, K: StallSink, C: Clock>(
     store: &mut S,
     sink: &mut K,
     cfg: &Config,
     pkt: &Packet,
-    clock: impl FnOnce() -> u64,
+    clock: &mut C,
     ifindex: u32,
 ) -> Result<(), Reason> {
     let (src, dst) = (
@@ -54,40 +65,101 @@ pub fn track<S: Store, K: StallSink>(
         store.mark_signature_port(pkt.src_port());
         store.mark_signature_port(pkt.dst_port());
     }
-    let flow = entry(store, pkt, may_create)?;
-    // SAFETY: the pointer is a live entry of `store`, which is not called again while
-    // this reference lives.
+    let (flow, held) = entry(store, pkt, may_create)?;
+    // SAFETY: the pointer is a live entry of `store`, locked by us, and the store is not
+    // called again while this reference lives.
     let flow = unsafe { &mut *flow };
-    let now = clock();
+    let now = clock.coarse();
     // A fresh entry is all zeros; clocks (boot time, capture time) never read 0.
     if flow.first_ts == 0 {
         init(flow, pkt, src, dst, now);
     }
     classify(flow, pkt);
     flow.ifindex = ifindex;
-    flow.update(pkt.dir, &pkt.seg, now, cfg, sink);
+    flow.update(pkt.dir, &pkt.seg, now, clock, cfg, sink);
+    table::unlock(held);
     Ok(())
 }
 
+/// The packet's flow, locked: established, pending, or a new pending entry.
 #[inline(always)]
-fn entry<S: Store>(store: &mut S, pkt: &Packet, may_create: bool) -> Result<*mut Flow, Reason> {
-    if let Some(f) = store.established(&pkt.key) {
-        return Ok(f);
+fn entry<S: Store>(
+    store: &mut S,
+    pkt: &Packet,
+    may_create: bool,
+) -> Result<(*mut Flow, Held), Reason> {
+    let at = store.place(&pkt.key)?;
+    if let Some(found) = established(store, pkt, &at)? {
+        return Ok(found);
     }
-    let syn = pkt.seg.has(TH_SYN);
-    if let Some(f) = store.pending(&pkt.key) {
-        return if syn { Ok(f) } else { store.promote(&pkt.key) };
+    let p = match store.pending(&pkt.key) {
+        Some(p) => p,
+        None if !may_create => return Err(counter::OUT_OF_SCOPE),
+        None if pkt.seg.has(TH_RST) => return Err(counter::NO_FLOW),
+        None => {
+            store.count(counter::PENDING_INSERTS);
+            store.create_pending(&pkt.key)?
+        }
+    };
+    // SAFETY: a live pending entry.
+    let held = store
+        .lock(unsafe { &mut (*p).seq })
+        .ok_or(counter::FLOW_BUSY)?;
+    // SAFETY: as above, locked.
+    let pending = unsafe { &mut *p };
+    if pending.moved != 0 {
+        // Moved to the established table while we looked.
+        table::unlock(held);
+        return established(store, pkt, &at)?.ok_or(counter::MAP_ERROR);
     }
-    if !may_create {
-        return Err(counter::OUT_OF_SCOPE);
+    let other_seen = pending.flow.half[(pkt.dir & 1) ^ 1].flags & half_flag::SEEN != 0;
+    if pkt.seg.has(TH_SYN) || !other_seen {
+        return Ok((&mut pending.flow, held));
     }
-    if pkt.seg.has(TH_RST) {
-        return Err(counter::NO_FLOW);
+    promote(store, pkt, &at, pending, held)
+}
+
+/// The established entry of the packet's flow, locked, if there is one.
+#[inline(always)]
+fn established<S: Store>(
+    store: &mut S,
+    pkt: &Packet,
+    at: &Place,
+) -> Result<Option<(*mut Flow, Held)>, Reason> {
+    let Some(idx) = table::find(store, &pkt.key, at) else {
+        return Ok(None);
+    };
+    match table::lock_found(store, idx, &pkt.key, at) {
+        // SAFETY: a live slot, locked by us.
+        Ok((slot, held)) => Ok(Some((unsafe { &mut (*slot).flow }, held))),
+        Err(true) => Err(counter::FLOW_BUSY),
+        // Evicted by the agent meanwhile: the flow starts over.
+        Err(false) => Ok(None),
     }
-    if syn {
-        store.count(counter::PENDING_INSERTS);
-    }
-    store.create(&pkt.key, syn)
+}
+
+/// Moves a pending flow (locked, `held`) to the established table; the new entry is
+/// returned locked. Refused, and counted, when both of its buckets are full.
+#[inline(always)]
+fn promote<S: Store>(
+    store: &mut S,
+    pkt: &Packet,
+    at: &Place,
+    pending: &mut Pending,
+    held: Held,
+) -> Result<(*mut Flow, Held), Reason> {
+    let Some((idx, slot, slot_held)) = table::claim(store, &pkt.key, at) else {
+        table::unlock(held);
+        return Err(counter::TABLE_FULL);
+    };
+    // SAFETY: a slot claimed and locked by us.
+    let slot = unsafe { &mut *slot };
+    slot.flow = pending.flow;
+    table::publish(store, idx, at);
+    pending.moved = 1;
+    table::unlock(held);
+    store.remove_pending(&pkt.key);
+    Ok((&mut slot.flow, slot_held))
 }
 
 /// A new entry: first time, class from the port, and which side is the client: the

@@ -5,7 +5,7 @@
 //! if the window moved), D has data beyond H, and R's ACK has stayed at H for T since
 //! the first of them. It rests on R's ACK, not on when a retransmission was seen.
 
-use crate::abi::{Flow, Half, LossSide, StallKind, StallWhat, half_flag};
+use crate::abi::{Flow, Half, LossSide, StallKind, StallRecord, StallWhat, half_flag};
 use crate::analysis::{A_KEEP_ALIVE, A_LOST_SEGMENT};
 use crate::parse::{Segment, TH_ACK, TH_FIN, TH_RST, TH_SYN};
 use crate::seq::{gt, le, lt, within};
@@ -35,6 +35,8 @@ impl Default for Config {
 /// Called with the flow as it stands at the transition (hole and counts intact).
 pub trait StallSink {
     fn stall(&mut self, flow: &Flow, r: usize, what: StallWhat, now: u64);
+    /// A verdict found the state impossible (`counter::IMPOSSIBLE_STATE`) and refused.
+    fn impossible(&mut self);
 }
 
 /// Both halves as (R, D) for receiver index `r`.
@@ -78,6 +80,7 @@ pub struct Before {
 
 /// Verdict bookkeeping for a segment from side `s` after Wireshark's analysis moved the
 /// state (`analysis` holds its bits).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn after_segment<K: StallSink>(
     flow: &mut Flow,
@@ -86,6 +89,7 @@ pub fn after_segment<K: StallSink>(
     analysis: u32,
     before: Before,
     now: u64,
+    cfg: &Config,
     sink: &mut K,
 ) {
     let Before {
@@ -99,9 +103,10 @@ pub fn after_segment<K: StallSink>(
         me.flags |= half_flag::SEEN;
         me.first_seq = seg.seq;
     }
-    if retx {
-        note_retransmission(me, peer, seg);
+    if retx && note_retransmission(me, peer, seg) {
+        late_answer(flow, s ^ 1, cfg, now, sink);
     }
+    let (me, peer) = halves(flow, s);
     if analysis & A_LOST_SEGMENT != 0 && (is_empty(&me.gap) || le(me.gap[1], peer.hole)) {
         me.gap = [before_next, seg.seq];
     }
@@ -144,8 +149,9 @@ fn is_empty(span: &[u32; 2]) -> bool {
     span[0] == 0 && span[1] == 0
 }
 
+/// Remembers the span D resent; true when it covers R's hole (an answer).
 #[inline(always)]
-fn note_retransmission(d: &mut Half, r: &mut Half, seg: &Segment) {
+fn note_retransmission(d: &mut Half, r: &mut Half, seg: &Segment) -> bool {
     let (lo, hi) = (seg.seq, seg.seq.wrapping_add(seg.seglen));
     if !is_empty(&d.retx) && le(lo, d.retx[1]) && le(d.retx[0], hi) {
         d.retx = [
@@ -155,9 +161,29 @@ fn note_retransmission(d: &mut Half, r: &mut Half, seg: &Segment) {
     } else {
         d.retx = [lo, hi];
     }
-    if r.flags & half_flag::ACKED != 0 && within(r.hole, lo, hi) {
+    let answer = r.flags & half_flag::ACKED != 0 && within(r.hole, lo, hi);
+    if answer {
         r.flags |= half_flag::HOLE_RETX;
     }
+    answer
+}
+
+/// D answered R's hole. If R had waited T or more without a stall being declared, the
+/// answer is late, not a stall: it is reported as such with its wait, and the wait
+/// restarts from it (if the answer is lost too, the flow stalls T later, as a
+/// "retransmissions lost" one). A stall already declared stays one until R's ACK moves.
+#[inline(always)]
+fn late_answer<K: StallSink>(flow: &mut Flow, r: usize, cfg: &Config, now: u64, sink: &mut K) {
+    let rh = &flow.half[r & 1];
+    if rh.flags & half_flag::STALLED != 0
+        || rh.dup_run < cfg.dupack_threshold
+        || rh.hole_since == 0
+        || now.saturating_sub(rh.hole_since) < cfg.stall_timeout_ns
+    {
+        return;
+    }
+    sink.stall(flow, r, StallWhat::LateAnswer, now);
+    flow.half[r & 1].hole_since = now;
 }
 
 /// Applies rule 3 to side `r` as R: enters the stalled state when K duplicate ACKs
@@ -181,7 +207,14 @@ pub fn check_stall<K: StallSink>(flow: &mut Flow, r: usize, cfg: &Config, now: u
         sink.stall(flow, r, StallWhat::Candidate, now);
     }
     let rh = &mut flow.half[r & 1];
-    if now.wrapping_sub(rh.hole_since) < cfg.stall_timeout_ns {
+    // Saturating: the sweep's clock may read a little behind the probe's coarse one.
+    if now.saturating_sub(rh.hole_since) < cfg.stall_timeout_ns {
+        return;
+    }
+    // A run of K duplicate ACKs always has its start time: without it the state is
+    // torn or corrupt, and a page must never come from that.
+    if rh.hole_since == 0 {
+        sink.impossible();
         return;
     }
     rh.flags |= half_flag::STALLED;
@@ -227,4 +260,30 @@ pub fn loss(flow: &Flow, r: usize) -> LossSide {
     } else {
         LossSide::Unknown
     }
+}
+
+/// The rules `rec` breaks; none for a record a consistent state can produce
+/// (docs/semantics.md, "Consistency"): every record is about a run of at least K
+/// duplicate ACKs (`dup_acks >= K`), timed from its first one (`since != 0`), which came
+/// before the record (`since <= at`); a start comes T or more after that first one.
+pub fn record_faults(rec: &StallRecord, cfg: &Config) -> impl Iterator<Item = &'static str> {
+    let started = rec.what == StallWhat::Started as u8;
+    [
+        (rec.dup_acks < cfg.dupack_threshold, "dup_acks < K"),
+        (rec.since == 0, "since == 0"),
+        (rec.since > rec.at, "since > at"),
+        (
+            started && rec.since <= rec.at && rec.at - rec.since < cfg.stall_timeout_ns,
+            "started before T",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(broken, rule)| broken.then_some(rule))
+}
+
+/// Whether a consistent state can have produced `rec` (`record_faults` finds nothing).
+/// The agent drops and counts a record that fails this; the tests assert it of every
+/// record.
+pub fn possible(rec: &StallRecord, cfg: &Config) -> bool {
+    record_faults(rec, cfg).next().is_none()
 }

@@ -4,10 +4,12 @@
 use std::time::Duration;
 
 use ackwatch::probe::{Probe, Settings};
-use aya::programs::{TestRun, TestRunOptions};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
+use aya_obj::programs::XdpAttachType;
 use ebpf_probe::abi::{Flow, FlowKey, StallRecord, counter};
 use ebpf_probe::host::HostStore;
 use ebpf_probe::parse::LinkKind;
+use ebpf_probe::table::Seed;
 use ebpf_probe::tracker::Store;
 
 /// Where a frame enters the probe.
@@ -31,6 +33,23 @@ impl Hook {
     }
 }
 
+/// The flow table's hash key in the kernel and host trackers compared: one key, so
+/// both refuse the same flows when a table fills.
+pub const TEST_SEED: Seed = Seed {
+    words: [
+        0x9e37_79b9,
+        0x7f4a_7c15,
+        0xbf58_476d,
+        0x1ce4_e5b9,
+        0x94d0_49bb,
+        0x1331_11eb,
+        0x2545_f491,
+        0x4f6c_dd1d,
+        0x6a09_e667,
+        0xbb67_ae85,
+    ],
+};
+
 /// BPF_PROG_TEST_RUN gives both program types the loopback device.
 pub const TEST_RUN_IFINDEX: u32 = 1;
 
@@ -50,6 +69,18 @@ pub struct Kernel {
 impl Kernel {
     pub fn load(mut settings: Settings) -> Self {
         settings.clock_from_map = true;
+        Self::load_as_is(settings)
+    }
+
+    /// The probe with the kernel's clock (the coarse and precise clocks), for tests in
+    /// which time must pass by itself: `feed`'s time is then ignored.
+    pub fn load_with_kernel_clock(mut settings: Settings) -> Self {
+        settings.clock_from_map = false;
+        Self::load_as_is(settings)
+    }
+
+    fn load_as_is(mut settings: Settings) -> Self {
+        settings.table_seed.get_or_insert(TEST_SEED);
         let probe = Probe::load(&settings).unwrap_or_else(|e| panic!("loading the probe: {e}"));
         Kernel { probe }
     }
@@ -67,20 +98,32 @@ impl Kernel {
         self.probe
             .set_clock(Duration::from_nanos(now_ns))
             .expect("set clock");
-        let opts = TestRunOptions {
-            data_in: Some(frame),
-            ..Default::default()
-        };
-        let result = match hook {
-            Hook::Xdp(l) => self.probe.xdp(l).expect("xdp program").test_run(opts),
-            Hook::Tc(l) => self.probe.tc(l).expect("tc program").test_run(opts),
-        };
-        result.map(|r| r.return_value).map_err(|e| {
-            let cause = std::error::Error::source(&e)
-                .map(|c| c.to_string())
-                .unwrap_or_default();
-            format!("{e}: {cause}")
-        })
+        match hook {
+            Hook::Xdp(l) => test_run(self.probe.xdp(l).expect("xdp program"), frame, 1),
+            Hook::Tc(l) => test_run(self.probe.tc(l).expect("tc program"), frame, 1),
+        }
+    }
+
+    /// The program of `hook` as a handle of its own (a second descriptor of the same
+    /// loaded program, same maps), which another thread can run while this one reads
+    /// the maps.
+    pub fn runner(&mut self, hook: Hook) -> Runner {
+        let fail = |e: &dyn std::fmt::Display| -> ! { panic!("a handle of {hook:?}: {e}") };
+        let name = || std::borrow::Cow::Borrowed("runner");
+        match hook {
+            Hook::Xdp(l) => {
+                let prog = self.probe.xdp(l).unwrap_or_else(|e| fail(&e));
+                let info = prog.info().unwrap_or_else(|e| fail(&e));
+                let prog = Xdp::from_program_info(info, name(), XdpAttachType::Interface);
+                Runner::Xdp(prog.unwrap_or_else(|e| fail(&e)))
+            }
+            Hook::Tc(l) => {
+                let prog = self.probe.tc(l).unwrap_or_else(|e| fail(&e));
+                let info = prog.info().unwrap_or_else(|e| fail(&e));
+                let prog = SchedClassifier::from_program_info(info, name());
+                Runner::Tc(prog.unwrap_or_else(|e| fail(&e)))
+            }
+        }
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -100,6 +143,39 @@ impl Kernel {
     }
 }
 
+/// One hook's loaded program, run by BPF_PROG_TEST_RUN on the calling thread's CPU.
+pub enum Runner {
+    Xdp(Xdp),
+    Tc(SchedClassifier),
+}
+
+impl Runner {
+    /// Runs the program `repeat` times (at least once) on `frame`; returns its verdict.
+    pub fn run(&self, frame: &[u8], repeat: u32) -> Result<u32, String> {
+        match self {
+            Runner::Xdp(p) => test_run(p, frame, repeat),
+            Runner::Tc(p) => test_run(p, frame, repeat),
+        }
+    }
+}
+
+fn test_run<P>(prog: &P, frame: &[u8], repeat: u32) -> Result<u32, String>
+where
+    P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult>,
+{
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        repeat,
+        ..Default::default()
+    };
+    prog.test_run(opts).map(|r| r.return_value).map_err(|e| {
+        let cause = std::error::Error::source(&e)
+            .map(|c| c.to_string())
+            .unwrap_or_default();
+        format!("{e}: {cause}")
+    })
+}
+
 /// The host's state machine with the kernel's table semantics.
 pub struct Host {
     pub store: HostStore,
@@ -113,6 +189,7 @@ impl Host {
             settings.max_flows as usize,
             settings.max_pending as usize,
             &settings.ctcp_ports,
+            settings.table_seed.unwrap_or(TEST_SEED),
         );
         Host {
             store,
@@ -134,8 +211,13 @@ impl Host {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        let mut flows: Vec<_> = self.store.flows.iter().map(|(k, v)| (*k, *v)).collect();
-        let mut pending: Vec<_> = self.store.pending.iter().map(|(k, v)| (*k, *v)).collect();
+        let mut flows: Vec<_> = self.store.flows().map(|(k, v)| (*k, *v)).collect();
+        let mut pending: Vec<_> = self
+            .store
+            .pending
+            .iter()
+            .map(|(k, p)| (*k, p.flow))
+            .collect();
         flows.sort_by_key(|(k, _)| *k);
         pending.sort_by_key(|(k, _)| *k);
         Snapshot {

@@ -6,6 +6,7 @@ pub mod corpus;
 pub mod ctcp;
 pub mod frames;
 pub mod harness;
+pub mod invariants;
 pub mod lab;
 pub mod live;
 pub mod observe;

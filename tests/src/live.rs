@@ -265,8 +265,9 @@ pub fn compare_with_tshark(probe: &Probe, capture: &std::path::Path) -> usize {
                     w.retransmissions + w.out_of_order
                 ),
                 "{src} -> {dst}: (packets, duplicate ACKs, lost segments, retransmissions + out-of-order) \
-                 ackwatch vs tshark {}",
-                crate::tshark::version()
+                 ackwatch vs tshark {}; the probe's counters: {:?}",
+                crate::tshark::version(),
+                probe.counters()
             );
             if h.events[event::RETRANSMISSION] as u64 != w.retransmissions {
                 println!(

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap, Map, MapData};
+use ackwatch::flow_table::FlowTable;
 use ebpf_probe::abi::{Flow, FlowClass, FlowKey};
 
 /// The key of filled flow `i`: distinct IPv4 clients (172.16/12) of one cTCP server.
@@ -32,32 +32,31 @@ pub fn flow(now: u64) -> Flow {
     flow
 }
 
-/// The FLOWS table an agent pinned under `pin_root` (waits for the pin).
-pub fn pinned_flows(pin_root: &str) -> HashMap<MapData, FlowKey, Flow> {
+/// The flow table an agent pinned under `pin_root` (waits for the pin).
+pub fn pinned_flows(pin_root: &str) -> FlowTable {
     let root = std::path::PathBuf::from(pin_root);
     let t = Instant::now();
     loop {
         let found = std::fs::read_dir(&root).ok().and_then(|d| {
             d.flatten()
-                .map(|e| e.path().join("FLOWS"))
-                .find(|p| p.exists())
+                .map(|e| e.path())
+                .find(|p| p.join("SEED").exists())
         });
-        if let Some(path) = found {
-            let data = MapData::from_pin(&path).expect("open the pinned FLOWS");
-            return HashMap::try_from(Map::HashMap(data)).expect("FLOWS is a hash map");
+        if let Some(dir) = found {
+            return FlowTable::open_pinned(&dir).expect("open the pinned flow table");
         }
         assert!(
             t.elapsed() < Duration::from_secs(20),
-            "no FLOWS pin under {root:?}"
+            "no flow table pinned under {root:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 /// Adds flows `from..to` (keys by `key`) to `table`, last seen now.
-pub fn fill(table: &mut HashMap<MapData, FlowKey, Flow>, from: u32, to: u32) {
+pub fn fill(table: &FlowTable, from: u32, to: u32) {
     let f = flow(ackwatch::flows::monotonic_now());
     for i in from..to {
-        table.insert(key(i), f, 0).expect("fill FLOWS");
+        assert!(table.insert(&key(i), &f), "fill FLOWS: refused at {i}");
     }
 }

@@ -153,7 +153,7 @@ fn silent_sender(port: u16, others: u32) {
             pin.as_str(),
         ],
     );
-    prefill::fill(&mut prefill::pinned_flows(&pin), 0, others);
+    prefill::fill(&prefill::pinned_flows(&pin), 0, others);
     let start = Instant::now();
     ctcp(&lab, port, 0);
     let e = agent

@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use ebpf_probe::abi::{FlowKey, StallRecord, counter};
 use ebpf_probe::host::{HostStore, Records};
 use ebpf_probe::parse::{LinkKind, Snapped};
+use ebpf_probe::table::Seed;
 use ebpf_probe::verdict::{Config, end_stalls};
 
 use crate::capture::{Frame, Link};
@@ -22,8 +23,9 @@ pub struct Options {
     pub sweep_interval_ns: u64,
 }
 
-/// Capacities far above what a capture holds live: the analyser never refuses a flow.
-const HOST_TABLE: usize = 1 << 24;
+/// Flows held at once (idle ones leave at each sweep): far above what a capture holds
+/// live. Past it, new flows are refused and counted as `table_full`, as in the probe.
+const HOST_TABLE: usize = 1 << 20;
 
 pub struct Analyzer<F: FnMut(FlowReport)> {
     opts: Options,
@@ -37,7 +39,9 @@ pub struct Analyzer<F: FnMut(FlowReport)> {
 
 impl<F: FnMut(FlowReport)> Analyzer<F> {
     pub fn new(opts: Options, done: F) -> Self {
-        let store = HostStore::new(HOST_TABLE, HOST_TABLE, &opts.ctcp_ports);
+        // A random hash key: a crafted capture cannot aim its flows at one bucket.
+        let seed = Seed::random().unwrap_or_default();
+        let store = HostStore::new(HOST_TABLE, HOST_TABLE, &opts.ctcp_ports, seed);
         Analyzer {
             opts,
             store,
@@ -81,20 +85,15 @@ impl<F: FnMut(FlowReport)> Analyzer<F> {
         let (now, cfg, idle) = (self.now, self.opts.verdict, self.opts.idle_timeout_ns);
         let mut records = Vec::new();
         let mut idle_keys = Vec::new();
-        for table in [&mut self.store.flows, &mut self.store.pending] {
-            for (key, flow) in table.iter_mut() {
-                let mut sink = Records {
-                    key: *key,
-                    out: Vec::new(),
-                };
-                flow.check_stalls(&cfg, now, &mut sink);
-                if now.saturating_sub(flow.last_ts) >= idle {
-                    end_stalls(flow, now, &mut sink);
-                    idle_keys.push(*key);
-                }
-                records.extend(sink.out);
+        self.store.for_each_mut(|key, flow| {
+            let mut sink = Records::new(*key);
+            flow.check_stalls(&cfg, now, &mut sink);
+            if now.saturating_sub(flow.last_ts) >= idle {
+                end_stalls(flow, now, &mut sink);
+                idle_keys.push(*key);
             }
-        }
+            records.extend(sink.out);
+        });
         self.note(records);
         for key in idle_keys {
             self.retire(key);
@@ -108,12 +107,7 @@ impl<F: FnMut(FlowReport)> Analyzer<F> {
     }
 
     fn retire(&mut self, key: FlowKey) {
-        let flow = self
-            .store
-            .flows
-            .remove(&key)
-            .or_else(|| self.store.pending.remove(&key));
-        if let Some(flow) = flow {
+        if let Some(flow) = self.store.remove(&key) {
             let episodes = self.episodes.remove(&key).unwrap_or_default();
             (self.done)(FlowReport::new(&key, &flow, episodes, 0));
         }
@@ -124,9 +118,8 @@ impl<F: FnMut(FlowReport)> Analyzer<F> {
         self.sweep();
         let mut keys: Vec<(u64, FlowKey)> = self
             .store
-            .flows
-            .iter()
-            .chain(self.store.pending.iter())
+            .flows()
+            .chain(self.store.pending.iter().map(|(k, p)| (k, &p.flow)))
             .map(|(k, f)| (f.first_ts, *k))
             .collect();
         keys.sort();

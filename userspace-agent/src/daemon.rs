@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use aya::programs::xdp::XdpMode;
 use ebpf_probe::abi::{FlowKey, StallRecord, StallWhat, half_flag};
+use ebpf_probe::verdict::Config;
 use tokio::io::unix::AsyncFd;
 
 use crate::alert::Alerter;
@@ -42,6 +43,7 @@ pub struct Shared {
     ifnames: HashMap<u32, String>,
     alerter: std::sync::OnceLock<Alerter>,
     pins: Pins,
+    cfg: Config,
 }
 
 impl Shared {
@@ -91,10 +93,20 @@ impl Shared {
     }
 
     /// Prints, counts and remembers one stall transition; a candidate is only noted
-    /// for the sweep to check.
+    /// for the sweep to check, a late answer only counted. A record that no consistent
+    /// state can produce is dropped and counted, never reported.
     fn record(&self, r: &StallRecord) {
         if r.what == StallWhat::Candidate as u8 {
             self.candidates.lock().unwrap().insert(r.key);
+            return;
+        }
+        if !ebpf_probe::verdict::possible(r, &self.cfg) {
+            self.metrics.impossible.with_label_values(&["record"]).inc();
+            log::error!("dropped an impossible stall record (a bug, please report): {r:?}");
+            return;
+        }
+        if r.what == StallWhat::LateAnswer as u8 {
+            self.metrics.on_record(r, self.iface(r.ifindex));
             return;
         }
         let iface = self.iface(r.ifindex);
@@ -136,6 +148,7 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
         clock_from_map: false,
         pin_dir: None,
         event_ring_bytes: args.event_ring_kib * 1024,
+        table_seed: None,
     };
     let pins = Pins::prepare(&args.pin_path, &settings).map_err(|e| match e {
         PinError::NotBpffs(_) | PinError::Busy(_) => RunError::Input(e.to_string()),
@@ -202,6 +215,7 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
         ifnames,
         alerter: std::sync::OnceLock::new(),
         pins,
+        cfg: args.verdict.config(),
     }))
 }
 
@@ -290,6 +304,11 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                 sweeper = back;
                 match result {
                     Ok((t, counters)) => {
+                        shared
+                            .metrics
+                            .impossible
+                            .with_label_values(&["sweep"])
+                            .inc_by(t.impossible);
                         for r in &t.records {
                             shared.record(r);
                         }

@@ -20,6 +20,7 @@ pub fn event_json(r: &StallRecord, iface: &str, offset: u64) -> Value {
             StallWhat::Recovered => "stall_recovered",
             StallWhat::Ended => "stall_ended",
             StallWhat::Candidate => "stall_candidate",
+            StallWhat::LateAnswer => "late_answer",
         },
         "iface": iface,
         "class": class,

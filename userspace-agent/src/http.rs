@@ -110,26 +110,24 @@ fn matching_flows(
     let now = crate::flows::monotonic_now();
     let mut out = Vec::new();
     let probe = s.probe.lock().unwrap();
-    probe
-        .for_each_flow(|k, f| {
-            if out.len() >= limit {
-                return false;
-            }
-            let wanted = q
-                .state
-                .as_deref()
-                .is_none_or(|st| state_name(f.state) == st)
-                && q.class.as_deref().is_none_or(|c| class_name(f.class) == c);
-            if !wanted {
-                return true;
-            }
-            let stalls = s.episodes.lock().unwrap().get(k).cloned();
-            let mut r = FlowReport::new(k, f, stalls.unwrap_or_default(), s.offset);
-            r.age_ms = Some(now.saturating_sub(f.first_ts) / 1_000_000);
-            r.idle_ms = Some(now.saturating_sub(f.last_ts) / 1_000_000);
-            out.push(r);
-            true
-        })
-        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    probe.for_each_flow(|k, f| {
+        if out.len() >= limit {
+            return false;
+        }
+        let wanted = q
+            .state
+            .as_deref()
+            .is_none_or(|st| state_name(f.state) == st)
+            && q.class.as_deref().is_none_or(|c| class_name(f.class) == c);
+        if !wanted {
+            return true;
+        }
+        let stalls = s.episodes.lock().unwrap().get(k).cloned();
+        let mut r = FlowReport::new(k, f, stalls.unwrap_or_default(), s.offset);
+        r.age_ms = Some(now.saturating_sub(f.first_ts) / 1_000_000);
+        r.idle_ms = Some(now.saturating_sub(f.last_ts) / 1_000_000);
+        out.push(r);
+        true
+    });
     Ok(out)
 }

@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod daemon;
 pub mod events;
+pub mod flow_table;
 pub mod flows;
 pub mod http;
 pub mod metrics;

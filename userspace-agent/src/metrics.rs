@@ -24,6 +24,11 @@ pub struct Metrics {
     stalls: IntCounterVec,
     recoveries: IntCounterVec,
     stall_seconds: Histogram,
+    late_answers: IntCounterVec,
+    late_answer_seconds: Histogram,
+    /// Verdicts refused, or records dropped, because they came from an impossible
+    /// state, by where it was caught: never expected.
+    pub impossible: IntCounterVec,
     flows: IntGaugeVec,
     entries: IntGauge,
     stalled_info: IntGaugeVec,
@@ -102,6 +107,16 @@ impl Metrics {
         )
         .unwrap();
         r.register(Box::new(stall_seconds.clone())).unwrap();
+        let late_answer_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "ackwatch_late_answer_seconds",
+                "How long a hole waited, from the first duplicate ACK, for a retransmission \
+                 that came after the stall timeout but before a stall was declared",
+            )
+            .buckets(vec![1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 15.0, 30.0]),
+        )
+        .unwrap();
+        r.register(Box::new(late_answer_seconds.clone())).unwrap();
         let stalled_info = IntGaugeVec::new(
             Opts::new(
                 "ackwatch_stalled_flow_info",
@@ -177,6 +192,23 @@ impl Metrics {
                 &CLASSES,
             ),
             stall_seconds,
+            late_answers: counter_vec(
+                &r,
+                "ackwatch_late_answers_total",
+                "Holes answered by a retransmission after the stall timeout, before a stall \
+                 was declared (a slow but healthy sender, not a stall)",
+                "class",
+                &CLASSES,
+            ),
+            late_answer_seconds,
+            impossible: counter_vec(
+                &r,
+                "ackwatch_impossible_states_total",
+                "Verdicts refused, or stall records dropped, because they came from an \
+                 impossible state (a bug to report: never expected)",
+                "source",
+                &["probe", "sweep", "record"],
+            ),
             flows,
             entries,
             http_refused: plain_counter(
@@ -234,6 +266,12 @@ impl Metrics {
                     self.stalled_info.with_label_values(&info).set(1);
                 }
             }
+            Ok(StallWhat::LateAnswer) => {
+                self.late_answers.with_label_values(&[class]).inc();
+                self.late_answer_seconds
+                    .observe(r.at.saturating_sub(r.since) as f64 / 1e9);
+            }
+            Ok(StallWhat::Candidate) | Err(_) => {}
             Ok(what) => {
                 let _ = self.stalled_info.remove_label_values(&info);
                 if what == StallWhat::Recovered {
@@ -242,7 +280,6 @@ impl Metrics {
                 self.stall_seconds
                     .observe(r.at.saturating_sub(r.since) as f64 / 1e9);
             }
-            Err(_) => {}
         }
     }
 
@@ -281,6 +318,10 @@ impl Metrics {
         let full = counters[counter::TABLE_FULL as usize].saturating_sub(full_before);
         self.refused.with_label_values(&["table_full"]).inc_by(full);
         add(counter::RINGBUF_FULL, &self.events_lost);
+        add(
+            counter::IMPOSSIBLE_STATE,
+            &self.impossible.with_label_values(&["probe"]),
+        );
         for (c, class) in CLASSES.iter().enumerate() {
             for (s, state) in STATES.iter().enumerate() {
                 self.flows

@@ -6,11 +6,13 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader, include_bytes_aligned};
 use aya_log::EbpfLogger;
-use ebpf_probe::abi::{Flow, FlowKey, StallRecord, counter, port_flag};
+use ebpf_probe::abi::{ClockParams, Flow, FlowKey, Pending, StallRecord, counter, port_flag};
 use ebpf_probe::parse::LinkKind;
+use ebpf_probe::table::{self, Seed, WAYS};
 use ebpf_probe::verdict::Config;
 
 use crate::batch::Cursor;
+use crate::flow_table::FlowTable;
 
 /// The probe object, built by build.rs.
 static PROBE_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackwatch-probe"));
@@ -30,6 +32,8 @@ pub struct Settings {
     pub pin_dir: Option<std::path::PathBuf>,
     /// Size of the stall-record ring buffer (a power of two, at least a page).
     pub event_ring_bytes: u32,
+    /// The flow table's hash key; None: random, or the pinned table's own.
+    pub table_seed: Option<Seed>,
 }
 
 impl Default for Settings {
@@ -42,6 +46,7 @@ impl Default for Settings {
             clock_from_map: false,
             pin_dir: None,
             event_ring_bytes: 256 * 1024,
+            table_seed: None,
         }
     }
 }
@@ -64,6 +69,10 @@ pub enum ProbeError {
     Batch(&'static str, std::io::Error),
     #[error("pinning {0}: {1}")]
     Pin(std::path::PathBuf, String),
+    #[error("mapping the flow table: {0}")]
+    Mmap(std::io::Error),
+    #[error("calibrating the clock: {0}")]
+    Clock(String),
 }
 
 impl ProbeError {
@@ -93,6 +102,9 @@ pub fn tc_program(link: LinkKind) -> &'static str {
     }
 }
 
+/// Run once at load, never attached: reads jiffies and the precise clock together.
+const CLOCK_PROGRAM: &str = "ackwatch_clock";
+
 pub const PROGRAMS: [&str; 4] = [
     "ackwatch_xdp",
     "ackwatch_xdp_ip",
@@ -106,6 +118,7 @@ pub struct Probe {
     /// Reads the probe's aya-log records (its AYA_LOGS map must stay open while the
     /// programs load); the agent takes it to forward them to its log.
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    table: FlowTable,
 }
 
 impl Probe {
@@ -118,12 +131,15 @@ impl Probe {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
+        let buckets = table::buckets_for(s.max_flows);
         let mut ebpf = loader
             .override_global("DUPACK_THRESHOLD", &s.verdict.dupack_threshold, true)
             .override_global("STALL_TIMEOUT_NS", &s.verdict.stall_timeout_ns, true)
             .override_global("TRACK_ALL", &track_all, true)
             .override_global("CLOCK_FROM_MAP", &clock, true)
-            .map_max_entries("FLOWS", s.max_flows)
+            .override_global("FLOW_BUCKETS", &buckets, true)
+            .map_max_entries("BUCKETS", buckets)
+            .map_max_entries("FLOWS", buckets * WAYS)
             .map_max_entries("PENDING", s.max_pending)
             .map_max_entries("EVENTS", s.event_ring_bytes)
             .load(PROBE_OBJECT)?;
@@ -136,10 +152,22 @@ impl Probe {
             let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
             prog.load().map_err(|e| ProbeError::Program(name, e))?;
         }
+        let seed = table_seed(&mut ebpf, s.table_seed)?;
+        let table = FlowTable::map(
+            array_data(&ebpf, "BUCKETS")?,
+            array_data(&ebpf, "FLOWS")?,
+            buckets,
+            seed,
+        )
+        .map_err(ProbeError::Mmap)?;
         let mut probe = Probe {
             ebpf,
             logger: Some(logger),
+            table,
         };
+        if !s.clock_from_map {
+            probe.calibrate_clock()?;
+        }
         if s.pin_dir.is_some() {
             probe.reset_ctcp_ports(&s.ctcp_ports)?;
         } else {
@@ -230,10 +258,56 @@ impl Probe {
 
     /// Sets the probe's clock (only read with `Settings::clock_from_map`).
     pub fn set_clock(&mut self, now: Duration) -> Result<(), ProbeError> {
-        let mut clock: Array<&mut MapData, u64> = map_mut(&mut self.ebpf, "CLOCK")?;
+        self.write_clock(ClockParams {
+            map_now: now.as_nanos() as u64,
+            ..Default::default()
+        })
+    }
+
+    fn write_clock(&mut self, params: ClockParams) -> Result<(), ProbeError> {
+        let mut clock: Array<&mut MapData, ClockParams> = map_mut(&mut self.ebpf, "CLOCK")?;
         clock
-            .set(0, now.as_nanos() as u64, 0)
+            .set(0, params, 0)
             .map_err(|e| ProbeError::Map("CLOCK", e))
+    }
+
+    /// Sets the coarse clock (`jiffies * tick + offset`) to read CLOCK_MONOTONIC, as the
+    /// precise one does, to within half a tick: the tick from the coarse clock's
+    /// resolution, the offset from samples of both clocks taken together in the kernel
+    /// over two ticks (the smallest difference is the one taken right after a tick).
+    fn calibrate_clock(&mut self) -> Result<(), ProbeError> {
+        let mut res = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: a valid timespec to fill.
+        if unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut res) } != 0 {
+            return Err(ProbeError::Clock(
+                std::io::Error::last_os_error().to_string(),
+            ));
+        }
+        let tick = res.tv_sec as u64 * 1_000_000_000 + res.tv_nsec as u64;
+        let start = std::time::Instant::now();
+        let mut offset = u64::MAX;
+        while start.elapsed().as_nanos() < 2 * tick as u128 + 1_000_000 {
+            self.xdp_run_time(CLOCK_PROGRAM, &[0u8; 64], 1)?;
+            let map = self
+                .ebpf
+                .map("CLOCK")
+                .ok_or(ProbeError::MissingMap("CLOCK"))?;
+            let clock: Array<&MapData, ClockParams> =
+                Array::try_from(map).map_err(|e| ProbeError::Map("CLOCK", e))?;
+            let c = clock.get(&0, 0).map_err(|e| ProbeError::Map("CLOCK", e))?;
+            offset = offset.min(
+                c.sample_ns
+                    .wrapping_sub(c.sample_jiffies.wrapping_mul(tick)),
+            );
+        }
+        self.write_clock(ClockParams {
+            ns_per_jiffy: tick,
+            offset: offset.wrapping_add(tick / 2),
+            ..Default::default()
+        })
     }
 
     /// Counters summed over CPUs, indexed by `abi::counter`.
@@ -255,84 +329,78 @@ impl Probe {
 
     /// Every established flow.
     pub fn flows(&self) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
-        self.table("FLOWS")
-    }
-
-    /// Every half-open flow.
-    pub fn pending(&self) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
-        self.table("PENDING")
-    }
-
-    /// Calls `each` with every established flow until it returns false, holding only a
-    /// chunk of the table in memory (the sweep, at a million flows).
-    pub fn for_each_flow(
-        &self,
-        each: impl FnMut(&FlowKey, &Flow) -> bool,
-    ) -> Result<(), ProbeError> {
-        self.walk("FLOWS", &mut Cursor::default(), usize::MAX, each)
-            .map(|_| ())
-    }
-
-    /// Continues a walk of the established flows at `cursor` for about `max` entries;
-    /// true when it reached the end of the table (the next call starts over).
-    pub fn walk_flows(
-        &self,
-        cursor: &mut Cursor,
-        max: usize,
-        each: impl FnMut(&FlowKey, &Flow) -> bool,
-    ) -> Result<bool, ProbeError> {
-        self.walk("FLOWS", cursor, max, each)
-    }
-
-    /// One established flow.
-    pub fn flow(&self, key: &FlowKey) -> Result<Option<Flow>, ProbeError> {
-        let map = self
-            .ebpf
-            .map("FLOWS")
-            .ok_or(ProbeError::MissingMap("FLOWS"))?;
-        let table: HashMap<&MapData, FlowKey, Flow> =
-            HashMap::try_from(map).map_err(|e| ProbeError::Map("FLOWS", e))?;
-        match table.get(key, 0) {
-            Ok(f) => Ok(Some(f)),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(ProbeError::Map("FLOWS", e)),
-        }
-    }
-
-    fn table(&self, name: &'static str) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
         let mut all = Vec::new();
-        self.walk(name, &mut Cursor::default(), usize::MAX, |k, f| {
+        self.for_each_flow(|k, f| {
             all.push((*k, *f));
             true
-        })?;
+        });
         Ok(all)
     }
 
-    /// `batch::walk` over the table `name`; where the kernel has no batched lookup, the
-    /// whole table at once through aya's iterator (two syscalls an entry).
-    fn walk(
-        &self,
-        name: &'static str,
-        cursor: &mut Cursor,
-        max: usize,
-        mut each: impl FnMut(&FlowKey, &Flow) -> bool,
-    ) -> Result<bool, ProbeError> {
+    /// Every half-open or one-sided flow.
+    pub fn pending(&self) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
+        let name = "PENDING";
         let map = self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
-        if let aya::maps::Map::HashMap(data) | aya::maps::Map::LruHashMap(data) = map
-            && let Some(done) = crate::batch::walk(data, cursor, max, &mut each)
+        let mut all = Vec::new();
+        let mut each = |k: &FlowKey, p: &Pending| {
+            all.push((*k, p.flow));
+            true
+        };
+        if let aya::maps::Map::LruHashMap(data) = map
+            && crate::batch::walk(data, &mut Cursor::default(), usize::MAX, &mut each)
                 .map_err(|e| ProbeError::Batch(name, e))?
+                .is_some()
         {
-            return Ok(done);
+            return Ok(all);
         }
-        let table: HashMap<&MapData, FlowKey, Flow> =
+        let table: HashMap<&MapData, FlowKey, Pending> =
             HashMap::try_from(map).map_err(|e| ProbeError::Map(name, e))?;
         for r in table.iter() {
-            let (k, f) = r.map_err(|e| ProbeError::Map(name, e))?;
-            if !each(&k, &f) {
-                break;
+            let (k, p) = r.map_err(|e| ProbeError::Map(name, e))?;
+            each(&k, &p);
+        }
+        Ok(all)
+    }
+
+    /// Calls `each` with a consistent copy of every established flow until it returns
+    /// false.
+    pub fn for_each_flow(&self, mut each: impl FnMut(&FlowKey, &Flow) -> bool) {
+        let mut at = 0;
+        self.walk_flows(&mut at, usize::MAX, |_, k, f| each(k, f));
+    }
+
+    /// Continues a walk of the established table at slot `cursor` for `max` flows
+    /// (free slots cost a tag check and do not count), calling `each(slot, key, flow)`
+    /// for each flow until it returns false; true when it reached the end of the table
+    /// (the cursor starts over).
+    pub fn walk_flows(
+        &self,
+        cursor: &mut u32,
+        max: usize,
+        mut each: impl FnMut(u32, &FlowKey, &Flow) -> bool,
+    ) -> bool {
+        let end = self.table.slots();
+        let mut seen = 0;
+        while *cursor < end && seen < max {
+            let i = *cursor;
+            *cursor += 1;
+            if let Some((k, f)) = self.table.read(i) {
+                seen += 1;
+                if !each(i, &k, &f) {
+                    return false;
+                }
             }
         }
-        Ok(true)
+        if *cursor >= end {
+            *cursor = 0;
+            return true;
+        }
+        false
+    }
+
+    /// The established table, for lookups, the sweep's locked updates and eviction.
+    pub fn table(&self) -> &FlowTable {
+        &self.table
     }
 
     /// Takes every record waiting in the ring buffer.
@@ -358,20 +426,6 @@ impl Probe {
             .ok_or(ProbeError::MissingMap("EVENTS"))?;
         RingBuf::try_from(map).map_err(|e| ProbeError::Map("EVENTS", e))
     }
-
-    /// Replaces an established flow's entry (the sweep's stall verdict).
-    pub fn write_flow(&mut self, key: &FlowKey, flow: &Flow) -> Result<(), ProbeError> {
-        let mut table: HashMap<&mut MapData, FlowKey, Flow> = map_mut(&mut self.ebpf, "FLOWS")?;
-        table
-            .insert(key, flow, 0)
-            .map_err(|e| ProbeError::Map("FLOWS", e))
-    }
-
-    /// Removes an established flow (idle or closed).
-    pub fn remove_flow(&mut self, key: &FlowKey) -> Result<(), ProbeError> {
-        let mut table: HashMap<&mut MapData, FlowKey, Flow> = map_mut(&mut self.ebpf, "FLOWS")?;
-        table.remove(key).map_err(|e| ProbeError::Map("FLOWS", e))
-    }
 }
 
 /// Every record waiting in `ring`.
@@ -384,6 +438,36 @@ pub fn drain<T: std::borrow::BorrowMut<MapData>>(ring: &mut RingBuf<T>) -> Vec<S
         }
     }
     out
+}
+
+/// The table's hash key: the pinned table's own if it has one (a table reused across
+/// restarts must keep its placement), else `wanted`, else random; written to SEED.
+fn table_seed(ebpf: &mut Ebpf, wanted: Option<Seed>) -> Result<Seed, ProbeError> {
+    let mut map: Array<&mut MapData, Seed> = map_mut(ebpf, "SEED")?;
+    let old = map.get(&0, 0).map_err(|e| ProbeError::Map("SEED", e))?;
+    if old != Seed::default() {
+        return Ok(old);
+    }
+    let seed = match wanted {
+        Some(seed) => seed,
+        None => {
+            Seed::random().map_err(|e| ProbeError::Pin("/dev/urandom".into(), e.to_string()))?
+        }
+    };
+    map.set(0, seed, 0)
+        .map_err(|e| ProbeError::Map("SEED", e))?;
+    Ok(seed)
+}
+
+fn array_data<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a MapData, ProbeError> {
+    match ebpf.map(name) {
+        Some(aya::maps::Map::Array(data)) => Ok(data),
+        Some(_) => Err(ProbeError::Map(
+            name,
+            aya::maps::MapError::InvalidMapType { map_type: 0 },
+        )),
+        None => Err(ProbeError::MissingMap(name)),
+    }
 }
 
 fn not_found() -> aya::programs::ProgramError {

@@ -2,11 +2,13 @@
 //! stall rule to flows whose sender went silent (no packet comes to trigger it in the
 //! kernel).
 //!
-//! Reading the table costs ~0.6 µs a flow here (BPF_MAP_LOOKUP_BATCH copies each
-//! 360-byte entry), so a tick does not read all of it: it checks the flows the probe
-//! named candidates (their K-th duplicate ACK: the only ones the stall rule can fire
-//! for without a packet), and walks the next slice of the table, sized so that a whole
-//! pass takes about a minute. Eviction and the per-class gauges follow the pass.
+//! The table is mapped into the agent's memory (`flow_table`): a tick checks the flows
+//! the probe named candidates (their K-th duplicate ACK: the only ones the stall rule
+//! can fire for without a packet) and walks the next slice of the table, sized so that
+//! a whole pass takes about a minute. Eviction and the per-class gauges follow the
+//! pass. The stall rule runs on the live entry under its lock, as the probe's does, so
+//! the verdict never reads a half-written state and no packet's update is lost; a flow
+//! the probe holds at that instant is checked at the next tick.
 
 use std::collections::HashSet;
 
@@ -14,7 +16,6 @@ use ebpf_probe::abi::{Flow, FlowKey, FlowState, StallRecord, StallWhat, event, h
 use ebpf_probe::host::Records;
 use ebpf_probe::verdict::{Config, end_stalls};
 
-use crate::batch::Cursor;
 use crate::probe::{Probe, ProbeError};
 
 /// Closed flows stay this long, so late packets of the close find their entry.
@@ -46,13 +47,16 @@ pub struct Tick {
     pub stalled: Vec<StallRecord>,
     /// The pass it completed, if it did.
     pub pass: Option<Pass>,
+    /// Verdicts refused on an impossible state.
+    pub impossible: u64,
 }
 
 /// The sweep's state from one tick to the next.
 pub struct Sweeper {
     cfg: Config,
     idle_ns: u64,
-    cursor: Cursor,
+    /// Next slot of the walk.
+    cursor: u32,
     /// The pass so far.
     pass: Pass,
     /// Entries of the last whole pass (before the first: the capacity), to size slices.
@@ -66,7 +70,7 @@ impl Sweeper {
         Sweeper {
             cfg,
             idle_ns,
-            cursor: Cursor::default(),
+            cursor: 0,
             pass: Pass::default(),
             last_entries: capacity,
             watch: HashSet::new(),
@@ -78,7 +82,7 @@ impl Sweeper {
         let mut tick = Tick::default();
         self.check_watched(probe, now, &mut tick)?;
         let slice = MIN_SLICE.max(self.last_entries.div_ceil(TICKS_PER_PASS));
-        self.walk(probe, now, slice, &mut tick)?;
+        self.walk(probe, now, slice, &mut tick);
         Ok(tick)
     }
 
@@ -91,26 +95,24 @@ impl Sweeper {
         tick: &mut Tick,
     ) -> Result<(), ProbeError> {
         let mut done = Vec::new();
+        let table = probe.table();
         for key in &self.watch {
-            let Some(mut flow) = probe.flow(key)? else {
+            let Some(i) = table.find(key) else {
                 done.push(*key);
                 continue;
             };
-            let mut sink = Records {
-                key: *key,
-                out: Vec::new(),
-            };
-            flow.check_stalls(&self.cfg, now, &mut sink);
-            if !sink.out.is_empty() {
-                probe.write_flow(key, &flow)?;
-            }
-            let waiting = flow
-                .half
-                .iter()
-                .any(|h| h.flags & half_flag::CANDIDATE != 0 && h.flags & half_flag::STALLED == 0);
-            if !waiting {
+            let mut sink = Records::new(*key);
+            let waiting = table.with_locked(i, key, |flow| {
+                flow.check_stalls(&self.cfg, now, &mut sink);
+                flow.half.iter().any(|h| {
+                    h.flags & half_flag::CANDIDATE != 0 && h.flags & half_flag::STALLED == 0
+                })
+            });
+            // Busy: checked at the next tick.
+            if waiting == Some(false) {
                 done.push(*key);
             }
+            tick.impossible += sink.impossible;
             tick.records.extend(sink.out);
         }
         for key in done {
@@ -119,57 +121,64 @@ impl Sweeper {
         Ok(())
     }
 
-    fn walk(
-        &mut self,
-        probe: &mut Probe,
-        now: u64,
-        slice: usize,
-        tick: &mut Tick,
-    ) -> Result<(), ProbeError> {
-        // Removals and write-backs wait for the end of the slice (the walk borrows the
-        // probe); both are few.
-        let (mut evict, mut write) = (Vec::new(), Vec::new());
+    fn walk(&mut self, probe: &mut Probe, now: u64, slice: usize, tick: &mut Tick) {
+        // Flows the rule or eviction must change: done under their locks after the
+        // slice (the walk borrows the probe); they are few.
+        let mut due = Vec::new();
         let (cfg, idle_ns, pass) = (&self.cfg, self.idle_ns, &mut self.pass);
-        let complete = probe.walk_flows(&mut self.cursor, slice, |key, flow| {
-            let mut flow = *flow;
+        let complete = probe.walk_flows(&mut self.cursor, slice, |i, key, flow| {
             let quiet = now.saturating_sub(flow.last_ts);
             let closed = flow.state == FlowState::Closed as u8;
-            let mut sink = Records {
-                key: *key,
-                out: Vec::new(),
-            };
-            if quiet >= idle_ns || (closed && quiet >= CLOSED_GRACE_NS) {
-                end_stalls(&mut flow, now, &mut sink);
-                evict.push(*key);
+            let evict = quiet >= idle_ns || (closed && quiet >= CLOSED_GRACE_NS);
+            // The rule on a copy says whether the live entry needs it.
+            let mut trial = *flow;
+            let mut sink = Records::new(*key);
+            trial.check_stalls(cfg, now, &mut sink);
+            if evict || !sink.out.is_empty() {
+                due.push((i, *key, evict, *flow));
+            } else {
+                pass.count(flow);
+                tick.stalled.extend(stalled_sides(key, flow, Some(now)));
+            }
+            true
+        });
+        let table = probe.table();
+        for (i, key, evict, seen) in due {
+            let mut sink = Records::new(key);
+            let flow = table
+                .with_locked(i, &key, |flow| {
+                    if evict {
+                        end_stalls(flow, now, &mut sink);
+                    } else {
+                        flow.check_stalls(cfg, now, &mut sink);
+                    }
+                    *flow
+                })
+                .unwrap_or(seen);
+            if evict && table.remove(i, &key) {
+                tick.evictions += 1;
                 add_totals(&mut pass.evicted[metrics_class(flow.class)], &flow);
             } else {
-                flow.check_stalls(cfg, now, &mut sink);
-                if !sink.out.is_empty() {
-                    // A packet may update the entry between our read and this write;
-                    // the counts of that packet are then lost, never the verdict.
-                    write.push((*key, flow));
-                }
-                tick.stalled.extend(stalled_sides(key, &flow, Some(now)));
-                pass.entries += 1;
-                let c = metrics_class(flow.class);
-                pass.flows[c][flow.state.min(3) as usize] += 1;
-                add_totals(&mut pass.live[c], &flow);
+                pass.count(&flow);
+                tick.stalled.extend(stalled_sides(&key, &flow, Some(now)));
             }
+            tick.impossible += sink.impossible;
             tick.records.extend(sink.out);
-            true
-        })?;
-        for key in &evict {
-            probe.remove_flow(key)?;
         }
-        for (key, flow) in &write {
-            probe.write_flow(key, flow)?;
-        }
-        tick.evictions = evict.len() as u64;
         if complete {
             self.last_entries = self.pass.entries;
             tick.pass = Some(std::mem::take(&mut self.pass));
         }
-        Ok(())
+    }
+}
+
+impl Pass {
+    /// Counts a flow that stays in the table.
+    fn count(&mut self, flow: &Flow) {
+        self.entries += 1;
+        let c = metrics_class(flow.class);
+        self.flows[c][flow.state.min(3) as usize] += 1;
+        add_totals(&mut self.live[c], flow);
     }
 }
 
@@ -182,7 +191,7 @@ pub fn sweep(
 ) -> Result<(Tick, Pass), ProbeError> {
     let mut s = Sweeper::new(*cfg, idle_ns, 0);
     let mut tick = Tick::default();
-    s.walk(probe, now, usize::MAX, &mut tick)?;
+    s.walk(probe, now, usize::MAX, &mut tick);
     let pass = tick.pass.clone().unwrap_or_default();
     Ok((tick, pass))
 }

@@ -55,7 +55,7 @@ fn full_pass(sizes: &[u32], figures: &mut Vec<Figure>) {
     let flow = prefill::flow(monotonic_now());
     for &n in sizes {
         for i in written..n {
-            probe.write_flow(&prefill::key(i), &flow).expect("fill");
+            assert!(probe.table().insert(&prefill::key(i), &flow), "fill");
         }
         written = n;
         let mut best = f64::MAX;
@@ -105,10 +105,10 @@ pub fn run(sizes: &[u32], figures: &mut Vec<Figure>) {
         ],
     );
     let ns = lab.headend.clone();
-    let mut flows = prefill::pinned_flows(&pin);
+    let flows = prefill::pinned_flows(&pin);
     let mut written = 0;
     for &n in sizes {
-        prefill::fill(&mut flows, written, n);
+        prefill::fill(&flows, written, n);
         written = n;
         // The agent's own figure for its ticks (a slice of the table and the
         // candidates): the longest of five.

@@ -77,7 +77,7 @@ fn prefill(probe: &mut Probe, n: u32, fill: bool) {
     let flow = prefill::flow(1);
     let mut i = 0;
     while i < n || fill {
-        if probe.write_flow(&prefill::key(i + 1), &flow).is_err() {
+        if !probe.table().insert(&prefill::key(i + 1), &flow) {
             assert!(fill, "prefill refused at {i} of {n}");
             return;
         }

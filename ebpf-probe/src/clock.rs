@@ -1,0 +1,28 @@
+//! Time for the state machine. Most rules work in milliseconds or seconds (T, idle, the
+//! 20 ms fast-retransmission window) and read the coarse clock, which costs nothing in
+//! the kernel; the initial RTT and the out-of-order window need sub-tick precision and
+//! ask for the precise clock, which costs a helper call, only on the segments whose rule
+//! needs it (SYNs, the ACK completing a handshake, data that advances or falls behind
+//! the sender's next sequence number). Pure ACKs never read it.
+
+pub trait Clock {
+    /// Nanoseconds at tick precision.
+    fn coarse(&mut self) -> u64;
+    /// Nanoseconds at full precision, on the same time base.
+    fn precise(&mut self) -> u64;
+}
+
+/// One time for both: a capture's timestamps, the tests' map clock.
+#[derive(Clone, Copy, Debug)]
+pub struct Fixed(pub u64);
+
+impl Clock for Fixed {
+    #[inline(always)]
+    fn coarse(&mut self) -> u64 {
+        self.0
+    }
+    #[inline(always)]
+    fn precise(&mut self) -> u64 {
+        self.0
+    }
+}

@@ -1,0 +1,379 @@
+//! The established-flow table: open addressing in flat arrays that the kernel, the
+//! agent (through `mmap`) and the host share, so a lookup costs no helper call.
+//!
+//! ```text
+//!   BUCKETS [b] = 8 tags        FLOWS [b * 8 + i] = Slot { seq, key, flow }
+//!   tag 0 empty, 1 being filled, else the key's tag (top bit set)
+//! ```
+//! A key lives in one of two buckets (two hashes), each with 8 ways: a lookup reads one
+//! line of tags, and the key of a slot only where the tag matches. The hash is NH
+//! (UMAC's universal hash) keyed with random words chosen when the table is created,
+//! so nobody can aim keys at one bucket. A flow is inserted only by moving it from the
+//! pending table, under that entry's lock, so one key is never inserted twice; a slot
+//! is claimed by compare-and-swap of its tag. When both buckets are full, the new flow
+//! is refused. Only the agent deletes (idle flows), under the slot's lock.
+//!
+//! `seq` is a sequence lock: odd while a writer (the XDP or TC program, or the agent's
+//! sweep) holds the slot. Writers take it with compare-and-swap and a bounded spin; a
+//! reader that must not block copies the slot between two equal even values.
+
+use core::mem::size_of;
+
+use crate::abi::{Flow, FlowKey};
+
+/// Ways of a bucket.
+pub const WAYS: u32 = 8;
+/// Tag of a free slot.
+pub const EMPTY: u64 = 0;
+/// Tag of a slot being filled.
+pub const RESERVED: u64 = 1;
+/// Words of the hash key (`Seed::words`): one per key word, rounded up to pairs.
+pub const SEED_WORDS: usize = 10;
+/// How often a writer tries to take a lock before it gives up on the packet (the
+/// holder's critical section is a few hundred ns; a try costs tens of ns). The verifier
+/// checks the kernel's `bpf_loop` of tries with this count known: 4,096 took it past
+/// its 1,000,000 instructions, 64 measures ~222,000 in all.
+pub const SPINS: u32 = 64;
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Bucket {
+    pub tags: [u64; WAYS as usize],
+}
+/// One cache line.
+const _: () = assert!(size_of::<Bucket>() == 64);
+
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Slot {
+    pub seq: u64,
+    pub key: FlowKey,
+    pub _pad2: u32,
+    pub flow: Flow,
+}
+const _: () = assert!(size_of::<Slot>() == 8 + 36 + 4 + size_of::<Flow>());
+const _: () = assert!(size_of::<Slot>() % 8 == 0);
+
+/// The table's hash key and geometry, chosen when the table is created.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Seed {
+    pub words: [u32; SEED_WORDS],
+}
+const _: () = assert!(size_of::<Seed>() == 40);
+
+/// Where a key may live: its two buckets and its tag.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Place {
+    pub bucket: [u32; 2],
+    pub tag: u64,
+}
+
+/// Buckets for a table that holds `flows` flows: 25% more slots than flows, so that
+/// two-choice placement (the emptier bucket) almost never refuses a flow before the
+/// table holds `flows` (measured: first refusal at 80% of the slots).
+pub fn buckets_for(flows: u32) -> u32 {
+    let slots = flows as u64 + flows as u64 / 4;
+    slots.div_ceil(WAYS as u64).max(1) as u32
+}
+
+/// NH (sum of products of key and seed words, mod 2^64), then a 64-bit finalizer for
+/// the bucket indices; the tag is NH itself with the top bit set.
+#[inline(always)]
+pub fn place(key: &FlowKey, seed: &Seed, buckets: u32) -> Place {
+    let a = &key.addr;
+    let m = [
+        a[0][0],
+        a[0][1],
+        a[0][2],
+        a[0][3],
+        a[1][0],
+        a[1][1],
+        a[1][2],
+        a[1][3],
+        key.port[0] as u32 | (key.port[1] as u32) << 16,
+        0,
+    ];
+    let k = &seed.words;
+    let mut h: u64 = 0;
+    let mut i = 0;
+    while i < SEED_WORDS {
+        let x = m[i].wrapping_add(k[i]) as u64;
+        let y = m[i + 1].wrapping_add(k[i + 1]) as u64;
+        h = h.wrapping_add(x.wrapping_mul(y));
+        i += 2;
+    }
+    let mut x = h ^ (h >> 31);
+    x = x.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^= x >> 29;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 32;
+    let n = buckets as u64;
+    Place {
+        bucket: [
+            (((x & 0xffff_ffff) * n) >> 32) as u32,
+            (((x >> 32) * n) >> 32) as u32,
+        ],
+        tag: h | 1 << 63,
+    }
+}
+
+/// The table's memory: bucket `b`'s tags and slot `i`, or None past the end.
+pub trait Slots {
+    fn bucket(&mut self, b: u32) -> Option<*mut Bucket>;
+    fn slot(&mut self, i: u32) -> Option<*mut Slot>;
+    /// Returns `v` unchanged, but unknown to the BPF verifier (as `abi::opaque`): a slot
+    /// index found in way `i` is a different known value on each of the 16 paths of a
+    /// lookup, and the verifier would check the rest of the program once per path.
+    #[inline(always)]
+    fn launder(&mut self, v: u32) -> u32 {
+        v
+    }
+    /// Takes a lock of this table's memory (`lock`).
+    #[inline(always)]
+    fn lock(&mut self, seq: *mut u64) -> Option<Held> {
+        lock(seq)
+    }
+}
+
+/// Atomic accesses to a u64 of table memory. Rust's `core` has no compare-and-swap for
+/// the BPF target (its spec says none), but LLVM and the kernel do (BPF_CMPXCHG), so
+/// the kernel side calls the compiler's intrinsics. 64-bit words: LLVM has 32-bit
+/// atomics for BPF only with ALU32 (cpu v3), which would change all the probe's code. Every pointer given here is aligned
+/// table memory that outlives the call, and is only ever accessed atomically by
+/// concurrent writers. On x86 (TSO) the JIT's locked instructions are full barriers.
+#[cfg(target_arch = "bpf")]
+mod atomic {
+    use core::intrinsics::AtomicOrdering::SeqCst;
+    use core::intrinsics::{atomic_cxchg, atomic_xchg};
+
+    /// A volatile load: LLVM's BPF backend cannot select atomic loads of this width
+    /// before cpu v4; on x86 a load is not reordered with older loads anyway, nor with
+    /// the locked operations.
+    #[inline(always)]
+    pub fn load(p: *mut u64) -> u64 {
+        // SAFETY: see the module comment.
+        unsafe { core::ptr::read_volatile(p) }
+    }
+    #[inline(always)]
+    pub fn cas(p: *mut u64, old: u64, new: u64) -> bool {
+        // SAFETY: see the module comment.
+        unsafe { atomic_cxchg::<u64, { SeqCst }, { SeqCst }>(p, old, new).1 }
+    }
+    #[inline(always)]
+    pub fn swap(p: *mut u64, v: u64) {
+        // SAFETY: see the module comment.
+        unsafe { atomic_xchg::<u64, { SeqCst }>(p, v) };
+    }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+mod atomic {
+    use core::sync::atomic::{AtomicU64, Ordering};
+
+    #[inline(always)]
+    fn at<'a>(p: *mut u64) -> &'a AtomicU64 {
+        // SAFETY: see the module comment on the BPF side.
+        unsafe { AtomicU64::from_ptr(p) }
+    }
+    #[inline(always)]
+    pub fn load(p: *mut u64) -> u64 {
+        at(p).load(Ordering::Acquire)
+    }
+    #[inline(always)]
+    pub fn cas(p: *mut u64, old: u64, new: u64) -> bool {
+        at(p)
+            .compare_exchange(old, new, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+    #[inline(always)]
+    pub fn swap(p: *mut u64, v: u64) {
+        at(p).swap(v, Ordering::AcqRel);
+    }
+}
+
+#[inline(always)]
+fn same_key(a: &FlowKey, b: &FlowKey) -> bool {
+    // Word by word: array equality may become a bcmp call in BPF.
+    let mut same = a.port[0] == b.port[0] && a.port[1] == b.port[1];
+    for i in 0..2 {
+        for j in 0..4 {
+            same &= a.addr[i][j] == b.addr[i][j];
+        }
+    }
+    same
+}
+
+/// The tag word of way `i` of bucket `b`.
+#[inline(always)]
+fn tag_of(bucket: *mut Bucket, i: u32) -> *mut u64 {
+    // SAFETY: `bucket` is a live bucket; `i & 7` is in range.
+    unsafe { (*bucket).tags.as_mut_ptr().add((i & (WAYS - 1)) as usize) }
+}
+
+/// Slot index of `key`, found by tag and key (not locked), or None.
+#[inline(always)]
+pub fn find<S: Slots>(s: &mut S, key: &FlowKey, at: &Place) -> Option<u32> {
+    for w in 0..2 {
+        let b = at.bucket[w];
+        let bucket = s.bucket(b)?;
+        for i in 0..WAYS {
+            if atomic::load(tag_of(bucket, i)) != at.tag {
+                continue;
+            }
+            let idx = s.launder(b * WAYS + i);
+            let slot = s.slot(idx)?;
+            // SAFETY: a live slot; its key only changes while its tag is not `at.tag`.
+            if same_key(unsafe { &(*slot).key }, key) {
+                return Some(idx);
+            }
+        }
+    }
+    None
+}
+
+/// A lock held: the lock word and the odd value it holds.
+#[derive(Clone, Copy)]
+pub struct Held {
+    pub seq: *mut u64,
+    pub value: u64,
+}
+
+/// Takes `seq`'s lock, trying `SPINS` times; None if it stayed held. (The kernel
+/// spins through `Slots::lock` instead: an inlined loop is verified once per try.)
+#[inline(always)]
+pub fn lock(seq: *mut u64) -> Option<Held> {
+    for _ in 0..SPINS {
+        let held = try_lock(seq);
+        if held.is_some() {
+            return held;
+        }
+    }
+    None
+}
+
+/// Takes `seq`'s lock if it is free now (the agent never waits for the probe).
+#[inline(always)]
+pub fn try_lock(seq: *mut u64) -> Option<Held> {
+    let s = atomic::load(seq);
+    let value = s.wrapping_add(1);
+    (s & 1 == 0 && atomic::cas(seq, s, value)).then_some(Held { seq, value })
+}
+
+/// Releases a lock by storing the next even value (not by adding one: if the memory
+/// was handed to another key meanwhile, as an LRU map may do, the word ends unlocked).
+#[inline(always)]
+pub fn unlock(held: Held) {
+    atomic::swap(held.seq, held.value.wrapping_add(1));
+}
+
+/// Locks slot `idx` if it still holds `key` (the agent may have freed it meanwhile).
+/// Err(true) when the lock stayed held, Err(false) when the key is gone.
+#[inline(always)]
+pub fn lock_found<S: Slots>(
+    s: &mut S,
+    idx: u32,
+    key: &FlowKey,
+    at: &Place,
+) -> Result<(*mut Slot, Held), bool> {
+    let slot = s.slot(idx).ok_or(false)?;
+    let bucket = s.bucket(idx / WAYS).ok_or(false)?;
+    // SAFETY: a live slot.
+    let held = s.lock(unsafe { &mut (*slot).seq }).ok_or(true)?;
+    let tag = atomic::load(tag_of(bucket, idx));
+    // SAFETY: as above, and locked.
+    if tag != at.tag || !same_key(unsafe { &(*slot).key }, key) {
+        unlock(held);
+        return Err(false);
+    }
+    Ok((slot, held))
+}
+
+/// Claims a free slot for `key` in the emptier of its buckets (the first if equal) and
+/// returns it locked, with the key written and the tag still `RESERVED`: the caller
+/// fills the flow, then calls `publish`. None when both buckets are full (or a claimed
+/// slot stayed locked). The emptier bucket, not the first with room: with first-fit,
+/// a table of 8-way buckets starts refusing at a third of its slots.
+#[inline(always)]
+pub fn claim<S: Slots>(s: &mut S, key: &FlowKey, at: &Place) -> Option<(u32, *mut Slot, Held)> {
+    let (first, second) = (s.bucket(at.bucket[0])?, s.bucket(at.bucket[1])?);
+    let free = |bucket: *mut Bucket| {
+        (0..WAYS).fold(0, |n, i| {
+            n + (atomic::load(tag_of(bucket, i)) == EMPTY) as u32
+        })
+    };
+    // Laundered: the counts are known values on each path of the verifier's.
+    let (f0, f1) = (free(first), free(second));
+    let (f0, f1) = (s.launder(f0), s.launder(f1));
+    let swap = s.launder((f1 > f0) as u32) != 0;
+    let order = if swap {
+        [at.bucket[1], at.bucket[0]]
+    } else {
+        at.bucket
+    };
+    for b in order {
+        let bucket = s.bucket(b)?;
+        for i in 0..WAYS {
+            let tag = tag_of(bucket, i);
+            if atomic::load(tag) != EMPTY || !atomic::cas(tag, EMPTY, RESERVED) {
+                continue;
+            }
+            let idx = s.launder(b * WAYS + i);
+            let slot = s.slot(idx)?;
+            // SAFETY: a live slot, reserved by us: nobody finds it by its tag.
+            let Some(held) = s.lock(unsafe { &mut (*slot).seq }) else {
+                atomic::swap(tag, EMPTY);
+                return None;
+            };
+            // SAFETY: as above, and locked.
+            unsafe { (*slot).key = *key };
+            return Some((idx, slot, held));
+        }
+    }
+    None
+}
+
+/// Makes a claimed slot findable under `at.tag`.
+#[inline(always)]
+pub fn publish<S: Slots>(s: &mut S, idx: u32, at: &Place) {
+    if let Some(bucket) = s.bucket(idx / WAYS) {
+        atomic::swap(tag_of(bucket, idx), at.tag);
+    }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+/// Frees slot `idx`, which the caller holds locked (the agent's eviction).
+pub fn free<S: Slots>(s: &mut S, idx: u32) {
+    if let Some(bucket) = s.bucket(idx / WAYS) {
+        atomic::swap(tag_of(bucket, idx), EMPTY);
+    }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+/// The tag of slot `idx` (EMPTY, RESERVED or a key's tag).
+pub fn tag<S: Slots>(s: &mut S, idx: u32) -> u64 {
+    s.bucket(idx / WAYS)
+        .map(|b| atomic::load(tag_of(b, idx)))
+        .unwrap_or(EMPTY)
+}
+
+#[cfg(not(target_arch = "bpf"))]
+/// A consistent copy of slot `slot`'s key and flow without taking its lock (the
+/// agent's readers), or None if writers kept it busy.
+pub fn read(slot: *const Slot) -> Option<(FlowKey, Flow)> {
+    let seq = slot as *mut u64;
+    for _ in 0..SPINS {
+        let before = atomic::load(seq);
+        if before & 1 != 0 {
+            core::hint::spin_loop();
+            continue;
+        }
+        // SAFETY: a live slot; a torn copy is detected by the sequence check below.
+        let copy = unsafe { core::ptr::read_volatile(slot) };
+        core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
+        if atomic::load(seq) == before {
+            return Some((copy.key, copy.flow));
+        }
+    }
+    None
+}

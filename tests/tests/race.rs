@@ -1,0 +1,703 @@
+//! Issue 11, item 1: one flow updated by the XDP program on one CPU and the TC program
+//! on another, at the same time. The verdict must never read the entry torn. These
+//! tests fail until the flow state is protected.
+//!
+//! Kernel level: two threads pinned to CPU 0 and CPU 1 run the real programs
+//! (BPF_PROG_TEST_RUN, the kernel's clock, T = 100 µs) on the two directions of one
+//! cTCP flow: the client's data, resends of the hole and FINs by XDP, the headend's
+//! ACKs that move the hole and runs of duplicate ACKs (with and without SACK) by TC,
+//! some held past T. 2M headend packets (`ACKWATCH_RACE_PACKETS`) and as many client
+//! packets as it takes, at most 30 s. Afterwards: every stall record passes
+//! `invariants::record_faults`, starts balance recoveries and ends, and the flow's
+//! per-direction packet counts are what each thread sent.
+//!
+//! Host level: the issue's two records, made deterministically on the host's copy of
+//! the state machine: the verdict of a client packet reads the entry between the writes
+//! of a headend ACK. The interleaving is written out field by field (which reads come
+//! before the other CPU's stores, which after), as nothing in the code orders them
+//! today; once the fix orders them, these tests are where its guard (or the snapshot
+//! the verdict reads) is to be driven instead.
+//!
+//! Needs root (CAP_BPF, CAP_NET_ADMIN) and two CPUs.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use ackwatch::probe::Settings;
+use ackwatch_tests::frames::{L2, TH_ACK, TH_FIN, TH_PSH, Tcp, ctcp_payload, frame};
+use ackwatch_tests::harness::{Hook, Host, Kernel, Runner};
+use ackwatch_tests::invariants::{describe, record_faults, what};
+use ebpf_probe::abi::{Flow, StallRecord, StallWhat, counter, half_flag};
+use ebpf_probe::parse::LinkKind;
+use ebpf_probe::verdict::Config;
+
+/// K, the verdict's default.
+const K: u32 = 3;
+/// T: short, so that runs of duplicate ACKs outlast it while the test runs. An ordinary
+/// cycle of the headend (an ACK and a few duplicate ACKs) takes a few µs; a stalling
+/// one holds the hole for several T.
+const T_NS: u64 = 100_000;
+/// The hole moves by this much a cycle, so that `CYCLES` cycles go once around the
+/// sequence space and the frames can be replayed forever: each ACK is above the last.
+const CYCLES: u32 = 64;
+const STEP: u32 = (1u64 << 32).div_ceil(CYCLES as u64) as u32;
+/// How many cycles the client may run ahead of the headend (its data stays less than
+/// half the sequence space above the hole, so the duplicate ACKs count).
+const LEAD: u64 = 2;
+const SEG: u32 = 64;
+const BASE: u32 = 0x1000_0000;
+/// The headend's sequence number (it sends no data).
+const S_SEQ: u32 = 900_001;
+const C_WIN: u16 = 502;
+const S_WIN: u16 = 509;
+
+/// A held hole: duplicate ACKs, this many to a BPF_PROG_TEST_RUN call (back to back
+/// in the kernel), until `HOLD` has passed, in at most `HOLD_CALLS` calls.
+const HOLD_REPEAT: u32 = 8;
+const HOLD: Duration = Duration::from_nanos(3 * T_NS);
+const HOLD_CALLS: usize = 2_000;
+
+fn client() -> SocketAddr {
+    "192.0.2.30:40030".parse().unwrap()
+}
+
+fn server() -> SocketAddr {
+    "198.51.100.1:10000".parse().unwrap()
+}
+
+fn hole(n: u32) -> u32 {
+    BASE.wrapping_add(n.wrapping_mul(STEP))
+}
+
+/// Where the client's new data of cycle `n` starts: above the hole.
+fn data_at(n: u32) -> u32 {
+    hole(n).wrapping_add(STEP / 2)
+}
+
+/// A frame and how many times one call runs it.
+struct Shot {
+    frame: Vec<u8>,
+    repeat: u32,
+}
+
+fn shot(src: SocketAddr, dst: SocketAddr, tcp: Tcp) -> Shot {
+    Shot {
+        frame: frame(src, dst, &tcp, &L2::Ethernet),
+        repeat: 1,
+    }
+}
+
+/// What the headend does in cycle `n`, and what the client does meanwhile.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Cycle {
+    /// An ACK to the hole and K to K+3 duplicate ACKs (fewer count on laps where
+    /// the window moves), then the next cycle's ACK moves on, normally well before T.
+    Brief,
+    /// Only K-1 duplicate ACKs.
+    Short,
+    /// K duplicate ACKs, then more of them for several T: a stall starts (from either
+    /// side's packets), and the next cycle's ACK recovers it.
+    Held,
+    /// As `Held`, while the client resends the hole (the resends are lost).
+    HeldAnswered,
+    /// As `Held`, while the client sends FINs: the stall ends.
+    HeldFin,
+    /// As `Brief`, while the client resends the hole.
+    BriefAnswered,
+}
+
+fn cycle(n: u32) -> Cycle {
+    match n % 16 {
+        3 | 11 => Cycle::Held,
+        7 => Cycle::HeldAnswered,
+        15 => Cycle::HeldFin,
+        5 => Cycle::Short,
+        1 | 9 | 13 => Cycle::BriefAnswered,
+        _ => Cycle::Brief,
+    }
+}
+
+/// The headend's frames of one cycle.
+struct HeadendCycle {
+    shots: Vec<Shot>,
+    /// A duplicate ACK to repeat for `HOLD` after them.
+    hold: Option<Shot>,
+}
+
+/// The headend's frames of cycle `n`: its ACK moving to the hole, then duplicate ACKs
+/// for it. Odd ones carry no SACK and count when the window stays; even ones carry a
+/// growing SACK block (new information: they count even where the window moved).
+fn headend_cycle(n: u32) -> HeadendCycle {
+    let h = hole(n);
+    let ack = |window: u16, sack: Vec<(u32, u32)>| {
+        shot(
+            server(),
+            client(),
+            Tcp {
+                seq: S_SEQ,
+                ack: h,
+                flags: TH_ACK,
+                window,
+                sack,
+                ..Default::default()
+            },
+        )
+    };
+    let kind = cycle(n);
+    let dups = match kind {
+        Cycle::Short => K - 1,
+        Cycle::Held | Cycle::HeldAnswered | Cycle::HeldFin => K,
+        Cycle::Brief | Cycle::BriefAnswered => K + n / 16 % 4,
+    };
+    // Every other lap the SACK-bearing duplicates also change the window, so the
+    // plain ones after them are window updates, not duplicates.
+    let sack_window = if (n / 16).is_multiple_of(2) {
+        S_WIN
+    } else {
+        S_WIN + 1
+    };
+    let mut out = vec![ack(S_WIN, vec![])];
+    for j in 0..dups {
+        out.push(if j % 2 == 1 {
+            ack(S_WIN, vec![])
+        } else {
+            let top = h.wrapping_add(SEG * (j + 2));
+            ack(sack_window, vec![(h.wrapping_add(SEG), top)])
+        });
+    }
+    let held = matches!(kind, Cycle::Held | Cycle::HeldAnswered | Cycle::HeldFin);
+    HeadendCycle {
+        shots: out,
+        hold: held.then(|| Shot {
+            repeat: HOLD_REPEAT,
+            ..ack(S_WIN, vec![])
+        }),
+    }
+}
+
+/// The client's frames: per cycle of its own, new data above the hole (sent once);
+/// per cycle of the headend, what it sends while that cycle lasts.
+struct ClientFrames {
+    data: Vec<[Shot; 2]>,
+    /// A pure ACK at the end of cycle `n`'s data, a resend of that data.
+    filler: Vec<[Shot; 2]>,
+    /// A resend of hole `n`.
+    resend: Vec<Shot>,
+    /// A FIN at the end of cycle `n`'s data.
+    fin: Vec<Shot>,
+}
+
+fn client_frames() -> ClientFrames {
+    let tcp = |seq: u32, flags: u8, len: u32| Tcp {
+        seq,
+        ack: S_SEQ,
+        flags,
+        window: C_WIN,
+        payload: if len > 0 {
+            ctcp_payload(len as usize)
+        } else {
+            vec![]
+        },
+        ..Default::default()
+    };
+    let c = |t: Tcp| shot(client(), server(), t);
+    let mut f = ClientFrames {
+        data: Vec::new(),
+        filler: Vec::new(),
+        resend: Vec::new(),
+        fin: Vec::new(),
+    };
+    for n in 0..CYCLES {
+        let d = data_at(n);
+        f.data.push([
+            c(tcp(d, TH_ACK | TH_PSH, SEG)),
+            c(tcp(d.wrapping_add(SEG), TH_ACK | TH_PSH, SEG)),
+        ]);
+        f.filler.push([
+            c(tcp(d.wrapping_add(2 * SEG), TH_ACK, 0)),
+            c(tcp(d, TH_ACK | TH_PSH, SEG)),
+        ]);
+        f.resend.push(c(tcp(hole(n), TH_ACK | TH_PSH, SEG)));
+        f.fin
+            .push(c(tcp(d.wrapping_add(2 * SEG), TH_ACK | TH_FIN, 0)));
+    }
+    f
+}
+
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; the call affects this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "pinning to CPU {cpu}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// Sets the flag when dropped, even by a panic: the other thread stops waiting.
+struct Done<'a>(&'a AtomicBool);
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+/// Progress the two threads share: how many cycles each has begun.
+#[derive(Default)]
+struct Progress {
+    client_cycles: AtomicU64,
+    headend_cycles: AtomicU64,
+    client_done: AtomicBool,
+    headend_done: AtomicBool,
+}
+
+fn run(runner: &Runner, s: &Shot, pass: u32) -> u64 {
+    let v = runner
+        .run(&s.frame, s.repeat)
+        .unwrap_or_else(|e| panic!("test run: {e}"));
+    assert_eq!(v, pass, "the program's verdict");
+    s.repeat as u64
+}
+
+const XDP_PASS: u32 = 2;
+const TC_ACT_UNSPEC: u32 = -1i32 as u32;
+
+/// The headend on CPU 1: its cycles in order, each begun once the client's data is
+/// above its hole; `budget` packets in all, or what it sent by `deadline`. Returns the
+/// packets sent.
+fn headend(tc: &Runner, p: &Progress, budget: u64, deadline: Instant) -> u64 {
+    pin_to(1);
+    let _done = Done(&p.headend_done);
+    let cycles: Vec<HeadendCycle> = (0..CYCLES).map(headend_cycle).collect();
+    let mut sent = 0;
+    for b in 0.. {
+        // Bounded: the client begins a cycle after at most a few packets, or is done.
+        while p.client_cycles.load(Ordering::Acquire) <= b && !p.client_done.load(Ordering::Acquire)
+        {
+            std::hint::spin_loop();
+        }
+        let cycle = &cycles[(b % CYCLES as u64) as usize];
+        for (i, s) in cycle.shots.iter().enumerate() {
+            sent += run(tc, s, TC_ACT_UNSPEC);
+            if i == 0 {
+                p.headend_cycles.store(b + 1, Ordering::Release);
+            }
+            if sent >= budget {
+                return sent;
+            }
+        }
+        if Instant::now() >= deadline {
+            return sent;
+        }
+        if let Some(hold) = &cycle.hold {
+            let start = Instant::now();
+            for _ in 0..HOLD_CALLS {
+                sent += run(tc, hold, TC_ACT_UNSPEC);
+                if sent >= budget {
+                    return sent;
+                }
+                if start.elapsed() >= HOLD {
+                    break;
+                }
+            }
+        }
+    }
+    unreachable!()
+}
+
+/// The client on CPU 0: new data for its next cycle while it is at most `LEAD`
+/// cycles ahead of the headend, else what the headend's cycle calls for (resends of
+/// the hole, FINs, pure ACKs and resent data); until the headend is done, or `cap`.
+fn client_side(xdp: &Runner, p: &Progress, cap: u64) -> u64 {
+    pin_to(0);
+    let _done = Done(&p.client_done);
+    let f = client_frames();
+    let (mut sent, mut a, mut i) = (0u64, 0u64, 0usize);
+    let idx = |c: u64| (c % CYCLES as u64) as usize;
+    while sent < cap && !p.headend_done.load(Ordering::Acquire) {
+        let b = p.headend_cycles.load(Ordering::Acquire);
+        if a <= b + LEAD {
+            for s in &f.data[idx(a)] {
+                sent += run(xdp, s, XDP_PASS);
+            }
+            a += 1;
+            p.client_cycles.store(a, Ordering::Release);
+            continue;
+        }
+        // The headend is in cycle b - 1; this client's own data ended in cycle a - 1.
+        let (hb, own) = (idx(b.saturating_sub(1)), idx(a - 1));
+        i += 1;
+        let s = match cycle(hb as u32) {
+            Cycle::HeldAnswered | Cycle::BriefAnswered if i % 2 == 0 => &f.resend[hb],
+            Cycle::HeldFin if i % 4 == 0 => &f.fin[own],
+            _ => &f.filler[own][i / 2 % 2],
+        };
+        sent += run(xdp, s, XDP_PASS);
+    }
+    sent
+}
+
+/// Two CPUs, one flow, millions of packets: no stall record the verdict could not
+/// produce from a consistent state, every episode closed once, and each direction's
+/// packet count right. Fails before the flow state is protected (issue 11).
+#[test]
+fn two_cpus_one_flow_no_impossible_stall() {
+    let budget: u64 = std::env::var("ACKWATCH_RACE_PACKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
+    let cfg = Config {
+        dupack_threshold: K,
+        stall_timeout_ns: T_NS,
+        track_all: false,
+    };
+    let mut kernel = Kernel::load_with_kernel_clock(Settings {
+        verdict: cfg,
+        ctcp_ports: vec![10_000],
+        event_ring_bytes: 8 << 20,
+        ..Settings::default()
+    });
+    let link = LinkKind::Ethernet;
+    let (xdp, tc) = (
+        kernel.runner(Hook::Xdp(link)),
+        kernel.runner(Hook::Tc(link)),
+    );
+    let progress = Progress::default();
+    let mut records: Vec<StallRecord> = Vec::new();
+    let started = Instant::now();
+    // A busy machine slows the calls down several times: the test stops short of the
+    // budget rather than run on (it fails within a second on unprotected code).
+    let deadline = started + Duration::from_secs(30);
+    let (client_sent, headend_sent) = std::thread::scope(|s| {
+        let c = s.spawn(|| client_side(&xdp, &progress, 2 * budget));
+        let h = s.spawn(|| headend(&tc, &progress, budget, deadline));
+        // Drain the ring while they run (bounded: both stop by their budgets).
+        while !(c.is_finished() && h.is_finished()) {
+            std::thread::sleep(Duration::from_millis(5));
+            records.extend(kernel.events());
+        }
+        (
+            c.join().expect("client thread"),
+            h.join().expect("headend thread"),
+        )
+    });
+    records.extend(kernel.events());
+    let elapsed = started.elapsed();
+
+    let counters = kernel.probe.counters().expect("counters");
+    let flows = kernel.probe.flows().expect("flows");
+    let mut by_what = [0usize; 4];
+    for r in &records {
+        by_what[(r.what as usize).min(3)] += 1;
+    }
+    println!(
+        "{client_sent} client packets (XDP, CPU 0), {headend_sent} headend packets (TC, \
+         CPU 1), {} headend cycles, in {elapsed:.1?}; records: {} candidates, {} started, \
+         {} recovered, {} ended; ring full {} times",
+        progress.headend_cycles.load(Ordering::Relaxed),
+        by_what[StallWhat::Candidate as usize],
+        by_what[StallWhat::Started as usize],
+        by_what[StallWhat::Recovered as usize],
+        by_what[StallWhat::Ended as usize],
+        counters[counter::RINGBUF_FULL as usize],
+    );
+
+    let mut failures = Vec::new();
+    // The records: impossible ones grouped by what they break, their kind and the
+    // headend's cycle, with a count and the first of each group.
+    let mut groups: std::collections::BTreeMap<String, (usize, &StallRecord)> = Default::default();
+    for r in &records {
+        let faults = record_faults(r, &cfg);
+        if faults.is_empty() {
+            continue;
+        }
+        let n = r.hole.wrapping_sub(BASE) / STEP;
+        let group = format!("{} / {} / {:?} cycle", faults.join(", "), what(r), cycle(n));
+        groups.entry(group).or_insert((0, r)).0 += 1;
+    }
+    if !groups.is_empty() {
+        let faulty: usize = groups.values().map(|(n, _)| n).sum();
+        let mut lines: Vec<_> = groups.iter().collect();
+        lines.sort_by_key(|(_, (n, _))| std::cmp::Reverse(*n));
+        let lines: Vec<String> = lines
+            .iter()
+            .map(|(g, (n, r))| format!("  {n} x {g}, first: {}", describe(r)))
+            .collect();
+        failures.push(format!(
+            "{faulty} of {} stall records are impossible:\n{}",
+            records.len(),
+            lines.join("\n")
+        ));
+    }
+    if counters[counter::RINGBUF_FULL as usize] != 0 {
+        failures.push(format!(
+            "{} records lost to a full ring: the checks above saw only part of them",
+            counters[counter::RINGBUF_FULL as usize]
+        ));
+    }
+
+    // The flow.
+    assert_eq!(flows.len(), 1, "one flow: {flows:?}");
+    let (key, flow) = &flows[0];
+    let c = flow.client as usize;
+    let s = c ^ 1;
+    assert_eq!(key.port[c], client().port(), "the client is the client");
+    let sent = [(c, "client", client_sent), (s, "headend", headend_sent)];
+    for (i, who, n) in sent {
+        let counted = flow.half[i].packets;
+        if counted != n {
+            failures.push(format!(
+                "the flow counts {counted} {who} packets, {n} were sent ({} lost)",
+                n as i64 - counted as i64
+            ));
+        }
+    }
+    for (i, name, n) in [
+        (counter::PACKETS_XDP, "XDP packets", client_sent),
+        (counter::PACKETS_TC, "TC packets", headend_sent),
+        (
+            counter::TRACKED,
+            "tracked packets",
+            client_sent + headend_sent,
+        ),
+    ] {
+        if counters[i as usize] != n {
+            failures.push(format!(
+                "counter {name}: {} for {n} sent",
+                counters[i as usize]
+            ));
+        }
+    }
+
+    // The episodes, with the headend as R: each start sets the stalled flag, each
+    // recovery or end clears it, each start counts in `stalls`.
+    let episodes = |w: StallWhat| {
+        records
+            .iter()
+            .filter(|r| r.what == w as u8 && r.stuck as usize == c)
+            .count()
+    };
+    let (st, rec, end) = (
+        episodes(StallWhat::Started),
+        episodes(StallWhat::Recovered),
+        episodes(StallWhat::Ended),
+    );
+    let open = (flow.half[s].flags & half_flag::STALLED != 0) as usize;
+    if st != rec + end + open {
+        failures.push(format!(
+            "{st} stalls started, {rec} recovered, {end} ended, {open} open at the end"
+        ));
+    }
+    if flow.half[s].stalls as usize != st {
+        failures.push(format!(
+            "the flow counts {} stalls, {st} start records",
+            flow.half[s].stalls
+        ));
+    }
+    assert!(
+        by_what[StallWhat::Started as usize] > 0 && by_what[StallWhat::Recovered as usize] > 0,
+        "the streams must exercise the verdict: no stall started or recovered"
+    );
+    assert!(
+        failures.is_empty(),
+        "the flow was updated from two CPUs without order:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// The host's copy of the state machine, for the deterministic interleavings below:
+/// the issue's T (1 s), with the client on the cTCP port's other side.
+fn host() -> Host {
+    Host::new(Settings {
+        verdict: Config {
+            dupack_threshold: K,
+            ..Config::default()
+        },
+        ctcp_ports: vec![server().port()],
+        ..Settings::default()
+    })
+}
+
+/// A client segment of `len` cTCP bytes at `seq` (a FIN when `len` is 0).
+fn from_client(seq: u32, len: u32) -> Vec<u8> {
+    let (flags, payload) = match len {
+        0 => (TH_ACK | TH_FIN, vec![]),
+        n => (TH_ACK | TH_PSH, ctcp_payload(n as usize)),
+    };
+    let t = Tcp {
+        seq,
+        ack: S_SEQ,
+        flags,
+        window: C_WIN,
+        payload,
+        ..Default::default()
+    };
+    frame(client(), server(), &t, &L2::Ethernet)
+}
+
+/// The headend's pure ACK of `ack`, with SACK blocks.
+fn from_headend(ack: u32, sack: &[(u32, u32)]) -> Vec<u8> {
+    let t = Tcp {
+        seq: S_SEQ,
+        ack,
+        flags: TH_ACK,
+        window: S_WIN,
+        sack: sack.to_vec(),
+        ..Default::default()
+    };
+    frame(server(), client(), &t, &L2::Ethernet)
+}
+
+const UP: Hook = Hook::Xdp(LinkKind::Ethernet);
+const DOWN: Hook = Hook::Tc(LinkKind::Ethernet);
+/// About 35 minutes after boot, the clock of the issue's records.
+const UPTIME: u64 = 2_128_000_000_000;
+const US: u64 = 1_000;
+
+/// A client sends 400-byte segments from 1000 to 3400, of which 1400 and 2600 are lost
+/// after the monitor; the headend ACKs 1400 and sends three duplicate ACKs for it
+/// (K = 3, T = 1 s not elapsed); the client resends 1400 (an answer, in time).
+fn two_holes() -> Host {
+    let mut h = host();
+    let mut t = UPTIME;
+    for seq in (1000..3400).step_by(400) {
+        h.feed(UP, &from_client(seq, 400), t);
+        t += 100 * US;
+    }
+    h.feed(DOWN, &from_headend(1400, &[]), t);
+    for top in [2200, 2600, 3400] {
+        t += 100 * US;
+        let sack: &[_] = if top == 3400 {
+            &[(1800, 2600), (3000, 3400)]
+        } else {
+            &[(1800, top)]
+        };
+        h.feed(DOWN, &from_headend(1400, sack), t);
+    }
+    h.feed(UP, &from_client(1400, 400), t + 20_000 * US);
+    assert!(
+        h.events
+            .iter()
+            .all(|e| e.what == StallWhat::Candidate as u8)
+    );
+    h
+}
+
+/// What CPU A's client packet `a` does while CPU B's headend packets `landed` go
+/// through the same entry, with nothing to order them: A's verdict reads `dup_run`
+/// before B's first packet wrote it and every other field after; A fills its records,
+/// and its stores land, after all of `landed`. Returns A's records. Either order of
+/// whole packets gives no record at all, which is checked first.
+fn torn_client_packet(
+    h: &mut Host,
+    a: &[u8],
+    a_now: u64,
+    landed: &[(Vec<u8>, u64)],
+) -> Vec<StallRecord> {
+    use ebpf_probe::clock::Fixed;
+    use ebpf_probe::host::Records;
+    use ebpf_probe::verdict::StallSink;
+    let cfg = h.settings.verdict;
+    let pkt = ebpf_probe::parse::parse(&a, LinkKind::Ethernet).expect("a TCP frame");
+    let (c, s) = (pkt.dir, pkt.dir ^ 1);
+    let entry = |h: &mut Host| *h.store.flow_mut(&pkt.key).expect("the flow");
+    let before = entry(h);
+    let mut seen = None;
+    for (f, t) in landed {
+        h.feed(DOWN, f, *t);
+        seen.get_or_insert(entry(h));
+    }
+    let live = entry(h);
+    for whole in [before, live] {
+        let mut records = Records::default();
+        let mut flow = whole;
+        flow.update(c, &pkt.seg, a_now, &mut Fixed(a_now), &cfg, &mut records);
+        assert_eq!(records.out, [], "a consistent view gives no record");
+    }
+    // The fields A reads in `check_stall`, as it read them.
+    let mut seen = seen.expect("B's packets");
+    seen.half[s].dup_run = before.half[s].dup_run;
+    /// Fills each record from the entry as it is when A gets to it.
+    struct FillLate(Flow, Records);
+    impl StallSink for FillLate {
+        fn stall(&mut self, _seen: &Flow, r: usize, what: StallWhat, now: u64) {
+            self.1.stall(&self.0, r, what, now);
+        }
+        fn impossible(&mut self) {
+            self.1.impossible();
+        }
+    }
+    let mut sink = FillLate(live, Records::new(pkt.key));
+    seen.update(c, &pkt.seg, a_now, &mut Fixed(a_now), &cfg, &mut sink);
+    // A's stores: its own direction, the headend's flags (`|= STALLED` writes back
+    // the word it read) and stall count, the flow's state and time.
+    let entry = h.store.flow_mut(&pkt.key).expect("the flow");
+    entry.half[c] = seen.half[c];
+    entry.half[s].flags = seen.half[s].flags;
+    entry.half[s].stalls = seen.half[s].stalls;
+    entry.state = seen.state;
+    entry.last_ts = seen.last_ts;
+    sink.1.out
+}
+
+/// Every record of a host interleaving must be one the verdict can produce.
+fn assert_possible(records: &[StallRecord], cfg: &Config) {
+    let lines: Vec<String> = records
+        .iter()
+        .map(|r| format!("  {:?}: {}", record_faults(r, cfg), describe(r)))
+        .collect();
+    assert!(
+        records.iter().all(|r| record_faults(r, cfg).is_empty()),
+        "the verdict read the flow between the writes of another CPU's packet:\n{}",
+        lines.join("\n")
+    );
+}
+
+/// Issue 11's second pair: a stall started with no duplicate ACK and ended 150 µs later
+/// by the client's FIN, "stalled" since boot. The headend's ACK of 2600 (CPU B) resets
+/// the run (`dup_run = 0`, `hole_since = 0`) while the client's next segment (CPU A)
+/// is in `check_stall`: A read the old run (3 >= K), then `hole_since` = 0, so
+/// `now - 0 >= T`.
+#[test]
+fn host_torn_read_starts_a_stall_since_boot() {
+    let mut h = two_holes();
+    let t = UPTIME + 21_000 * US;
+    let ack = (from_headend(2600, &[(3000, 3400)]), t);
+    let mut records = torn_client_packet(&mut h, &from_client(3400, 400), t + US, &[ack]);
+    h.feed(UP, &from_client(3800, 0), t + 150 * US);
+    records.extend(
+        h.events
+            .drain(..)
+            .filter(|e| e.what != StallWhat::Candidate as u8),
+    );
+    assert_possible(&records, &h.settings.verdict);
+}
+
+/// Issue 11's first pair: a stall started with one duplicate ACK and recovered 20 µs
+/// later after 0 ms. As above, and before A fills its record the headend's first
+/// duplicate ACK for 2600 lands too; the next ACK moves on.
+#[test]
+fn host_torn_read_starts_a_stall_of_one_dup_ack() {
+    let mut h = two_holes();
+    let t = UPTIME + 21_000 * US;
+    let landed = [
+        (from_headend(2600, &[(3000, 3400)]), t),
+        (from_headend(2600, &[(3000, 3400)]), t + US),
+    ];
+    let mut records = torn_client_packet(&mut h, &from_client(3400, 400), t + 2 * US, &landed);
+    h.feed(UP, &from_client(2600, 400), t + 10 * US);
+    h.feed(DOWN, &from_headend(3800, &[]), t + 20 * US);
+    records.extend(
+        h.events
+            .drain(..)
+            .filter(|e| e.what != StallWhat::Candidate as u8),
+    );
+    assert_possible(&records, &h.settings.verdict);
+}

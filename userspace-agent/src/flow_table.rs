@@ -1,0 +1,188 @@
+//! The probe's established-flow table, mapped into the agent's memory (the BUCKETS and
+//! FLOWS maps are `BPF_F_MMAPABLE` arrays; layout and locking in `ebpf_probe::table`).
+//! Reading a flow is a memory copy, not a syscall: a whole pass over a million flows
+//! reads only the slots in use. Writes (the sweep's verdict, eviction) take the slot's
+//! lock, and never wait for it: a slot the probe holds is left for the next sweep.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd};
+use std::ptr::NonNull;
+
+use aya::maps::MapData;
+use ebpf_probe::abi::{Flow, FlowKey};
+use ebpf_probe::table::{self, Bucket, Seed, Slot, Slots, WAYS};
+
+/// One shared mapping of a BPF array map's values.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is shared memory; every access to it goes through `table`'s
+// atomic or sequence-checked accesses.
+unsafe impl Send for Mapping {}
+
+impl Mapping {
+    fn new(map: &MapData, bytes: usize) -> io::Result<Mapping> {
+        let page = 4096;
+        let len = bytes.div_ceil(page) * page;
+        let fd = map.fd().as_fd().as_raw_fd();
+        // SAFETY: a shared mapping of the map's own memory, of its own size.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapping {
+            ptr: NonNull::new(ptr as *mut u8).expect("mmap returned null"),
+            len,
+        })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `new` with this length.
+        unsafe { libc::munmap(self.ptr.as_ptr() as *mut libc::c_void, self.len) };
+    }
+}
+
+pub struct FlowTable {
+    buckets: Mapping,
+    slots: Mapping,
+    nbuckets: u32,
+    seed: Seed,
+}
+
+/// The table's memory as `table` takes it. Shared memory: writers go through `table`'s
+/// locks and atomics, so a shared reference is enough to reach it.
+struct View<'a>(&'a FlowTable);
+
+impl Slots for View<'_> {
+    fn bucket(&mut self, b: u32) -> Option<*mut Bucket> {
+        // SAFETY: in bounds of the mapping (checked).
+        (b < self.0.nbuckets)
+            .then(|| unsafe { (self.0.buckets.ptr.as_ptr() as *mut Bucket).add(b as usize) })
+    }
+
+    fn slot(&mut self, i: u32) -> Option<*mut Slot> {
+        // SAFETY: as above.
+        (i < self.0.nbuckets * WAYS)
+            .then(|| unsafe { (self.0.slots.ptr.as_ptr() as *mut Slot).add(i as usize) })
+    }
+}
+
+impl FlowTable {
+    pub fn map(buckets: &MapData, slots: &MapData, nbuckets: u32, seed: Seed) -> io::Result<Self> {
+        Ok(FlowTable {
+            buckets: Mapping::new(buckets, nbuckets as usize * size_of::<Bucket>())?,
+            slots: Mapping::new(slots, (nbuckets * WAYS) as usize * size_of::<Slot>())?,
+            nbuckets,
+            seed,
+        })
+    }
+
+    /// The table a running agent pinned in `dir` (tests fill it from outside).
+    pub fn open_pinned(dir: &std::path::Path) -> io::Result<Self> {
+        use aya::maps::{Array, Map};
+        let open = |name: &str| {
+            MapData::from_pin(dir.join(name)).map_err(|e| io::Error::other(format!("{name}: {e}")))
+        };
+        let (buckets, slots) = (open("BUCKETS")?, open("FLOWS")?);
+        let nbuckets = buckets
+            .info()
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .max_entries();
+        let seeds: Array<MapData, Seed> = Array::try_from(Map::Array(open("SEED")?))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let seed = seeds
+            .get(&0, 0)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        FlowTable::map(&buckets, &slots, nbuckets, seed)
+    }
+
+    pub fn slots(&self) -> u32 {
+        self.nbuckets * WAYS
+    }
+
+    /// Slot index of `key`, if the table holds it.
+    pub fn find(&self, key: &FlowKey) -> Option<u32> {
+        let at = table::place(key, &self.seed, self.nbuckets);
+        table::find(&mut View(self), key, &at)
+    }
+
+    /// A consistent copy of slot `i`, if it holds a flow (None while the probe keeps it
+    /// busy, which a bounded wait makes very rare).
+    pub fn read(&self, i: u32) -> Option<(FlowKey, Flow)> {
+        let v = &mut View(self);
+        if table::tag(v, i) <= table::RESERVED {
+            return None;
+        }
+        let copy = table::read(v.slot(i)?)?;
+        // Freed while we copied.
+        (table::tag(v, i) > table::RESERVED).then_some(copy)
+    }
+
+    /// Calls `f` on slot `i`'s flow under its lock if it still holds `key` and the
+    /// lock is free now; None otherwise (busy or gone: the next sweep sees it again).
+    pub fn with_locked<T>(
+        &self,
+        i: u32,
+        key: &FlowKey,
+        f: impl FnOnce(&mut Flow) -> T,
+    ) -> Option<T> {
+        let at = table::place(key, &self.seed, self.nbuckets);
+        let v = &mut View(self);
+        let slot = v.slot(i)?;
+        // SAFETY: a slot of the mapping.
+        let held = table::try_lock(unsafe { &mut (*slot).seq })?;
+        // SAFETY: as above; locked, so the key is stable.
+        let ours = table::tag(v, i) == at.tag && unsafe { (*slot).key == *key };
+        let out = ours.then(|| f(unsafe { &mut (*slot).flow }));
+        table::unlock(held);
+        out
+    }
+
+    /// Frees slot `i` if it still holds `key` and is not busy; true if it did.
+    pub fn remove(&self, i: u32, key: &FlowKey) -> bool {
+        let at = table::place(key, &self.seed, self.nbuckets);
+        let v = &mut View(self);
+        let Some(slot) = v.slot(i) else {
+            return false;
+        };
+        // SAFETY: a slot of the mapping.
+        let Some(held) = table::try_lock(unsafe { &mut (*slot).seq }) else {
+            return false;
+        };
+        // SAFETY: as above, locked.
+        let ours = table::tag(v, i) == at.tag && unsafe { (*slot).key == *key };
+        if ours {
+            table::free(v, i);
+        }
+        table::unlock(held);
+        ours
+    }
+
+    /// Inserts `flow` as the probe would move it from the pending table (benchmarks and
+    /// tests fill tables this way); false when both of its buckets are full.
+    pub fn insert(&self, key: &FlowKey, flow: &Flow) -> bool {
+        let at = table::place(key, &self.seed, self.nbuckets);
+        let v = &mut View(self);
+        let Some((i, slot, held)) = table::claim(v, key, &at) else {
+            return false;
+        };
+        // SAFETY: claimed and locked by us.
+        unsafe { (*slot).flow = *flow };
+        table::publish(v, i, &at);
+        table::unlock(held);
+        true
+    }
+}
