@@ -362,4 +362,6 @@ mod pod {
     unsafe impl aya::Pod for crate::table::Slot {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::table::Seed {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::table::Fill {}
 }

@@ -4,13 +4,14 @@
 //! the reference in the kernel tests.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
+use std::boxed::Box;
 use std::collections::{HashMap, VecDeque};
 use std::vec::Vec;
 
 use crate::abi::{Flow, FlowKey, Pending, StallRecord, StallWhat, counter, port_flag};
 use crate::clock::Fixed;
 use crate::parse::{Frame, LinkKind, Reason, parse};
-use crate::table::{self, Bucket, Place, Seed, Slot, Slots, WAYS};
+use crate::table::{self, Bucket, Fill, Place, Seed, Slot, Slots, WAYS};
 use crate::tracker::{Store, track};
 use crate::verdict::{Config, StallSink};
 
@@ -64,6 +65,7 @@ impl Seed {
 pub struct HostStore {
     buckets: Zeroed<Bucket>,
     slots: Zeroed<Slot>,
+    fill: Box<Fill>,
     seed: Seed,
     pub pending: HashMap<FlowKey, Pending>,
     /// Insertion order of pending keys, oldest first (the kernel's LRU is approximate:
@@ -87,6 +89,10 @@ impl HostStore {
         HostStore {
             buckets: Zeroed::new(buckets as usize),
             slots: Zeroed::new(buckets as usize * WAYS as usize),
+            fill: Box::new(Fill {
+                flows: 0,
+                capacity: capacity as u64,
+            }),
             seed,
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
@@ -153,6 +159,10 @@ impl Slots for HostStore {
 
     fn slot(&mut self, i: u32) -> Option<*mut Slot> {
         self.slots.get(i)
+    }
+
+    fn fill(&mut self) -> Option<*mut Fill> {
+        Some(&mut *self.fill)
     }
 }
 

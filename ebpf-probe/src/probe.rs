@@ -14,7 +14,7 @@ use ebpf_probe::abi::{
 };
 use ebpf_probe::clock::Clock;
 use ebpf_probe::parse::{self, Frame, LinkKind, Reason, parse_into};
-use ebpf_probe::table::{self, Bucket, Held, Place, Seed, Slot, Slots, WAYS};
+use ebpf_probe::table::{self, Bucket, Fill, Held, Place, Seed, Slot, Slots, WAYS};
 use ebpf_probe::tracker::{Store, track};
 use ebpf_probe::verdict::{Config, StallSink};
 
@@ -31,6 +31,9 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 static BUCKETS: Array<Bucket> = Array::with_max_entries(DEFAULT_BUCKETS, BPF_F_MMAPABLE);
 #[map]
 static FLOWS: Array<Slot> = Array::with_max_entries(DEFAULT_BUCKETS * WAYS, BPF_F_MMAPABLE);
+/// Flows in the table and its capacity (`table::Fill`), shared with the agent.
+#[map]
+static FILL: Array<Fill> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 /// The table's hash key, chosen by the agent when it creates the table (pinned with it).
 #[map]
 static SEED: Array<Seed> = Array::with_max_entries(1, 0);
@@ -194,6 +197,11 @@ impl Slots for Maps {
     #[inline(always)]
     fn slot(&mut self, i: u32) -> Option<*mut Slot> {
         FLOWS.get_ptr_mut(i)
+    }
+
+    #[inline(always)]
+    fn fill(&mut self) -> Option<*mut Fill> {
+        FILL.get_ptr_mut(0)
     }
 
     /// One try inline (no contention: no call); else up to `SPINS` tries in

@@ -62,6 +62,15 @@ pub struct Seed {
 }
 const _: () = assert!(size_of::<Seed>() == 40);
 
+/// How many flows the table holds, and may hold (`--max-flows`): the slots are more (25%
+/// spare, for placement), the flows never.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Fill {
+    pub flows: u64,
+    pub capacity: u64,
+}
+
 /// Where a key may live: its two buckets and its tag.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Place {
@@ -122,6 +131,8 @@ pub fn place(key: &FlowKey, seed: &Seed, buckets: u32) -> Place {
 pub trait Slots {
     fn bucket(&mut self, b: u32) -> Option<*mut Bucket>;
     fn slot(&mut self, i: u32) -> Option<*mut Slot>;
+    /// The table's `Fill`.
+    fn fill(&mut self) -> Option<*mut Fill>;
     /// Returns `v` unchanged, but unknown to the BPF verifier (as `abi::opaque`): a slot
     /// index found in way `i` is a different known value on each of the 16 paths of a
     /// lookup, and the verifier would check the rest of the program once per path.
@@ -145,7 +156,7 @@ pub trait Slots {
 #[cfg(target_arch = "bpf")]
 mod atomic {
     use core::intrinsics::AtomicOrdering::SeqCst;
-    use core::intrinsics::{atomic_cxchg, atomic_xchg};
+    use core::intrinsics::{atomic_cxchg, atomic_xadd, atomic_xchg};
 
     /// A volatile load: LLVM's BPF backend cannot select atomic loads of this width
     /// before cpu v4; on x86 a load is not reordered with older loads anyway, nor with
@@ -164,6 +175,12 @@ mod atomic {
     pub fn swap(p: *mut u64, v: u64) {
         // SAFETY: see the module comment.
         unsafe { atomic_xchg::<u64, { SeqCst }>(p, v) };
+    }
+    /// The previous value is not returned: BPF before cpu v3 cannot use it.
+    #[inline(always)]
+    pub fn fetch_add(p: *mut u64, v: u64) {
+        // SAFETY: see the module comment.
+        unsafe { atomic_xadd::<u64, u64, { SeqCst }>(p, v) };
     }
 }
 
@@ -189,6 +206,10 @@ mod atomic {
     #[inline(always)]
     pub fn swap(p: *mut u64, v: u64) {
         at(p).swap(v, Ordering::AcqRel);
+    }
+    #[inline(always)]
+    pub fn fetch_add(p: *mut u64, v: u64) {
+        at(p).fetch_add(v, Ordering::AcqRel);
     }
 }
 
@@ -291,11 +312,44 @@ pub fn lock_found<S: Slots>(
 
 /// Claims a free slot for `key` in the emptier of its buckets (the first if equal) and
 /// returns it locked, with the key written and the tag still `RESERVED`: the caller
-/// fills the flow, then calls `publish`. None when both buckets are full (or a claimed
-/// slot stayed locked). The emptier bucket, not the first with room: with first-fit,
-/// a table of 8-way buckets starts refusing at a third of its slots.
+/// fills the flow, then calls `publish`. None when the table holds its capacity of
+/// flows, when both buckets are full, or when a claimed slot stayed locked. The
+/// emptier bucket, not the first with room: with first-fit, a table of 8-way buckets
+/// starts refusing at a third of its slots.
 #[inline(always)]
 pub fn claim<S: Slots>(s: &mut S, key: &FlowKey, at: &Place) -> Option<(u32, *mut Slot, Held)> {
+    let fill = s.fill()?;
+    // SAFETY: the table's live `Fill`; `flows` is only changed atomically.
+    let (flows, capacity) = unsafe { (&raw mut (*fill).flows, (*fill).capacity) };
+    if !count_in(flows, capacity) {
+        return None;
+    }
+    let claimed = claim_slot(s, key, at);
+    if claimed.is_none() {
+        atomic::fetch_add(flows, u64::MAX);
+    }
+    claimed
+}
+
+/// Adds one to `flows` if it is below `capacity`. Compare-and-swap, not fetch-and-add:
+/// BPF before cpu v3 cannot use the value an atomic add returns. Tries a few times
+/// (other CPUs inserting at the same instant), then refuses like a full table.
+#[inline(always)]
+fn count_in(flows: *mut u64, capacity: u64) -> bool {
+    for _ in 0..4 {
+        let n = atomic::load(flows);
+        if n >= capacity {
+            return false;
+        }
+        if atomic::cas(flows, n, n + 1) {
+            return true;
+        }
+    }
+    false
+}
+
+#[inline(always)]
+fn claim_slot<S: Slots>(s: &mut S, key: &FlowKey, at: &Place) -> Option<(u32, *mut Slot, Held)> {
     let (first, second) = (s.bucket(at.bucket[0])?, s.bucket(at.bucket[1])?);
     let free = |bucket: *mut Bucket| {
         (0..WAYS).fold(0, |n, i| {
@@ -346,6 +400,10 @@ pub fn publish<S: Slots>(s: &mut S, idx: u32, at: &Place) {
 pub fn free<S: Slots>(s: &mut S, idx: u32) {
     if let Some(bucket) = s.bucket(idx / WAYS) {
         atomic::swap(tag_of(bucket, idx), EMPTY);
+        if let Some(fill) = s.fill() {
+            // SAFETY: the table's live `Fill`.
+            atomic::fetch_add(unsafe { &raw mut (*fill).flows }, u64::MAX);
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! Issue 11, item 1: one flow updated by the XDP program on one CPU and the TC program
-//! on another, at the same time. The verdict must never read the entry torn. These
-//! tests fail until the flow state is protected.
+//! on another, at the same time. The verdict must never read the entry torn. Before
+//! the per-flow lock the kernel test failed every run (hundreds of impossible records).
 //!
 //! Kernel level: two threads pinned to CPU 0 and CPU 1 run the real programs
 //! (BPF_PROG_TEST_RUN, the kernel's clock, T = 100 µs) on the two directions of one
@@ -8,15 +8,16 @@
 //! ACKs that move the hole and runs of duplicate ACKs (with and without SACK) by TC,
 //! some held past T. 2M headend packets (`ACKWATCH_RACE_PACKETS`) and as many client
 //! packets as it takes, at most 30 s. Afterwards: every stall record passes
-//! `invariants::record_faults`, starts balance recoveries and ends, and the flow's
-//! per-direction packet counts are what each thread sent.
+//! `invariants::record_faults`, starts balance recoveries and ends, and every packet
+//! each thread sent is in the flow's counts or, at most one in `MAX_BUSY`, in
+//! `flow_busy`.
 //!
 //! Host level: the issue's two records, made deterministically on the host's copy of
 //! the state machine: the verdict of a client packet reads the entry between the writes
 //! of a headend ACK. The interleaving is written out field by field (which reads come
-//! before the other CPU's stores, which after), as nothing in the code orders them
-//! today; once the fix orders them, these tests are where its guard (or the snapshot
-//! the verdict reads) is to be driven instead.
+//! before the other CPU's stores, which after): the root cause. The entry's lock rules
+//! it out (`host_lock_keeps_the_other_cpu_out`), and the verdict's guard refuses the
+//! stall such a read would start.
 //!
 //! Needs root (CAP_BPF, CAP_NET_ADMIN) and two CPUs.
 
@@ -29,9 +30,13 @@ use ackwatch_tests::frames::{L2, TH_ACK, TH_FIN, TH_PSH, Tcp, ctcp_payload, fram
 use ackwatch_tests::harness::{Hook, Host, Kernel, Runner};
 use ackwatch_tests::invariants::{describe, record_faults, what};
 use ebpf_probe::abi::{Flow, StallRecord, StallWhat, counter, half_flag};
+use ebpf_probe::host::Records;
 use ebpf_probe::parse::LinkKind;
 use ebpf_probe::verdict::Config;
 
+/// At most one packet in this many may pass untracked because its flow stayed locked:
+/// the two threads update one flow back to back, the worst case there is.
+const MAX_BUSY: u64 = 100;
 /// K, the verdict's default.
 const K: u32 = 3;
 /// T: short, so that runs of duplicate ACKs outlast it while the test runs. An ordinary
@@ -449,24 +454,36 @@ fn two_cpus_one_flow_no_impossible_stall() {
     let c = flow.client as usize;
     let s = c ^ 1;
     assert_eq!(key.port[c], client().port(), "the client is the client");
+    // Every packet is either in the flow's counts or in `flow_busy`: its flow's lock
+    // stayed held by the other CPU through all the tries (docs/decisions.md). That
+    // loss is bounded: at most one packet in `MAX_BUSY` sent.
+    let busy = counters[counter::FLOW_BUSY as usize];
     let sent = [(c, "client", client_sent), (s, "headend", headend_sent)];
+    let counted: u64 = sent.iter().map(|&(i, _, _)| flow.half[i].packets).sum();
+    let total = client_sent + headend_sent;
     for (i, who, n) in sent {
-        let counted = flow.half[i].packets;
-        if counted != n {
+        if flow.half[i].packets > n {
             failures.push(format!(
-                "the flow counts {counted} {who} packets, {n} were sent ({} lost)",
-                n as i64 - counted as i64
+                "the flow counts {} {who} packets, {n} were sent",
+                flow.half[i].packets
             ));
         }
     }
+    if counted + busy != total {
+        failures.push(format!(
+            "the flow counts {counted} packets and flow_busy {busy}, {total} were sent"
+        ));
+    }
+    if busy * MAX_BUSY > total {
+        failures.push(format!(
+            "{busy} of {total} packets found their flow locked (more than 1 in {MAX_BUSY})"
+        ));
+    }
+    println!("{busy} of {total} packets found their flow locked through every try");
     for (i, name, n) in [
         (counter::PACKETS_XDP, "XDP packets", client_sent),
         (counter::PACKETS_TC, "TC packets", headend_sent),
-        (
-            counter::TRACKED,
-            "tracked packets",
-            client_sent + headend_sent,
-        ),
+        (counter::TRACKED, "tracked packets", total - busy),
     ] {
         if counters[i as usize] != n {
             failures.push(format!(
@@ -595,14 +612,8 @@ fn two_holes() -> Host {
 /// before B's first packet wrote it and every other field after; A fills its records,
 /// and its stores land, after all of `landed`. Returns A's records. Either order of
 /// whole packets gives no record at all, which is checked first.
-fn torn_client_packet(
-    h: &mut Host,
-    a: &[u8],
-    a_now: u64,
-    landed: &[(Vec<u8>, u64)],
-) -> Vec<StallRecord> {
+fn torn_client_packet(h: &mut Host, a: &[u8], a_now: u64, landed: &[(Vec<u8>, u64)]) -> Records {
     use ebpf_probe::clock::Fixed;
-    use ebpf_probe::host::Records;
     use ebpf_probe::verdict::StallSink;
     let cfg = h.settings.verdict;
     let pkt = ebpf_probe::parse::parse(&a, LinkKind::Ethernet).expect("a TCP frame");
@@ -644,19 +655,31 @@ fn torn_client_packet(
     entry.half[s].stalls = seen.half[s].stalls;
     entry.state = seen.state;
     entry.last_ts = seen.last_ts;
-    sink.1.out
+    sink.1
 }
 
-/// Every record of a host interleaving must be one the verdict can produce.
-fn assert_possible(records: &[StallRecord], cfg: &Config) {
-    let lines: Vec<String> = records
+/// What a torn read does now: the stall it would have started is refused by the
+/// verdict's guard (a run of K duplicate ACKs without its start time) and counted, and
+/// the only impossible record left is the candidate, filled from the entry as the other
+/// CPU left it (`faults`): the root cause, which the entry's lock rules out
+/// (`host_lock_keeps_the_other_cpu_out`).
+fn assert_guarded(torn: &Records, cfg: &Config, faults: &[&str]) {
+    let lines: Vec<String> = torn
+        .out
         .iter()
         .map(|r| format!("  {:?}: {}", record_faults(r, cfg), describe(r)))
         .collect();
+    let report = lines.join("\n");
     assert!(
-        records.iter().all(|r| record_faults(r, cfg).is_empty()),
-        "the verdict read the flow between the writes of another CPU's packet:\n{}",
-        lines.join("\n")
+        torn.out
+            .iter()
+            .all(|r| r.what == StallWhat::Candidate as u8),
+        "only a candidate record, no stall from the torn read:\n{report}"
+    );
+    assert_eq!(torn.impossible, 1, "the guard refused the stall:\n{report}");
+    assert!(
+        torn.out.iter().any(|r| record_faults(r, cfg) == faults),
+        "the torn read shows as {faults:?}:\n{report}"
     );
 }
 
@@ -670,14 +693,16 @@ fn host_torn_read_starts_a_stall_since_boot() {
     let mut h = two_holes();
     let t = UPTIME + 21_000 * US;
     let ack = (from_headend(2600, &[(3000, 3400)]), t);
-    let mut records = torn_client_packet(&mut h, &from_client(3400, 400), t + US, &[ack]);
+    let torn = torn_client_packet(&mut h, &from_client(3400, 400), t + US, &[ack]);
+    assert_guarded(&torn, &h.settings.verdict, &["dup_acks < K", "since == 0"]);
     h.feed(UP, &from_client(3800, 0), t + 150 * US);
-    records.extend(
+    assert!(
         h.events
-            .drain(..)
-            .filter(|e| e.what != StallWhat::Candidate as u8),
+            .iter()
+            .all(|e| e.what == StallWhat::Candidate as u8),
+        "no stall to end: {:?}",
+        h.events
     );
-    assert_possible(&records, &h.settings.verdict);
 }
 
 /// Issue 11's first pair: a stall started with one duplicate ACK and recovered 20 µs
@@ -691,13 +716,47 @@ fn host_torn_read_starts_a_stall_of_one_dup_ack() {
         (from_headend(2600, &[(3000, 3400)]), t),
         (from_headend(2600, &[(3000, 3400)]), t + US),
     ];
-    let mut records = torn_client_packet(&mut h, &from_client(3400, 400), t + 2 * US, &landed);
+    let torn = torn_client_packet(&mut h, &from_client(3400, 400), t + 2 * US, &landed);
+    assert_guarded(&torn, &h.settings.verdict, &["dup_acks < K"]);
     h.feed(UP, &from_client(2600, 400), t + 10 * US);
     h.feed(DOWN, &from_headend(3800, &[]), t + 20 * US);
-    records.extend(
+    assert!(
         h.events
-            .drain(..)
-            .filter(|e| e.what != StallWhat::Candidate as u8),
+            .iter()
+            .all(|e| e.what == StallWhat::Candidate as u8),
+        "no stall to recover: {:?}",
+        h.events
     );
-    assert_possible(&records, &h.settings.verdict);
+}
+
+/// The fix itself: while one CPU holds a flow's entry (its lock), the other CPU's
+/// packet cannot update or judge it; it is counted as `flow_busy` and leaves the entry
+/// as it was. Released, the next packet goes through.
+#[test]
+fn host_lock_keeps_the_other_cpu_out() {
+    use ebpf_probe::table::{self, Slots};
+    use ebpf_probe::tracker::Store;
+    let mut h = two_holes();
+    let t = UPTIME + 21_000 * US;
+    let ack = from_headend(2600, &[(3000, 3400)]);
+    let pkt = ebpf_probe::parse::parse(&ack.as_slice(), LinkKind::Ethernet).expect("a TCP frame");
+    let at = h.store.place(&pkt.key).expect("place");
+    let i = table::find(&mut h.store, &pkt.key, &at).expect("established");
+    let slot = h.store.slot(i).expect("slot");
+    // SAFETY: a live slot of the host's table.
+    let held = table::lock(unsafe { &raw mut (*slot).seq }).expect("free");
+    let before = *h.store.flow_mut(&pkt.key).unwrap();
+    h.feed(DOWN, &ack, t);
+    assert_eq!(
+        *h.store.flow_mut(&pkt.key).unwrap(),
+        before,
+        "untouched while held"
+    );
+    assert_eq!(h.store.counters[counter::FLOW_BUSY as usize], 1);
+    table::unlock(held);
+    h.feed(DOWN, &ack, t + US);
+    assert_eq!(
+        h.store.flow_mut(&pkt.key).unwrap().half[pkt.dir].lastack,
+        2600
+    );
 }

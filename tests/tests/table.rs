@@ -178,7 +178,8 @@ fn scope_class_and_client() {
         ),
         1_000_000_000,
     );
-    let classes: Vec<u8> = k.snapshot().flows.iter().map(|(_, f)| f.class).collect();
+    // Each seen from one side only: tracked in the pending table.
+    let classes: Vec<u8> = k.snapshot().pending.iter().map(|(_, f)| f.class).collect();
     assert_eq!(classes.len(), 2);
     assert!(
         classes.contains(&(FlowClass::Tcp as u8)) && classes.contains(&(FlowClass::Rfc9329 as u8)),

@@ -10,7 +10,7 @@ use std::ptr::NonNull;
 
 use aya::maps::MapData;
 use ebpf_probe::abi::{Flow, FlowKey};
-use ebpf_probe::table::{self, Bucket, Seed, Slot, Slots, WAYS};
+use ebpf_probe::table::{self, Bucket, Fill, Seed, Slot, Slots, WAYS};
 
 /// One shared mapping of a BPF array map's values.
 struct Mapping {
@@ -58,6 +58,7 @@ impl Drop for Mapping {
 pub struct FlowTable {
     buckets: Mapping,
     slots: Mapping,
+    fill: Mapping,
     nbuckets: u32,
     seed: Seed,
 }
@@ -78,13 +79,24 @@ impl Slots for View<'_> {
         (i < self.0.nbuckets * WAYS)
             .then(|| unsafe { (self.0.slots.ptr.as_ptr() as *mut Slot).add(i as usize) })
     }
+
+    fn fill(&mut self) -> Option<*mut Fill> {
+        Some(self.0.fill.ptr.as_ptr() as *mut Fill)
+    }
 }
 
 impl FlowTable {
-    pub fn map(buckets: &MapData, slots: &MapData, nbuckets: u32, seed: Seed) -> io::Result<Self> {
+    pub fn map(
+        buckets: &MapData,
+        slots: &MapData,
+        fill: &MapData,
+        nbuckets: u32,
+        seed: Seed,
+    ) -> io::Result<Self> {
         Ok(FlowTable {
             buckets: Mapping::new(buckets, nbuckets as usize * size_of::<Bucket>())?,
             slots: Mapping::new(slots, (nbuckets * WAYS) as usize * size_of::<Slot>())?,
+            fill: Mapping::new(fill, size_of::<Fill>())?,
             nbuckets,
             seed,
         })
@@ -106,7 +118,24 @@ impl FlowTable {
         let seed = seeds
             .get(&0, 0)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        FlowTable::map(&buckets, &slots, nbuckets, seed)
+        FlowTable::map(&buckets, &slots, &open("FILL")?, nbuckets, seed)
+    }
+
+    /// Sets how many flows the table may hold (`--max-flows`), before the probe runs.
+    pub fn set_capacity(&self, capacity: u32) {
+        // SAFETY: the mapped `Fill`; the probe only reads `capacity`.
+        unsafe {
+            std::ptr::write_volatile(
+                &raw mut (*(self.fill.ptr.as_ptr() as *mut Fill)).capacity,
+                capacity as u64,
+            )
+        }
+    }
+
+    /// Flows in the table, as the probe and the agent counted them in and out.
+    pub fn flows(&self) -> u64 {
+        // SAFETY: the mapped `Fill`.
+        unsafe { std::ptr::read_volatile(self.fill.ptr.as_ptr() as *const u64) }
     }
 
     pub fn slots(&self) -> u32 {

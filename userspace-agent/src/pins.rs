@@ -16,8 +16,8 @@ use ebpf_probe::abi::{Flow, FlowKey, StallRecord};
 use crate::probe::Settings;
 
 /// Maps that carry state across restarts.
-pub const PINNED_MAPS: [&str; 8] = [
-    "BUCKETS", "FLOWS", "SEED", "PENDING", "PORTS", "COUNTERS", "EVENTS", "AYA_LOGS",
+pub const PINNED_MAPS: [&str; 9] = [
+    "BUCKETS", "FLOWS", "FILL", "SEED", "PENDING", "PORTS", "COUNTERS", "EVENTS", "AYA_LOGS",
 ];
 
 /// Bumped whenever the meaning of a map's bytes changes without a size change.

@@ -156,10 +156,12 @@ impl Probe {
         let table = FlowTable::map(
             array_data(&ebpf, "BUCKETS")?,
             array_data(&ebpf, "FLOWS")?,
+            array_data(&ebpf, "FILL")?,
             buckets,
             seed,
         )
         .map_err(ProbeError::Mmap)?;
+        table.set_capacity(s.max_flows);
         let mut probe = Probe {
             ebpf,
             logger: Some(logger),
