@@ -8,6 +8,7 @@ pub mod frames;
 pub mod harness;
 pub mod lab;
 pub mod live;
+pub mod lossy;
 pub mod observe;
 pub mod pcap;
 pub mod prefill;
