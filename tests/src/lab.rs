@@ -1,6 +1,7 @@
 //! The namespace lab: a client, a gateway and a headend joined by veths, IPv4 and IPv6,
-//! offloads off, so that every segment crosses the probe as it is sent. Addresses
-//! exist only inside these namespaces. Everything is removed on drop, pass or fail.
+//! offloads off by default, so that every segment crosses the probe as it is sent (or
+//! at the kernel's defaults, as on a real headend: `Offloads`). Addresses exist only
+//! inside these namespaces. Everything is removed on drop, pass or fail.
 //!
 //! ```text
 //!   [client] c0 ───── g0 [gateway] g1 ───── h0 [headend]
@@ -46,8 +47,27 @@ impl Default for Lab {
     }
 }
 
+/// The veths' segmentation and receive offloads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Offloads {
+    /// GRO, GSO, TSO and checksum offload off on every veth: the probe sees wire
+    /// segments.
+    Off,
+    /// The kernel's defaults for veth (TSO, GSO and checksum offload on, GRO off):
+    /// TC egress sees the sender's super-packets.
+    KernelDefaults,
+    /// The kernel's defaults, and GRO turned on at both of the gateway's veths: the
+    /// gateway merges what it receives and forwards the merged packets.
+    GroAtGateway,
+}
+
 impl Lab {
+    /// A lab with every offload off.
     pub fn new() -> Lab {
+        Lab::with_offloads(Offloads::Off)
+    }
+
+    pub fn with_offloads(offloads: Offloads) -> Lab {
         let id = format!(
             "aw{}-{}",
             std::process::id(),
@@ -78,9 +98,14 @@ impl Lab {
             sh(&format!("ip -n {ns} addr add {v4} dev {dev}"));
             sh(&format!("ip -n {ns} addr add {v6} dev {dev} nodad"));
             sh(&format!("ip -n {ns} link set {dev} up"));
-            sh(&format!(
-                "ip netns exec {ns} ethtool -K {dev} gro off gso off tso off tx off"
-            ));
+            let features = match (offloads, ns == g) {
+                (Offloads::Off, _) => Some("gro off gso off tso off tx off"),
+                (Offloads::GroAtGateway, true) => Some("gro on"),
+                _ => None,
+            };
+            if let Some(features) = features {
+                sh(&format!("ip netns exec {ns} ethtool -K {dev} {features}"));
+            }
         }
         sh(&format!("ip -n {c} route add default via 10.77.1.1"));
         sh(&format!("ip -n {c} -6 route add default via fd77:1::1"));

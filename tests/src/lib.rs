@@ -9,6 +9,7 @@ pub mod harness;
 pub mod invariants;
 pub mod lab;
 pub mod live;
+pub mod lossy;
 pub mod observe;
 pub mod pcap;
 pub mod prefill;

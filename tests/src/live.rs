@@ -44,15 +44,35 @@ pub fn attach(lab: &Lab, settings: &Settings, placement: Placement) -> Probe {
     probe
 }
 
-/// The headend's listeners: accept on every port given, read each connection to its
-/// end, count the bytes. Stops when dropped.
+/// The headend's listeners: accept on every port given and, for each connection,
+/// read it to its end (uploads) or send to it (downloads). Stops when dropped.
 pub struct Headend {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<u64>>,
 }
 
+/// What the headend does with each connection it accepts.
+#[derive(Clone, Copy, Debug)]
+enum Serve {
+    /// Read to the end.
+    Read,
+    /// Send for this long, paced (`pace`), then close.
+    SendFor(Duration),
+}
+
 impl Headend {
+    /// Listeners that read each connection to its end.
     pub fn start(lab: &Lab, ports: &[u16]) -> Headend {
+        Headend::serving(lab, ports, Serve::Read)
+    }
+
+    /// Listeners that send to each connection for `d`, then close it: downloads,
+    /// whose data leaves the headend through its TC egress.
+    pub fn start_sending(lab: &Lab, ports: &[u16], d: Duration) -> Headend {
+        Headend::serving(lab, ports, Serve::SendFor(d))
+    }
+
+    fn serving(lab: &Lab, ports: &[u16], how: Serve) -> Headend {
         let stop = Arc::new(AtomicBool::new(false));
         let threads = ports
             .iter()
@@ -64,7 +84,7 @@ impl Headend {
                     let l = TcpListener::bind(("::", port)).expect("listen");
                     l.set_nonblocking(true).unwrap();
                     tx.send(()).unwrap();
-                    serve(l, &stop)
+                    serve(l, &stop, how)
                 });
                 rx.recv().expect("listener up");
                 t
@@ -73,7 +93,7 @@ impl Headend {
         Headend { stop, threads }
     }
 
-    /// Stops accepting; returns the bytes received.
+    /// Stops accepting; returns the bytes received (or sent).
     pub fn stop(mut self) -> u64 {
         self.stop.store(true, Ordering::Relaxed);
         self.threads.drain(..).map(|t| t.join().unwrap_or(0)).sum()
@@ -86,33 +106,163 @@ impl Drop for Headend {
     }
 }
 
-fn serve(l: TcpListener, stop: &AtomicBool) -> u64 {
-    let mut readers = Vec::new();
+fn serve(l: TcpListener, stop: &AtomicBool, how: Serve) -> u64 {
+    let mut conns = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         match l.accept() {
             Ok((mut s, _)) => {
                 s.set_nonblocking(false).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                readers.push(std::thread::spawn(move || {
-                    let mut buf = [0u8; 65536];
-                    let mut total = 0u64;
-                    while let Ok(n) = s.read(&mut buf) {
-                        if n == 0 {
-                            break;
+                s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+                conns.push(std::thread::spawn(move || match how {
+                    Serve::Read => {
+                        let mut buf = [0u8; 65536];
+                        let mut total = 0u64;
+                        while let Ok(n) = s.read(&mut buf) {
+                            if n == 0 {
+                                break;
+                            }
+                            total += n as u64;
                         }
-                        total += n as u64;
+                        total
                     }
-                    total
+                    Serve::SendFor(d) => {
+                        pace(&s);
+                        send_for(&mut s, d)
+                    }
                 }));
             }
             Err(_) => std::thread::sleep(Duration::from_millis(5)),
         }
     }
-    readers
+    conns
         .into_iter()
         .filter(|r| r.is_finished())
         .map(|r| r.join().unwrap_or(0))
         .sum()
+}
+
+/// Paces a real TCP connection to 8 MB/s: unpaced bursts over veth overflow the
+/// kernel's backlog queue after the probe has counted a packet, which a capture would
+/// then not see.
+pub fn pace(s: &std::net::TcpStream) {
+    let rate: u32 = 8_000_000;
+    // SAFETY: setsockopt on our socket with a u32 of the right size.
+    let rc = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(s),
+            libc::SOL_SOCKET,
+            libc::SO_MAX_PACING_RATE,
+            &rate as *const u32 as *const _,
+            4,
+        )
+    };
+    assert_eq!(rc, 0, "SO_MAX_PACING_RATE");
+}
+
+/// Writes to `s` for `d` (or until a write fails); returns the bytes written.
+fn send_for(s: &mut std::net::TcpStream, d: Duration) -> u64 {
+    let (buf, start, mut sent) = ([0x42u8; 16 * 1024], Instant::now(), 0u64);
+    while start.elapsed() < d && std::io::Write::write_all(s, &buf).is_ok() {
+        sent += buf.len() as u64;
+    }
+    sent
+}
+
+/// How much each real TCP upload sends.
+#[derive(Clone, Copy, Debug)]
+pub enum Amount {
+    Bytes(usize),
+    /// As much as it can for this long.
+    For(Duration),
+}
+
+/// One of the client's real TCP connections: its address, when it was opened, the
+/// bytes it carried.
+#[derive(Clone, Debug)]
+pub struct Transfer {
+    pub local: std::net::SocketAddr,
+    pub opened: Instant,
+    pub bytes: u64,
+}
+
+/// Real TCP from the client to the headend's `server` over `flows` connections at
+/// once, each sending `amount`, paced (`pace`). Each returns only once the headend has
+/// read everything and closed: a capture must not stop while segments are in flight.
+pub fn real_tcp_uploads(
+    lab: &Lab,
+    server: std::net::SocketAddr,
+    flows: usize,
+    amount: Amount,
+) -> Vec<Transfer> {
+    client_connections(lab, server, flows, |c| {
+        pace(c);
+        let sent = match amount {
+            Amount::Bytes(n) => {
+                std::io::Write::write_all(c, &vec![0x42u8; n]).expect("upload");
+                n as u64
+            }
+            Amount::For(d) => send_for(c, d),
+        };
+        c.shutdown(std::net::Shutdown::Write).expect("shutdown");
+        let mut rest = Vec::new();
+        c.read_to_end(&mut rest)
+            .expect("read to the headend's close");
+        sent
+    })
+}
+
+/// Real TCP downloads: `flows` connections at once to a headend that sends
+/// (`Headend::start_sending`), each read to the headend's close.
+pub fn real_tcp_downloads(lab: &Lab, server: std::net::SocketAddr, flows: usize) -> Vec<Transfer> {
+    client_connections(lab, server, flows, |c| {
+        let mut buf = [0u8; 65536];
+        let mut total = 0u64;
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => break total,
+                Ok(n) => total += n as u64,
+                Err(e) => panic!("download from {server}: {e}"),
+            }
+        }
+    })
+}
+
+/// `flows` connections from the client to `server` at once, each opened then handed
+/// to `transfer`, which returns the bytes it carried. Every socket call is bounded by
+/// a 30 s timeout.
+fn client_connections(
+    lab: &Lab,
+    server: std::net::SocketAddr,
+    flows: usize,
+    transfer: impl Fn(&mut std::net::TcpStream) -> u64 + Sync,
+) -> Vec<Transfer> {
+    std::thread::scope(|s| {
+        let threads: Vec<_> = (0..flows)
+            .map(|_| {
+                s.spawn(|| {
+                    enter(&lab.client);
+                    let opened = Instant::now();
+                    let mut c =
+                        std::net::TcpStream::connect_timeout(&server, Duration::from_secs(30))
+                            .expect("connect");
+                    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+                    c.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+                    let local = c.local_addr().expect("local address");
+                    let bytes = transfer(&mut c);
+                    Transfer {
+                        local,
+                        opened,
+                        bytes,
+                    }
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| t.join().expect("a transfer failed"))
+            .collect()
+    })
 }
 
 /// Collects stall transitions (not candidate records) from the probe for `d`.
@@ -439,10 +589,23 @@ impl Agent {
     }
 
     /// SIGTERM; returns the exit code.
-    pub fn stop(mut self) -> Option<i32> {
+    pub fn stop(self) -> Option<i32> {
+        self.stop_with_events().0
+    }
+
+    /// SIGTERM; returns the exit code and the events it printed that were not read
+    /// yet.
+    pub fn stop_with_events(mut self) -> (Option<i32>, Vec<serde_json::Value>) {
         // SAFETY: signalling our own child (ip exec's into the agent).
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait().ok()?.code()
+        let code = self.child.wait().ok().and_then(|s| s.code());
+        // Its stdout is closed: the reader ends, and with it this loop (bounded all
+        // the same).
+        let mut events = Vec::new();
+        while let Some(e) = self.next_event(Duration::from_secs(2)) {
+            events.push(e);
+        }
+        (code, events)
     }
 }
 

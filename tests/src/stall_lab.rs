@@ -2,7 +2,7 @@
 //! cTCP client that loses it and never retransmits.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::ctcp::CtcpClient;
 use crate::lab::{CLIENT4, HEADEND4, Lab, in_ns};
@@ -27,6 +27,15 @@ pub fn lab_with_loss() -> (Lab, Headend) {
 pub fn lab_with_loss_of(isns: &[u32]) -> (Lab, Headend) {
     let lab = Lab::new();
     lab.quiet_client_kernel();
+    drop_holes_at_headend(&lab, isns);
+    let headend = Headend::start(&lab, &[10_000]);
+    (lab, headend)
+}
+
+/// Makes the headend's input drop the cTCP segment at `hole(isn)` for each of `isns`
+/// (after a probe on the headend or the gateway saw it); a resend one byte longer
+/// passes.
+pub fn drop_holes_at_headend(lab: &Lab, isns: &[u32]) {
     for isn in isns {
         lab.nft_rule(
             &lab.headend,
@@ -39,30 +48,34 @@ pub fn lab_with_loss_of(isns: &[u32]) -> (Lab, Headend) {
             ),
         );
     }
-    let headend = Headend::start(&lab, &[10_000]);
-    (lab, headend)
 }
 
 /// 20 cTCP segments, the ninth lost; then `more` segments every 100 ms.
 pub fn ctcp(lab: &Lab, port: u16, more: usize) {
-    ctcp_from(lab, port, ISN, more)
+    ctcp_from(lab, port, ISN, more);
 }
 
-/// `ctcp` with the client's initial sequence number `isn`.
-pub fn ctcp_from(lab: &Lab, port: u16, isn: u32, more: usize) {
+/// `ctcp` with the client's initial sequence number `isn`. Returns when the segment
+/// after the hole was sent: the headend's first duplicate ACK answers it.
+pub fn ctcp_from(lab: &Lab, port: u16, isn: u32, more: usize) -> Instant {
     let (client, server): (SocketAddr, SocketAddr) = (
         format!("{CLIENT4}:{port}").parse().unwrap(),
         format!("{HEADEND4}:10000").parse().unwrap(),
     );
     in_ns(&lab.client, || {
         let mut c = CtcpClient::connect(client, server, isn).expect("handshake");
-        for _ in 0..20 {
+        let mut after_hole = Instant::now();
+        for i in 0..20 {
             c.send_data(LEN).unwrap();
+            if i == 9 {
+                after_hole = Instant::now();
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
         for _ in 0..more {
             c.send_data(LEN).unwrap();
             c.ignore_for(Duration::from_millis(100)).unwrap();
         }
-    });
+        after_hole
+    })
 }

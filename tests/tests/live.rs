@@ -10,8 +10,8 @@ use ackwatch_tests::Scratch;
 use ackwatch_tests::ctcp::CtcpClient;
 use ackwatch_tests::lab::{CLIENT4, CLIENT6, HEADEND4, HEADEND6, Lab, in_ns};
 use ackwatch_tests::live::{
-    Headend, Placement, Tcpdump, attach, compare_analyze_with_tshark, compare_with_tshark,
-    records_for,
+    Amount, Headend, Placement, Tcpdump, attach, compare_analyze_with_tshark, compare_with_tshark,
+    real_tcp_uploads, records_for,
 };
 use ebpf_probe::abi::{LossSide, StallKind, StallRecord, StallWhat, event};
 
@@ -274,39 +274,6 @@ fn ctcp_client_that_answers() {
     }
 }
 
-/// Real TCP to the headend over `flows` connections of `bytes` each, at once.
-/// Real TCP to the headend over `flows` connections of `bytes` each, at once, each
-/// paced to 8 MB/s: unpaced bursts over veth overflow the kernel's backlog queue after
-/// the probe has counted a packet, which a capture would then not see.
-fn real_tcp_uploads(lab: &Lab, server: SocketAddr, flows: usize, bytes: usize) {
-    std::thread::scope(|s| {
-        for _ in 0..flows {
-            s.spawn(|| {
-                ackwatch_tests::lab::enter(&lab.client);
-                let mut c = std::net::TcpStream::connect(server).expect("connect");
-                let rate: u32 = 8_000_000;
-                // SAFETY: setsockopt on our socket with a u32 of the right size.
-                let rc = unsafe {
-                    libc::setsockopt(
-                        std::os::fd::AsRawFd::as_raw_fd(&c),
-                        libc::SOL_SOCKET,
-                        libc::SO_MAX_PACING_RATE,
-                        &rate as *const u32 as *const _,
-                        4,
-                    )
-                };
-                assert_eq!(rc, 0, "SO_MAX_PACING_RATE");
-                std::io::Write::write_all(&mut c, &vec![0x42u8; bytes]).expect("upload");
-                // Return only once the headend has read everything and closed: the
-                // capture must not stop while segments are still in flight.
-                c.shutdown(std::net::Shutdown::Write).expect("shutdown");
-                let mut rest = Vec::new();
-                std::io::Read::read_to_end(&mut c, &mut rest).expect("read to the headend's close");
-            });
-        }
-    });
-}
-
 /// 2% of client segments lost at the gateway, before the headend's probe: real TCP
 /// recovers, with duplicate ACKs and retransmissions. Returns the lab, the probe and
 /// the stall records after `flows` uploads of 2 MB.
@@ -330,7 +297,7 @@ fn real_tcp_under_loss(
     let mut probe = attach(&lab, &Settings::default(), Placement::Headend);
     let scratch = Scratch::new("live-loss");
     let capture = dump.then(|| Tcpdump::start(&lab.headend, "h0", scratch.join("h0.pcap")));
-    real_tcp_uploads(&lab, server, flows, 2_000_000);
+    real_tcp_uploads(&lab, server, flows, Amount::Bytes(2_000_000));
     let capture = capture.map(|c| (scratch, c.finish()));
     assert_eq!(
         headend.stop(),
@@ -460,7 +427,7 @@ fn other_ports_are_tracked_only_when_tracking_all() {
             ..Settings::default()
         };
         let probe = attach(&lab, &settings, Placement::Headend);
-        real_tcp_uploads(&lab, addr(HEADEND4, 5201), 1, 100_000);
+        real_tcp_uploads(&lab, addr(HEADEND4, 5201), 1, Amount::Bytes(100_000));
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(headend.stop(), 100_000);
         let flows = probe.flows().unwrap();
