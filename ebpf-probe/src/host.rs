@@ -5,7 +5,7 @@
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::boxed::Box;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::vec::Vec;
 
 use crate::abi::{Flow, FlowKey, Pending, StallRecord, StallWhat, counter, port_flag};
@@ -66,6 +66,8 @@ pub struct HostStore {
     buckets: Zeroed<Bucket>,
     slots: Zeroed<Slot>,
     fill: Box<Fill>,
+    /// Slots in use, in slot order (the kernel's walk order).
+    live: BTreeSet<u32>,
     seed: Seed,
     pub pending: HashMap<FlowKey, Pending>,
     /// Insertion order of pending keys, oldest first (the kernel's LRU is approximate:
@@ -93,6 +95,7 @@ impl HostStore {
                 flows: 0,
                 capacity: capacity as u64,
             }),
+            live: BTreeSet::new(),
             seed,
             pending: HashMap::new(),
             pending_order: VecDeque::new(),
@@ -104,11 +107,7 @@ impl HostStore {
 
     /// Established slots in use.
     fn used(&self) -> impl Iterator<Item = *mut Slot> + '_ {
-        (0..self.slots.len as u32).filter_map(|i| {
-            // SAFETY: a live bucket; the host is single-threaded.
-            let tag = unsafe { (*self.buckets.get(i / WAYS)?).tags[(i % WAYS) as usize] };
-            (tag > table::RESERVED).then(|| self.slots.get(i)).flatten()
-        })
+        self.live.iter().filter_map(|&i| self.slots.get(i))
     }
 
     /// Every established flow.
@@ -148,6 +147,7 @@ impl HostStore {
         // SAFETY: a live slot.
         let flow = unsafe { (*self.slots.get(i)?).flow };
         table::free(self, i);
+        self.live.remove(&i);
         Some(flow)
     }
 }
@@ -198,6 +198,10 @@ impl Store for HostStore {
         if self.pending.remove(key).is_some() {
             self.pending_order.retain(|k| k != key);
         }
+    }
+
+    fn established_at(&mut self, idx: u32) {
+        self.live.insert(idx);
     }
 
     fn count(&mut self, index: u32) {

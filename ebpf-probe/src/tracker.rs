@@ -36,6 +36,10 @@ pub trait Store: Slots {
     /// Inserts a zeroed pending entry unless the key has one, and returns the entry.
     fn create_pending(&mut self, key: &FlowKey) -> Result<*mut Pending, Reason>;
     fn remove_pending(&mut self, key: &FlowKey);
+    /// The established table gained a flow at slot `idx` (the host keeps an index of
+    /// them, so it walks its flows without scanning every slot).
+    #[inline(always)]
+    fn established_at(&mut self, _idx: u32) {}
     /// Bumps a counter (`abi::counter`).
     fn count(&mut self, index: u32);
 }
@@ -156,6 +160,7 @@ fn promote<S: Store>(
     let slot = unsafe { &mut *slot };
     slot.flow = pending.flow;
     table::publish(store, idx, at);
+    store.established_at(idx);
     pending.moved = 1;
     table::unlock(held);
     store.remove_pending(&pkt.key);

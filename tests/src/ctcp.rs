@@ -208,15 +208,18 @@ impl CtcpClient {
     }
 
     /// Reads and ignores what the server sent for up to `d` (duplicate ACKs included);
-    /// returns how many segments came.
-    pub fn ignore_for(&self, d: Duration) -> io::Result<usize> {
-        let (deadline, mut n) = (Instant::now() + d, 0);
+    /// returns the last acknowledgment number among them, if any came: once the server
+    /// misses a segment, the hole it really has.
+    pub fn ignore_for(&self, d: Duration) -> io::Result<Option<u32>> {
+        let (deadline, mut acked) = (Instant::now() + d, None);
         while Instant::now() < deadline {
-            if self.receive()?.is_some() {
-                n += 1;
+            if let Some((_, ack, flags)) = self.receive()?
+                && flags & TH_ACK != 0
+            {
+                acked = Some(ack);
             }
         }
-        Ok(n)
+        Ok(acked)
     }
 
     pub fn fin(&mut self) -> io::Result<()> {

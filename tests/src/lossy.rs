@@ -13,7 +13,7 @@ use crate::live::{
     AGENT_ADDR, Agent, Amount, Headend, Transfer, http_get, real_tcp_downloads, real_tcp_uploads,
 };
 use crate::observe::metric;
-use crate::stall_lab::{HOLE, ISN, ctcp_from, drop_holes_at_headend};
+use crate::stall_lab::{CtcpRun, HOLE, ISN, ctcp_from, drop_holes_at_headend};
 
 /// The healthy uploads' server port (a cTCP port: the agent tracks it).
 pub const UPLOAD_PORT: u16 = 10_000;
@@ -151,7 +151,7 @@ pub fn run(s: &Scenario) -> Outcome {
             });
         }
     };
-    let (transfers, ctcp_opened, first_dup_ack) = std::thread::scope(|scope| {
+    let (transfers, ctcp_opened, ctcp_run) = std::thread::scope(|scope| {
         let uploads = scope.spawn(|| {
             real_tcp_uploads(&lab, server(UPLOAD_PORT), s.uploads, Amount::For(s.traffic))
         });
@@ -179,8 +179,8 @@ pub fn run(s: &Scenario) -> Outcome {
         }
         let mut transfers = uploads.join().expect("uploads");
         transfers.extend(downloads.join().expect("downloads"));
-        let (opened, first_dup_ack) = ctcp.join().expect("the cTCP emulator");
-        (transfers, opened, first_dup_ack)
+        let (opened, run) = ctcp.join().expect("the cTCP emulator");
+        (transfers, opened, run)
     });
     // Records of the last packets (FINs), then a sweep when the metrics are wanted.
     let tail = if s.read_metrics {
@@ -222,7 +222,7 @@ pub fn run(s: &Scenario) -> Outcome {
         events: Vec::new(),
     };
     check_records(&events, &opened, &mut outcome.problems);
-    check_ctcp_stall(&events, &ctcp_client, first_dup_ack, &mut outcome);
+    check_ctcp_stall(&events, &ctcp_client, &ctcp_run, &mut outcome);
     if let Some(m) = &outcome.metrics {
         let name = "ackwatch_untracked_packets_total{reason=\"truncated\"}";
         match metric(m, name) {
@@ -425,8 +425,30 @@ fn check_records(events: &[Event], opened: &HashMap<String, Instant>, problems: 
 
 /// The cTCP flow that stalls: exactly one stall_started, within T + 1 s of the
 /// duplicate ACK that opened its hole, naming the flow, the hole, the client as the
-/// stuck side, "unanswered" and "downstream".
-fn check_ctcp_stall(events: &[Event], client: &str, first_dup_ack: Instant, outcome: &mut Outcome) {
+/// stuck side, "unanswered" and where the hole was lost. The hole is the one the
+/// headend really has (its last ACK): the planned one, dropped at the headend's input
+/// after the probe saw it ("downstream"), unless the lab lost an earlier segment
+/// before the probe (a veth with native XDP drops when its ring is full), which the
+/// verdict must then name, "upstream".
+fn check_ctcp_stall(events: &[Event], client: &str, run: &CtcpRun, outcome: &mut Outcome) {
+    let first_dup_ack = run.after_hole;
+    let hole = match run.acked {
+        Some(acked) if acked == HOLE || (acked.wrapping_sub(ISN) as i32 > 0 && acked < HOLE) => {
+            acked
+        }
+        other => {
+            outcome.problems.push(Problem::new(
+                rule::CTCP_WRONG,
+                format!("the headend's last ACK {other:?} is not a hole at or before {HOLE}"),
+            ));
+            return;
+        }
+    };
+    let loss = if hole == HOLE {
+        "downstream"
+    } else {
+        "upstream"
+    };
     let ours: Vec<&Event> = started(events)
         .filter(|e| e.json["client"] == client)
         .collect();
@@ -448,10 +470,10 @@ fn check_ctcp_stall(events: &[Event], client: &str, first_dup_ack: Instant, outc
     }
     let want = [
         ("server", Value::from(format!("{HEADEND4}:{UPLOAD_PORT}"))),
-        ("hole_seq", Value::from(HOLE)),
+        ("hole_seq", Value::from(hole)),
         ("stuck_side", Value::from("client")),
         ("kind", Value::from("unanswered")),
-        ("loss", Value::from("downstream")),
+        ("loss", Value::from(loss)),
         ("class", Value::from("ctcp")),
     ];
     for (field, value) in want {

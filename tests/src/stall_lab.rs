@@ -55,9 +55,16 @@ pub fn ctcp(lab: &Lab, port: u16, more: usize) {
     ctcp_from(lab, port, ISN, more);
 }
 
-/// `ctcp` with the client's initial sequence number `isn`. Returns when the segment
-/// after the hole was sent: the headend's first duplicate ACK answers it.
-pub fn ctcp_from(lab: &Lab, port: u16, isn: u32, more: usize) -> Instant {
+/// What the emulated cTCP client saw: when it sent the segment after the hole (the
+/// headend's first duplicate ACK answers it), and the headend's last acknowledgment
+/// (its real hole: the planned one, unless the lab itself lost an earlier segment).
+pub struct CtcpRun {
+    pub after_hole: Instant,
+    pub acked: Option<u32>,
+}
+
+/// `ctcp` with the client's initial sequence number `isn`.
+pub fn ctcp_from(lab: &Lab, port: u16, isn: u32, more: usize) -> CtcpRun {
     let (client, server): (SocketAddr, SocketAddr) = (
         format!("{CLIENT4}:{port}").parse().unwrap(),
         format!("{HEADEND4}:10000").parse().unwrap(),
@@ -72,10 +79,11 @@ pub fn ctcp_from(lab: &Lab, port: u16, isn: u32, more: usize) -> Instant {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        let mut acked = None;
         for _ in 0..more {
             c.send_data(LEN).unwrap();
-            c.ignore_for(Duration::from_millis(100)).unwrap();
+            acked = c.ignore_for(Duration::from_millis(100)).unwrap().or(acked);
         }
-        after_hole
+        CtcpRun { after_hole, acked }
     })
 }
