@@ -55,6 +55,13 @@ impl Drop for Mapping {
     }
 }
 
+/// Whether `FlowTable::with_locked` frees the slot after its call.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Free {
+    Yes,
+    No,
+}
+
 pub struct FlowTable {
     buckets: Mapping,
     slots: Mapping,
@@ -162,11 +169,13 @@ impl FlowTable {
 
     /// Calls `f` on slot `i`'s flow under its lock if it still holds `key` and the
     /// lock is free now; None otherwise (busy or gone: the next sweep sees it again).
+    /// `f` also says whether to free the slot, which then happens under the same lock:
+    /// no packet can slip in between the decision and the eviction.
     pub fn with_locked<T>(
         &self,
         i: u32,
         key: &FlowKey,
-        f: impl FnOnce(&mut Flow) -> T,
+        f: impl FnOnce(&mut Flow) -> (T, Free),
     ) -> Option<T> {
         let at = table::place(key, &self.seed, self.nbuckets);
         let v = &mut View(self);
@@ -175,29 +184,16 @@ impl FlowTable {
         let held = table::try_lock(unsafe { &mut (*slot).seq })?;
         // SAFETY: as above; locked, so the key is stable.
         let ours = table::tag(v, i) == at.tag && unsafe { (*slot).key == *key };
-        let out = ours.then(|| f(unsafe { &mut (*slot).flow }));
+        let out = ours.then(|| {
+            // SAFETY: as above.
+            let (out, free) = f(unsafe { &mut (*slot).flow });
+            if free == Free::Yes {
+                table::free(v, i);
+            }
+            out
+        });
         table::unlock(held);
         out
-    }
-
-    /// Frees slot `i` if it still holds `key` and is not busy; true if it did.
-    pub fn remove(&self, i: u32, key: &FlowKey) -> bool {
-        let at = table::place(key, &self.seed, self.nbuckets);
-        let v = &mut View(self);
-        let Some(slot) = v.slot(i) else {
-            return false;
-        };
-        // SAFETY: a slot of the mapping.
-        let Some(held) = table::try_lock(unsafe { &mut (*slot).seq }) else {
-            return false;
-        };
-        // SAFETY: as above, locked.
-        let ours = table::tag(v, i) == at.tag && unsafe { (*slot).key == *key };
-        if ours {
-            table::free(v, i);
-        }
-        table::unlock(held);
-        ours
     }
 
     /// Inserts `flow` as the probe would move it from the pending table (benchmarks and

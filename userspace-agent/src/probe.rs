@@ -73,6 +73,8 @@ pub enum ProbeError {
     Mmap(std::io::Error),
     #[error("calibrating the clock: {0}")]
     Clock(String),
+    #[error("choosing the flow table's hash key: {0}")]
+    Seed(std::io::Error),
 }
 
 impl ProbeError {
@@ -452,9 +454,7 @@ fn table_seed(ebpf: &mut Ebpf, wanted: Option<Seed>) -> Result<Seed, ProbeError>
     }
     let seed = match wanted {
         Some(seed) => seed,
-        None => {
-            Seed::random().map_err(|e| ProbeError::Pin("/dev/urandom".into(), e.to_string()))?
-        }
+        None => Seed::random().map_err(ProbeError::Seed)?,
     };
     map.set(0, seed, 0)
         .map_err(|e| ProbeError::Map("SEED", e))?;

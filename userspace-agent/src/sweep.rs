@@ -16,6 +16,7 @@ use ebpf_probe::abi::{Flow, FlowKey, FlowState, StallRecord, StallWhat, event, h
 use ebpf_probe::host::Records;
 use ebpf_probe::verdict::{Config, end_stalls};
 
+use crate::flow_table::Free;
 use crate::probe::{Probe, ProbeError};
 
 /// Closed flows stay this long, so late packets of the close find their entry.
@@ -104,9 +105,10 @@ impl Sweeper {
             let mut sink = Records::new(*key);
             let waiting = table.with_locked(i, key, |flow| {
                 flow.check_stalls(&self.cfg, now, &mut sink);
-                flow.half.iter().any(|h| {
+                let waiting = flow.half.iter().any(|h| {
                     h.flags & half_flag::CANDIDATE != 0 && h.flags & half_flag::STALLED == 0
-                })
+                });
+                (waiting, Free::No)
             });
             // Busy: checked at the next tick.
             if waiting == Some(false) {
@@ -127,15 +129,12 @@ impl Sweeper {
         let mut due = Vec::new();
         let (cfg, idle_ns, pass) = (&self.cfg, self.idle_ns, &mut self.pass);
         let complete = probe.walk_flows(&mut self.cursor, slice, |i, key, flow| {
-            let quiet = now.saturating_sub(flow.last_ts);
-            let closed = flow.state == FlowState::Closed as u8;
-            let evict = quiet >= idle_ns || (closed && quiet >= CLOSED_GRACE_NS);
             // The rule on a copy says whether the live entry needs it.
             let mut trial = *flow;
             let mut sink = Records::new(*key);
             trial.check_stalls(cfg, now, &mut sink);
-            if evict || !sink.out.is_empty() {
-                due.push((i, *key, evict, *flow));
+            if evictable(flow, now, idle_ns) || !sink.out.is_empty() {
+                due.push((i, *key, *flow));
             } else {
                 pass.count(flow);
                 tick.stalled.extend(stalled_sides(key, flow, Some(now)));
@@ -143,19 +142,21 @@ impl Sweeper {
             true
         });
         let table = probe.table();
-        for (i, key, evict, seen) in due {
+        for (i, key, seen) in due {
             let mut sink = Records::new(key);
-            let flow = table
-                .with_locked(i, &key, |flow| {
-                    if evict {
-                        end_stalls(flow, now, &mut sink);
-                    } else {
-                        flow.check_stalls(cfg, now, &mut sink);
-                    }
-                    *flow
-                })
-                .unwrap_or(seen);
-            if evict && table.remove(i, &key) {
+            // Decided again on the live entry: a packet may have come since the copy.
+            let done = table.with_locked(i, &key, |flow| {
+                let evict = evictable(flow, now, idle_ns);
+                if evict {
+                    end_stalls(flow, now, &mut sink);
+                } else {
+                    flow.check_stalls(cfg, now, &mut sink);
+                }
+                ((*flow, evict), if evict { Free::Yes } else { Free::No })
+            });
+            // Busy or gone: as it was seen, for the next tick to look at again.
+            let (flow, evicted) = done.unwrap_or((seen, false));
+            if evicted {
                 tick.evictions += 1;
                 add_totals(&mut pass.evicted[metrics_class(flow.class)], &flow);
             } else {
@@ -170,6 +171,13 @@ impl Sweeper {
             tick.pass = Some(std::mem::take(&mut self.pass));
         }
     }
+}
+
+/// Idle for the idle timeout, or closed for `CLOSED_GRACE_NS`.
+fn evictable(flow: &Flow, now: u64, idle_ns: u64) -> bool {
+    let quiet = now.saturating_sub(flow.last_ts);
+    let closed = flow.state == FlowState::Closed as u8;
+    quiet >= idle_ns || (closed && quiet >= CLOSED_GRACE_NS)
 }
 
 impl Pass {

@@ -85,8 +85,10 @@ fn test() -> Result<()> {
         &["test", "-p", "ebpf-probe", "--lib"],
         // One test at a time: the live tests time detection and capture at line rate
         // on two cores.
+        // Every test file runs even after one fails: the closing line counts them all.
         &[
             "test",
+            "--no-fail-fast",
             "-p",
             "ackwatch",
             "-p",
