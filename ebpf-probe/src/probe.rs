@@ -205,8 +205,8 @@ impl Slots for Maps {
     }
 
     /// One try inline (no contention: no call); else up to `SPINS` tries in
-    /// `bpf_loop`, whose callback the verifier checks once, where an inlined loop would
-    /// be checked once per try.
+    /// `bpf_loop` (inlined by the verifier into a loop around the callback), where a
+    /// loop written here would be checked once per try.
     #[inline(always)]
     fn lock(&mut self, seq: *mut u64) -> Option<Held> {
         let held = table::try_lock(seq);
@@ -221,7 +221,10 @@ impl Slots for Maps {
         // SAFETY: a static callback and a context on this stack, for the call's time.
         unsafe {
             bpf_loop(
-                table::SPINS,
+                // Laundered: with a known count the verifier checks the callback once
+                // per step (4,096 steps took it past its limit); with an unknown one,
+                // until its states converge, whatever the count.
+                self.launder(table::SPINS),
                 spin_once as *mut c_void,
                 &mut spin as *mut Spin as *mut c_void,
                 0,
@@ -288,9 +291,6 @@ impl Store for Maps {
     }
 }
 
-/// Tries of a contended lock in each `bpf_loop` step (so `SPINS * TRIES_PER_LOOP` in all).
-const TRIES_PER_LOOP: u32 = 16;
-
 /// `bpf_loop`'s context for `Maps::lock`.
 #[repr(C)]
 struct Spin {
@@ -304,15 +304,14 @@ struct Spin {
 extern "C" fn spin_once(_index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `Spin` that `Maps::lock` passed.
     let spin = unsafe { &mut *(ctx as *mut Spin) };
-    // Several tries a call: `bpf_loop`'s count is what the verifier pays for.
-    for _ in 0..TRIES_PER_LOOP {
-        if let Some(held) = table::try_lock(spin.seq) {
+    match table::try_lock(spin.seq) {
+        Some(held) => {
             spin.value = held.value;
             spin.got = 1;
-            return 1;
+            1
         }
+        None => 0,
     }
-    0
 }
 
 struct Ring<'a> {

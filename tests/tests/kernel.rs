@@ -9,10 +9,11 @@ use ebpf_probe::verdict::Config;
 
 /// Verified-instruction budget per program (the kernel's limit is 1,000,000). The
 /// heaviest measured 51,300 with the hash-map table; the open-addressed table with its
-/// locks measures ~222,000 (the lookups' 16 ways, the lock's contended path in
-/// `bpf_loop`, a pending and an established entry verified apart), loading in about a
-/// second. The budget leaves room to grow but catches a change that multiplies it.
-const VERIFIER_BUDGET: u32 = 300_000;
+/// locks measures ~331,000 (the lookups' 16 ways, the established, pending and promoted
+/// entries verified apart, the contended lock's `bpf_loop` checked to convergence),
+/// loading in about a second. The budget leaves room to grow but catches a change that
+/// multiplies it (docs/decisions.md, "Verifier").
+const VERIFIER_BUDGET: u32 = 400_000;
 
 #[test]
 fn verifier_accepts_every_program_within_budget() {

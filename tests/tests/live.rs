@@ -462,7 +462,8 @@ fn nothing_is_left_behind_when_a_test_fails() {
     });
     assert!(result.is_err());
     let (namespaces, programs) = seen.into_inner().unwrap();
-    assert_eq!(programs.len(), 4);
+    // The Ethernet XDP and TC programs: the others load only when an interface needs them.
+    assert_eq!(programs.len(), 2);
     let listed = String::from_utf8(
         std::process::Command::new("ip")
             .args(["netns", "list"])

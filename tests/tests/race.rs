@@ -36,7 +36,7 @@ use ebpf_probe::verdict::Config;
 
 /// At most one packet in this many may pass untracked because its flow stayed locked:
 /// the two threads update one flow back to back, the worst case there is.
-const MAX_BUSY: u64 = 100;
+const MAX_BUSY: u64 = 10_000;
 /// K, the verdict's default.
 const K: u32 = 3;
 /// T: short, so that runs of duplicate ACKs outlast it while the test runs. An ordinary

@@ -236,8 +236,9 @@ fn twenty_restarts_under_traffic() {
     let mut fds = Vec::new();
     std::thread::scope(|s| {
         // A stall that stays open for the whole series (the client keeps sending
-        // for 30 s and never retransmits), and healthy traffic beside it.
-        s.spawn(|| ctcp(&lab, 50_600, 300));
+        // for 45 s and never retransmits; an agent takes about a second to load and
+        // verify its programs), and healthy traffic beside it.
+        s.spawn(|| ctcp(&lab, 50_600, 450));
         s.spawn(|| {
             in_ns(&lab.client, || {
                 let server = format!("{HEADEND4}:10000");

@@ -146,14 +146,6 @@ impl Probe {
             .map_max_entries("EVENTS", s.event_ring_bytes)
             .load(PROBE_OBJECT)?;
         let logger = EbpfLogger::init(&mut ebpf).map_err(|e| ProbeError::Logger(e.to_string()))?;
-        for name in [PROGRAMS[0], PROGRAMS[1]] {
-            let prog: &mut Xdp = program(&mut ebpf, name)?;
-            prog.load().map_err(|e| ProbeError::Program(name, e))?;
-        }
-        for name in [PROGRAMS[2], PROGRAMS[3]] {
-            let prog: &mut SchedClassifier = program(&mut ebpf, name)?;
-            prog.load().map_err(|e| ProbeError::Program(name, e))?;
-        }
         let seed = table_seed(&mut ebpf, s.table_seed)?;
         let table = FlowTable::map(
             array_data(&ebpf, "BUCKETS")?,
@@ -182,12 +174,30 @@ impl Probe {
         Ok(probe)
     }
 
+    /// The XDP program for `link`, loaded (verified) on first use: each program costs
+    /// about half a second of verification here, and an agent needs only the programs
+    /// of its interfaces' link kinds.
     pub fn xdp(&mut self, link: LinkKind) -> Result<&mut Xdp, ProbeError> {
+        self.load_program(xdp_program(link))?;
         program(&mut self.ebpf, xdp_program(link))
     }
 
+    /// The TC program for `link`, loaded on first use (as `xdp`).
     pub fn tc(&mut self, link: LinkKind) -> Result<&mut SchedClassifier, ProbeError> {
+        self.load_program(tc_program(link))?;
         program(&mut self.ebpf, tc_program(link))
+    }
+
+    /// Loads program `name` unless it is loaded.
+    fn load_program(&mut self, name: &'static str) -> Result<(), ProbeError> {
+        use aya::programs::Program;
+        let loaded = match self.ebpf.program_mut(name) {
+            Some(Program::Xdp(p)) if p.fd().is_err() => p.load(),
+            Some(Program::SchedClassifier(p)) if p.fd().is_err() => p.load(),
+            Some(_) => Ok(()),
+            None => Err(not_found()),
+        };
+        loaded.map_err(|e| ProbeError::Program(name, e))
     }
 
     /// Mean time of one run of XDP program `name` (loaded on first use) on `frame`,
@@ -199,10 +209,8 @@ impl Probe {
         repeat: u32,
     ) -> Result<std::time::Duration, ProbeError> {
         use aya::programs::{TestRun, TestRunOptions};
+        self.load_program(name)?;
         let prog: &mut Xdp = program(&mut self.ebpf, name)?;
-        if prog.fd().is_err() {
-            prog.load().map_err(|e| ProbeError::Program(name, e))?;
-        }
         let opts = TestRunOptions {
             data_in: Some(frame),
             repeat,
@@ -221,8 +229,9 @@ impl Probe {
             .collect()
     }
 
-    /// Instructions the verifier processed for a program.
+    /// Instructions the verifier processed for a program (loaded now if it is not yet).
     pub fn verified_instructions(&mut self, name: &'static str) -> Result<u32, ProbeError> {
+        self.load_program(name)?;
         let prog = self
             .ebpf
             .program(name)
