@@ -1,5 +1,6 @@
 //! The flow tables on the host, with the kernel's semantics: the same established table
-//! (`table`, in memory allocated zeroed, so untouched slots cost no RAM) and a bounded
+//! (`table`: its buckets in memory allocated zeroed, its slots allocated as flows take
+//! them, so the memory follows the flows held, not the capacity) and a bounded
 //! pending table for half-open and one-sided flows. Used by the offline analyser and as
 //! the reference in the kernel tests.
 
@@ -64,7 +65,10 @@ impl Seed {
 
 pub struct HostStore {
     buckets: Zeroed<Bucket>,
-    slots: Zeroed<Slot>,
+    /// Slots in use or once used, by index (boxed: their addresses must not move).
+    slots: HashMap<u32, Box<Slot>>,
+    /// How many slots the table has.
+    nslots: u32,
     fill: Box<Fill>,
     /// Slots in use, in slot order (the kernel's walk order).
     live: BTreeSet<u32>,
@@ -90,7 +94,8 @@ impl HostStore {
         let buckets = table::buckets_for(capacity as u32);
         HostStore {
             buckets: Zeroed::new(buckets as usize),
-            slots: Zeroed::new(buckets as usize * WAYS as usize),
+            slots: HashMap::new(),
+            nslots: buckets * WAYS,
             fill: Box::new(Fill {
                 flows: 0,
                 capacity: capacity as u64,
@@ -107,7 +112,9 @@ impl HostStore {
 
     /// Established slots in use.
     fn used(&self) -> impl Iterator<Item = *mut Slot> + '_ {
-        self.live.iter().filter_map(|&i| self.slots.get(i))
+        self.live
+            .iter()
+            .filter_map(|i| self.slots.get(i).map(|b| &**b as *const Slot as *mut Slot))
     }
 
     /// Every established flow.
@@ -132,8 +139,7 @@ impl HostStore {
     pub fn flow_mut(&mut self, key: &FlowKey) -> Option<&mut Flow> {
         let at = self.place(key).ok()?;
         let i = table::find(self, key, &at)?;
-        // SAFETY: a live slot, borrowed with self.
-        Some(unsafe { &mut (*self.slots.get(i)?).flow })
+        Some(&mut self.slots.get_mut(&i)?.flow)
     }
 
     /// Removes `key`'s flow from either table, and returns it.
@@ -144,10 +150,10 @@ impl HostStore {
         }
         let at = self.place(key).ok()?;
         let i = table::find(self, key, &at)?;
-        // SAFETY: a live slot.
-        let flow = unsafe { (*self.slots.get(i)?).flow };
+        let flow = self.slots.get(&i)?.flow;
         table::free(self, i);
         self.live.remove(&i);
+        self.slots.remove(&i);
         Some(flow)
     }
 }
@@ -158,7 +164,7 @@ impl Slots for HostStore {
     }
 
     fn slot(&mut self, i: u32) -> Option<*mut Slot> {
-        self.slots.get(i)
+        (i < self.nslots).then(|| &mut **self.slots.entry(i).or_default() as *mut Slot)
     }
 
     fn fill(&mut self) -> Option<*mut Fill> {

@@ -63,7 +63,7 @@ pub struct Seed {
 }
 const _: () = assert!(size_of::<Seed>() == 40);
 
-/// How many flows the table holds, and may hold (`--max-flows`): the slots are more (25%
+/// How many flows the table holds, and may hold (`--max-flows`): the slots are more (50%
 /// spare, for placement), the flows never.
 #[repr(C)]
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
@@ -79,11 +79,12 @@ pub struct Place {
     pub tag: u64,
 }
 
-/// Buckets for a table that holds `flows` flows: 25% more slots than flows, so that
-/// two-choice placement (the emptier bucket) almost never refuses a flow before the
-/// table holds `flows` (measured: first refusal at 80% of the slots).
+/// Buckets for a table that holds `flows` flows: 50% more slots than flows, so that
+/// two-choice placement (the emptier bucket) does not refuse a flow before the table
+/// holds `flows` (simulated with a million keys: with 25% more, refusals began at 87-90%
+/// of `flows`; with 50%, none in three trials).
 pub fn buckets_for(flows: u32) -> u32 {
-    let slots = flows as u64 + flows as u64 / 4;
+    let slots = flows as u64 + flows as u64 / 2;
     slots.div_ceil(WAYS as u64).max(1) as u32
 }
 

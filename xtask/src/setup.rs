@@ -18,6 +18,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     "prometheus-alertmanager",
     "libcap2-bin",
+    // GNU time: the benchmarks' peak RSS of a command.
+    "time",
 ];
 
 pub fn run() -> Result<()> {

@@ -31,27 +31,25 @@ fn capture(path: &Path, packets: usize, live: usize) {
     }
 }
 
-/// Wall time in seconds and peak RSS in KiB of a command, output discarded.
-// The child is reaped by wait4, which also gives its own rusage.
-#[allow(clippy::zombie_processes)]
-fn measure(cmd: &mut Command) -> (f64, u64) {
+/// Wall time in seconds and peak RSS in KiB of a command, output discarded. The RSS is
+/// GNU time's (`%M`): a child of this process would report at least this process's own
+/// RSS (the kernel keeps the larger of the peaks before and after exec), which the
+/// benchmarks before this one (a mapped million-flow table) make hundreds of MB.
+fn measure(dir: &Scratch, cmd: &[&std::ffi::OsStr]) -> (f64, u64) {
+    let rss_file = dir.join("rss");
     let t = Instant::now();
-    let child = cmd
+    let status = Command::new("/usr/bin/time")
+        .args(["-f", "%M", "-o"])
+        .arg(&rss_file)
+        .args(cmd)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .spawn()
-        .expect("run");
-    // wait4, not getrusage(RUSAGE_CHILDREN): the peak RSS of this child alone.
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is valid; wait4 fills it for our own child.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut ru) };
+        .status()
+        .expect("run /usr/bin/time (Debian package time)");
     let secs = t.elapsed().as_secs_f64();
-    assert!(
-        pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "{cmd:?} failed"
-    );
-    (secs, ru.ru_maxrss as u64)
+    assert!(status.success(), "{cmd:?} failed");
+    let rss = std::fs::read_to_string(&rss_file).expect("time's output");
+    (secs, rss.trim().parse().expect("time's %M"))
 }
 
 pub fn run(packets: usize, figures: &mut Vec<Figure>) {
@@ -60,19 +58,15 @@ pub fn run(packets: usize, figures: &mut Vec<Figure>) {
     let big = dir.join("big.pcap");
     capture(&big, packets, 200);
     let analyze = |file: &Path| {
-        measure(
-            Command::new(&ackwatch)
-                .args(["analyze", "--json", "--track", "all"])
-                .arg(file),
-        )
+        let args = ["analyze", "--json", "--track", "all"].map(std::ffi::OsStr::new);
+        let mut cmd = vec![ackwatch.as_os_str()];
+        cmd.extend(args);
+        cmd.push(file.as_os_str());
+        measure(&dir, &cmd)
     };
     let (a_secs, a_rss) = analyze(&big);
-    let (t_secs, _) = measure(
-        Command::new("tshark")
-            .arg("-q")
-            .args(["-z", "conv,tcp", "-r"])
-            .arg(&big),
-    );
+    let tshark = ["tshark", "-q", "-z", "conv,tcp", "-r"].map(std::ffi::OsStr::new);
+    let (t_secs, _) = measure(&dir, &[&tshark[..], &[big.as_os_str()]].concat());
     let (a_pps, t_pps) = (packets as f64 / a_secs, packets as f64 / t_secs);
     println!(
         "analyze: {packets} packets, 200 live flows: ackwatch {a_secs:.2} s ({a_pps:.0} pkt/s), tshark -z conv,tcp {t_secs:.2} s ({t_pps:.0} pkt/s)"
