@@ -53,7 +53,7 @@ pub struct Slot {
     pub flow: Flow,
 }
 const _: () = assert!(size_of::<Slot>() == 8 + 36 + 4 + size_of::<Flow>());
-const _: () = assert!(size_of::<Slot>() % 8 == 0);
+const _: () = assert!(size_of::<Slot>().is_multiple_of(8));
 
 /// The table's hash key and geometry, chosen when the table is created.
 #[repr(C)]
@@ -420,7 +420,10 @@ pub fn tag<S: Slots>(s: &mut S, idx: u32) -> u64 {
 #[cfg(not(target_arch = "bpf"))]
 /// A consistent copy of slot `slot`'s key and flow without taking its lock (the
 /// agent's readers), or None if writers kept it busy.
-pub fn read(slot: *const Slot) -> Option<(FlowKey, Flow)> {
+///
+/// # Safety
+/// `slot` points to a slot of a live table (its memory stays mapped for the call).
+pub unsafe fn read(slot: *const Slot) -> Option<(FlowKey, Flow)> {
     let seq = slot as *mut u64;
     for _ in 0..SPINS {
         let before = atomic::load(seq);

@@ -289,12 +289,12 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                     sweeper
                         .watch
                         .extend(walk.candidates.lock().unwrap().drain());
-                    let mut probe = walk.probe.lock().unwrap();
-                    let ticked = sweeper.tick(&mut probe, flows::monotonic_now());
+                    let probe = walk.probe.lock().unwrap();
+                    let ticked = sweeper.tick(&probe, flows::monotonic_now());
                     walk.metrics
                         .sweep_seconds
                         .set(started.elapsed().as_secs_f64());
-                    let result = ticked.and_then(|t| probe.counters().map(|c| (t, c)));
+                    let result = probe.counters().map(|c| (ticked, c));
                     (sweeper, result)
                 })
                 .await;

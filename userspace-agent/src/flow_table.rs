@@ -162,7 +162,8 @@ impl FlowTable {
         if table::tag(v, i) <= table::RESERVED {
             return None;
         }
-        let copy = table::read(v.slot(i)?)?;
+        // SAFETY: a slot of the mapping, which lives as long as `self`.
+        let copy = unsafe { table::read(v.slot(i)?)? };
         // Freed while we copied.
         (table::tag(v, i) > table::RESERVED).then_some(copy)
     }

@@ -17,7 +17,7 @@ use ebpf_probe::host::Records;
 use ebpf_probe::verdict::{Config, end_stalls};
 
 use crate::flow_table::Free;
-use crate::probe::{Probe, ProbeError};
+use crate::probe::Probe;
 
 /// Closed flows stay this long, so late packets of the close find their entry.
 const CLOSED_GRACE_NS: u64 = 10_000_000_000;
@@ -79,22 +79,17 @@ impl Sweeper {
     }
 
     /// Checks the watched flows, then walks the next slice of the table.
-    pub fn tick(&mut self, probe: &mut Probe, now: u64) -> Result<Tick, ProbeError> {
+    pub fn tick(&mut self, probe: &Probe, now: u64) -> Tick {
         let mut tick = Tick::default();
-        self.check_watched(probe, now, &mut tick)?;
+        self.check_watched(probe, now, &mut tick);
         let slice = MIN_SLICE.max(self.last_entries.div_ceil(TICKS_PER_PASS));
         self.walk(probe, now, slice, &mut tick);
-        Ok(tick)
+        tick
     }
 
     /// The stall rule for each candidate; a flow leaves the list once no side of it is
     /// a candidate that has not stalled yet (its ACK moved, or it stalled), or it is gone.
-    fn check_watched(
-        &mut self,
-        probe: &mut Probe,
-        now: u64,
-        tick: &mut Tick,
-    ) -> Result<(), ProbeError> {
+    fn check_watched(&mut self, probe: &Probe, now: u64, tick: &mut Tick) {
         let mut done = Vec::new();
         let table = probe.table();
         for key in &self.watch {
@@ -120,10 +115,9 @@ impl Sweeper {
         for key in done {
             self.watch.remove(&key);
         }
-        Ok(())
     }
 
-    fn walk(&mut self, probe: &mut Probe, now: u64, slice: usize, tick: &mut Tick) {
+    fn walk(&mut self, probe: &Probe, now: u64, slice: usize, tick: &mut Tick) {
         // Flows the rule or eviction must change: done under their locks after the
         // slice (the walk borrows the probe); they are few.
         let mut due = Vec::new();
@@ -191,17 +185,12 @@ impl Pass {
 }
 
 /// One whole pass at once, nothing watched (the tests and the benchmarks).
-pub fn sweep(
-    probe: &mut Probe,
-    cfg: &Config,
-    idle_ns: u64,
-    now: u64,
-) -> Result<(Tick, Pass), ProbeError> {
+pub fn sweep(probe: &Probe, cfg: &Config, idle_ns: u64, now: u64) -> (Tick, Pass) {
     let mut s = Sweeper::new(*cfg, idle_ns, 0);
     let mut tick = Tick::default();
     s.walk(probe, now, usize::MAX, &mut tick);
     let pass = tick.pass.clone().unwrap_or_default();
-    Ok((tick, pass))
+    (tick, pass)
 }
 
 /// A start record for each side of `flow` that is stalled, stamped `at` (else when
