@@ -170,29 +170,37 @@ fn a_full_table_still_reports_the_stall() {
     assert!(entries <= capacity);
 }
 
-#[test]
-fn syn_flood_during_a_stall() {
-    const CAPACITY: u32 = 1_024;
-    const PENDING: u32 = 4_096;
+/// What a flood of packets from spoofed sources does to a table of `capacity` flows
+/// and `pending` pending ones: `count` packets with TCP `flags` from random sources to
+/// port 10000, spread over 2 s from `flood_at`, while ten healthy cTCP flows run (from
+/// t = 0) and one more, starting at `stall_at`, stalls. The stall is reported once,
+/// the established flows keep their state, and no flood packet reaches the flow table.
+fn flood_during_a_stall(
+    flags: u8,
+    count: u32,
+    capacity: u32,
+    pending: u32,
+    flood_at: u64,
+    stall_at: u64,
+) {
     let mut k = Kernel::load(Settings {
-        max_flows: CAPACITY,
-        max_pending: PENDING,
+        max_flows: capacity,
+        max_pending: pending,
         ..Settings::default()
     });
-    let (mut steps, key) = long_flows(10, 2 * SEC);
-    // 100,000 SYNs from spoofed sources to port 10000 over the stall's 2 s.
-    for i in 0..100_000u32 {
+    let (mut steps, key) = long_flows(10, stall_at);
+    for i in 0..count {
         let src = client(1_000_000 + i, 1024 + (i % 60_000) as u16);
         steps.push(Step {
             hook: XDP,
-            frame: seg(src, server(), i, 0, TH_SYN, 0),
-            at_ns: 3 * SEC + i as u64 * 2 * SEC / 100_000,
+            frame: seg(src, server(), i, i.wrapping_mul(7919), flags, 0),
+            at_ns: flood_at + i as u64 * 2 * SEC / count as u64,
         });
     }
     steps.sort_by_key(|s| s.at_ns);
-    let flood_at = steps.iter().position(|s| s.at_ns >= 3 * SEC).unwrap();
-    let rest = steps.split_off(flood_at);
-    let (mut records, _) = run(&mut k, steps, CAPACITY, 3 * SEC);
+    let split = steps.iter().position(|s| s.at_ns >= flood_at).unwrap();
+    let rest = steps.split_off(split);
+    let (mut records, _) = run(&mut k, steps, capacity, flood_at);
     let before: Vec<_> = k
         .snapshot()
         .flows
@@ -200,7 +208,7 @@ fn syn_flood_during_a_stall() {
         .filter(|(k, _)| *k != key)
         .collect();
     let end = rest.last().unwrap().at_ns + 3 * SEC;
-    let (more, _) = run(&mut k, rest, CAPACITY, end);
+    let (more, _) = run(&mut k, rest, capacity, end);
     records.extend(more);
     let after = k.snapshot();
     assert_eq!(
@@ -215,17 +223,31 @@ fn syn_flood_during_a_stall() {
         .cloned()
         .collect();
     assert_eq!(established, before, "established flows keep their state");
-    assert!(after.flows.len() <= CAPACITY as usize);
+    assert!(after.flows.len() <= capacity as usize);
     assert!(
-        after.pending.len() <= PENDING as usize,
+        after.pending.len() <= pending as usize,
         "{} pending",
         after.pending.len()
     );
     assert_eq!(
         after.counters[counter::TABLE_FULL as usize],
         0,
-        "no SYN reached the flow table"
+        "no flood packet reached the flow table"
     );
+}
+
+/// 100,000 SYNs from spoofed sources during a stall.
+#[test]
+fn syn_flood_during_a_stall() {
+    flood_during_a_stall(TH_SYN, 100_000, 1_024, 4_096, 3 * SEC, 2 * SEC);
+}
+
+/// 200,000 ACKs from spoofed sources (each a one-sided flow: a mid-stream pick-up) with
+/// `--max-flows 4096` and the agent's pending table (a quarter of it), and a cTCP flow
+/// that connects after the flood began, then stalls.
+#[test]
+fn ack_flood_during_a_stall() {
+    flood_during_a_stall(TH_ACK, 200_000, 4_096, 1_024, 3 * SEC, 4 * SEC);
 }
 
 /// A ring buffer far too small (one page, ~50 records) and nobody reading it while 100
