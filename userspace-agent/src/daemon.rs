@@ -221,6 +221,12 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
 
 /// Runs until SIGINT or SIGTERM; dropping the probe then detaches it.
 pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> {
+    // Handlers first: once the port answers, a SIGTERM must detach cleanly, not kill.
+    let signal = |kind| {
+        tokio::signal::unix::signal(kind).map_err(|e| RunError::Failed(format!("signals: {e}")))
+    };
+    let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = signal(tokio::signal::unix::SignalKind::interrupt())?;
     let ring = shared
         .probe
         .lock()
@@ -341,12 +347,10 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
             }
         });
     }
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| RunError::Failed(e.to_string()))?;
     tokio::select! {
         _ = events => {}
         _ = sweeps => {}
-        _ = tokio::signal::ctrl_c() => log::info!("SIGINT: detaching"),
+        _ = int.recv() => log::info!("SIGINT: detaching"),
         _ = term.recv() => log::info!("SIGTERM: detaching"),
     }
     http.abort();
