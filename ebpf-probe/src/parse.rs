@@ -171,7 +171,10 @@ fn ipv4<F: Frame>(f: &F, l3: usize, key: &mut [[u32; 4]; 2]) -> Result<(usize, u
     if h[0] >> 4 != 4 || ihl < 20 {
         return Err(counter::BAD_HEADER_LEN);
     }
-    let tot = ip_len(f, l3, be16([h[2], h[3]]) as usize)?;
+    let tot = match be16([h[2], h[3]]) as usize {
+        0 => big_tcp_len(f, l3, 0).ok_or(counter::BAD_HEADER_LEN)?,
+        n => ip_len(f, l3, n)?,
+    };
     let h: [u8; 20] = need(f, l3)?;
     if tot < ihl {
         return Err(counter::BAD_HEADER_LEN);
@@ -207,7 +210,10 @@ fn ipv6<F: Frame>(f: &F, l3: usize, key: &mut [[u32; 4]; 2]) -> Result<(usize, u
     if h[0] >> 4 != 6 {
         return Err(counter::BAD_HEADER_LEN);
     }
-    let payload = ip_len(f, l3, 40 + be16([h[4], h[5]]) as usize)? - 40;
+    let payload = match be16([h[4], h[5]]) as usize {
+        0 => big_tcp_len(f, l3, 40).unwrap_or(0),
+        n => ip_len(f, l3, 40 + n)? - 40,
+    };
     for (i, a) in key.iter_mut().enumerate() {
         for (j, w) in a.iter_mut().enumerate() {
             *w = u32::from_ne_bytes(need(f, l3 + 8 + 16 * i + 4 * j)?);
@@ -251,6 +257,16 @@ fn ip_len<F: Frame>(f: &F, l3: usize, len: usize) -> Result<usize, Reason> {
     } else {
         Err(counter::TRUNCATED)
     }
+}
+
+/// BIG TCP (Linux 5.19 for IPv6, 6.3 for IPv4): a GSO super-packet too long for the IP
+/// length field carries 0 there (IPv6 adds a jumbo hop-by-hop option, which the
+/// extension-header walk skips); its length past the `header` bytes is the packet's.
+/// Only a packet that long: on anything shorter a 0 stays what it was.
+#[inline(always)]
+fn big_tcp_len<F: Frame>(f: &F, l3: usize, header: usize) -> Option<usize> {
+    let len = f.wire_len().saturating_sub(l3 + header);
+    (len > 0xffff).then_some(len)
 }
 
 #[inline(always)]

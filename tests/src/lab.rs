@@ -59,7 +59,14 @@ pub enum Offloads {
     /// The kernel's defaults, and GRO turned on at both of the gateway's veths: the
     /// gateway merges what it receives and forwards the merged packets.
     GroAtGateway,
+    /// GRO at the gateway and BIG TCP on every veth (GSO and GRO up to `BIG_TCP`
+    /// bytes, IPv4 and IPv6): super-packets longer than 64 KB, whose IPv4 total
+    /// length is 0 and whose IPv6 payload length is 0 behind a jumbo option.
+    BigTcp,
 }
+
+/// The BIG TCP packet size of `Offloads::BigTcp` (the kernel documentation's example).
+pub const BIG_TCP: u32 = 185_000;
 
 impl Lab {
     /// A lab with every offload off.
@@ -100,11 +107,14 @@ impl Lab {
             sh(&format!("ip -n {ns} link set {dev} up"));
             let features = match (offloads, ns == g) {
                 (Offloads::Off, _) => Some("gro off gso off tso off tx off"),
-                (Offloads::GroAtGateway, true) => Some("gro on"),
+                (Offloads::GroAtGateway | Offloads::BigTcp, true) => Some("gro on"),
                 _ => None,
             };
             if let Some(features) = features {
                 sh(&format!("ip netns exec {ns} ethtool -K {dev} {features}"));
+            }
+            if offloads == Offloads::BigTcp {
+                in_ns(ns, || set_big_tcp(dev, BIG_TCP));
             }
         }
         sh(&format!("ip -n {c} route add default via 10.77.1.1"));
@@ -219,6 +229,73 @@ impl Drop for Lab {
             let _ = Command::new("ip").args(["netns", "del", ns]).status();
         }
     }
+}
+
+/// Lets `dev` (in this thread's namespace) build and take super-packets of up to
+/// `size` bytes, IPv6 and IPv4: GSO and GRO maximum sizes by rtnetlink, as the
+/// iproute2 of Debian 12 cannot set the IPv4 ones.
+fn set_big_tcp(dev: &str, size: u32) {
+    const IFLA_GSO_MAX_SIZE: u16 = 41;
+    const IFLA_GRO_MAX_SIZE: u16 = 58;
+    const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
+    const IFLA_GRO_IPV4_MAX_SIZE: u16 = 64;
+    let name = std::ffi::CString::new(dev).unwrap();
+    // SAFETY: a name lookup with a valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(ifindex != 0, "no interface {dev}");
+    let attrs = [
+        IFLA_GSO_MAX_SIZE,
+        IFLA_GRO_MAX_SIZE,
+        IFLA_GSO_IPV4_MAX_SIZE,
+        IFLA_GRO_IPV4_MAX_SIZE,
+    ];
+    let len = 16 + 16 + 8 * attrs.len();
+    let mut msg = Vec::with_capacity(len);
+    // nlmsghdr: length, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, sequence 1, port 0.
+    msg.extend((len as u32).to_ne_bytes());
+    msg.extend((libc::RTM_NEWLINK).to_ne_bytes());
+    msg.extend(((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    msg.extend(1u32.to_ne_bytes());
+    msg.extend(0u32.to_ne_bytes());
+    // ifinfomsg: any family, the interface, no flag changes.
+    msg.extend([0u8; 4]);
+    msg.extend((ifindex as i32).to_ne_bytes());
+    msg.extend([0u8; 8]);
+    for a in attrs {
+        msg.extend(8u16.to_ne_bytes());
+        msg.extend(a.to_ne_bytes());
+        msg.extend(size.to_ne_bytes());
+    }
+    let mut ack = [0u8; 256];
+    // SAFETY: a netlink socket used for one request and its acknowledgement, then
+    // closed; the buffers outlive the calls.
+    let error = unsafe {
+        let fd = libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        );
+        assert!(
+            fd >= 0,
+            "netlink socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let sent = libc::send(fd, msg.as_ptr().cast(), msg.len(), 0);
+        let got = libc::recv(fd, ack.as_mut_ptr().cast(), ack.len(), 0);
+        libc::close(fd);
+        assert!(
+            sent == len as isize && got >= 20,
+            "rtnetlink exchange failed"
+        );
+        // nlmsgerr after the 16-byte header: 0 or a negative errno.
+        i32::from_ne_bytes(ack[16..20].try_into().unwrap())
+    };
+    assert_eq!(
+        error,
+        0,
+        "BIG TCP sizes on {dev}: {}",
+        std::io::Error::from_raw_os_error(-error)
+    );
 }
 
 /// Moves the calling thread into network namespace `ns`.

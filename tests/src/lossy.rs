@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::lab::{CLIENT4, HEADEND4, Lab, Offloads};
+use crate::lab::{CLIENT4, HEADEND4, HEADEND6, Lab, Offloads};
 use crate::live::{
     AGENT_ADDR, Agent, Amount, Headend, Transfer, http_get, real_tcp_downloads, real_tcp_uploads,
 };
@@ -62,6 +62,8 @@ pub struct Scenario {
     /// How long each healthy flow sends.
     pub traffic: Duration,
     pub offloads: Offloads,
+    /// The healthy flows over IPv6 (the cTCP flow stays on IPv4).
+    pub ipv6: bool,
     /// Read /metrics and /flows once a sweep has mirrored the kernel's counters
     /// after the traffic (about a second more).
     pub read_metrics: bool,
@@ -86,7 +88,7 @@ pub struct Outcome {
     /// From the duplicate ACK that opened the cTCP flow's hole to its stall_started.
     pub ctcp_reported_after: Option<Duration>,
     /// The agent's /metrics after the traffic, when asked for (then checked: no
-    /// packet counted as truncated), and its /flows.
+    /// packet counted as truncated or with a bad header length), and its /flows.
     pub metrics: Option<String>,
     pub flows: Option<Value>,
     pub healthy_bytes: u64,
@@ -141,7 +143,8 @@ pub fn run(s: &Scenario) -> Outcome {
             &down,
         ],
     );
-    let server = |port| SocketAddr::new(HEADEND4.parse().unwrap(), port);
+    let headend = if s.ipv6 { HEADEND6 } else { HEADEND4 };
+    let server = |port| SocketAddr::new(headend.parse().unwrap(), port);
     let mut events = Vec::new();
     let mut read = |agent: &Agent, wait| {
         if let Some(json) = agent.next_event(wait) {
@@ -224,12 +227,14 @@ pub fn run(s: &Scenario) -> Outcome {
     check_records(&events, &opened, &mut outcome.problems);
     check_ctcp_stall(&events, &ctcp_client, &ctcp_run, &mut outcome);
     if let Some(m) = &outcome.metrics {
-        let name = "ackwatch_untracked_packets_total{reason=\"truncated\"}";
-        match metric(m, name) {
-            Some(0.0) => {}
-            n => outcome
-                .problems
-                .push(Problem::new(rule::TRUNCATED, format!("{name} {n:?}"))),
+        for reason in ["truncated", "bad_header_length"] {
+            let name = format!("ackwatch_untracked_packets_total{{reason=\"{reason}\"}}");
+            match metric(m, &name) {
+                Some(0.0) => {}
+                n => outcome
+                    .problems
+                    .push(Problem::new(rule::MISREAD, format!("{name} {n:?}"))),
+            }
         }
     }
     outcome.healthy_stalls = started(&events)
@@ -289,7 +294,8 @@ pub mod rule {
     pub const CTCP_LATE: &str =
         "the cTCP stall reported later than T + 1 s after its first duplicate ACK";
     pub const CTCP_WRONG: &str = "the cTCP stall's details are wrong";
-    pub const TRUNCATED: &str = "packets counted as truncated (read as cut short)";
+    pub const MISREAD: &str =
+        "packets counted as truncated or with a bad header length (super-packets misread)";
 }
 
 /// An event line as printed in problems and reports: without its `advice`, the same

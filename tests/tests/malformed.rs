@@ -174,6 +174,13 @@ fn bad_header_lengths_pass_and_count() {
         counter::TRUNCATED,
     ));
     let mut f = base.clone();
+    f[16..18].copy_from_slice(&0u16.to_be_bytes());
+    cases.push((
+        "IP total length 0 in a packet under 64 KB (not BIG TCP)".into(),
+        f,
+        counter::BAD_HEADER_LEN,
+    ));
+    let mut f = base.clone();
     f[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
     cases.push(("non-first IPv4 fragment".into(), f, counter::FRAGMENT));
     let mut f = base.clone();
@@ -253,6 +260,48 @@ fn with_ipv6_ext(f: &[u8], n: usize, fragment: bool) -> Vec<u8> {
     out.extend_from_slice(&added);
     out.extend_from_slice(&f[tcp..]);
     out
+}
+
+/// BIG TCP super-packets (longer than 64 KB, as TC egress sees them with BIG TCP on):
+/// IPv4 with total length 0, IPv6 with payload length 0 behind a jumbo hop-by-hop
+/// option. Their length is the packet's. Host parser only: BPF_PROG_TEST_RUN takes
+/// no packet this long (the live lab test `big_tcp_super_packets_...` covers the
+/// kernel).
+#[test]
+fn big_tcp_lengths_come_from_the_packet() {
+    const MORE: usize = 70_000;
+    let v4 = data_segment("10.1.0.1:40000", "10.1.0.2:10000", &L2::Ethernet);
+    let v6 = data_segment("[fd00::1]:40000", "[fd00::2]:10000", &L2::Ethernet);
+    let seglen = |f: &Vec<u8>| parse(&f.as_slice(), ETH).map(|p| p.seg.seglen);
+    let small = seglen(&v4).unwrap();
+    assert_eq!(seglen(&v6).unwrap(), small);
+
+    let mut big4 = v4.clone();
+    big4[16..18].copy_from_slice(&0u16.to_be_bytes());
+    big4.resize(v4.len() + MORE, 0);
+    assert_eq!(
+        seglen(&big4),
+        Ok(small + MORE as u32),
+        "IPv4, total length 0"
+    );
+
+    // The jumbo option: next header TCP, length 0 (8 bytes), option 0xC2 of 4 bytes.
+    let (l3, tcp) = (14, 14 + 40);
+    let mut big6 = v6[..tcp].to_vec();
+    big6[l3 + 4..l3 + 6].copy_from_slice(&0u16.to_be_bytes());
+    big6[l3 + 6] = 0;
+    let jumbo = (v6.len() - tcp + 8 + MORE) as u32;
+    big6.extend_from_slice(&[6, 0, 0xc2, 4]);
+    big6.extend_from_slice(&jumbo.to_be_bytes());
+    big6.extend_from_slice(&v6[tcp..]);
+    big6.resize(v6.len() + 8 + MORE, 0);
+    assert_eq!(seglen(&big6), Ok(small + MORE as u32), "IPv6 jumbogram");
+
+    // Without the extra length, the same headers are malformed, as before.
+    big4.truncate(v4.len());
+    assert_eq!(seglen(&big4), Err(counter::BAD_HEADER_LEN));
+    big6.truncate(v6.len() + 8);
+    assert_eq!(seglen(&big6), Err(counter::BAD_HEADER_LEN));
 }
 
 #[test]
