@@ -293,18 +293,24 @@ pub mod counter {
     /// The packet's flow stayed locked by the other hook (or the agent) for a whole
     /// bounded spin: the packet passes untracked.
     pub const FLOW_BUSY: u32 = 10;
+    /// A mirror port's copy whose tunnel headers end early.
+    pub const ENCAP_TRUNCATED: u32 = 11;
+    /// A mirror port's copy in an encapsulation the probe does not read (`decap`).
+    pub const ENCAP_UNSUPPORTED: u32 = 12;
     /// Number of reasons; names in `REASON_NAMES`.
-    pub const REASONS: u32 = 11;
-    pub const PACKETS_XDP: u32 = 11;
-    pub const PACKETS_TC: u32 = 12;
-    pub const TRACKED: u32 = 13;
-    pub const RINGBUF_FULL: u32 = 14;
+    pub const REASONS: u32 = 13;
+    pub const PACKETS_XDP: u32 = 13;
+    pub const PACKETS_TC: u32 = 14;
+    pub const TRACKED: u32 = 15;
+    pub const RINGBUF_FULL: u32 = 16;
     /// Flows given a pending (LRU) entry: half-open, or seen from one side only.
-    pub const PENDING_INSERTS: u32 = 15;
+    pub const PENDING_INSERTS: u32 = 17;
     /// A verdict refused because the state it read was impossible (fewer than K
     /// duplicate ACKs, no start time): never expected, never reported.
-    pub const IMPOSSIBLE_STATE: u32 = 16;
-    pub const COUNT: u32 = 17;
+    pub const IMPOSSIBLE_STATE: u32 = 18;
+    /// Mirror-port copies whose frame was found, one counter per `decap::Encap`.
+    pub const MIRROR_FRAMES: u32 = 19;
+    pub const COUNT: u32 = MIRROR_FRAMES + crate::decap::ENCAPS as u32;
     pub const REASON_NAMES: [&str; REASONS as usize] = [
         "not_ip",
         "not_tcp",
@@ -317,6 +323,8 @@ pub mod counter {
         "no_flow",
         "map_error",
         "flow_busy",
+        "encap_truncated",
+        "encap_unsupported",
     ];
 }
 
@@ -364,4 +372,6 @@ mod pod {
     unsafe impl aya::Pod for crate::table::Seed {}
     // SAFETY: as above.
     unsafe impl aya::Pod for crate::table::Fill {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for crate::decap::TunnelPorts {}
 }

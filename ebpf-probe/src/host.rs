@@ -11,6 +11,7 @@ use std::vec::Vec;
 
 use crate::abi::{Flow, FlowKey, Pending, StallRecord, StallWhat, counter, port_flag};
 use crate::clock::Fixed;
+use crate::decap::{self, Inner, TunnelPorts};
 use crate::parse::{Frame, LinkKind, Reason, parse};
 use crate::table::{self, Bucket, Fill, Place, Seed, Slot, Slots, WAYS};
 use crate::tracker::{Store, track};
@@ -241,6 +242,34 @@ impl HostStore {
         });
         self.count(result.err().unwrap_or(counter::TRACKED));
         records
+    }
+}
+
+impl HostStore {
+    /// One frame of a mirror port, as the probe's mirror program takes it: the copy
+    /// found (`decap`) and counted by its encapsulation, then observed as any frame.
+    pub fn observe_copy<F: Frame>(
+        &mut self,
+        frame: &F,
+        ports: &TunnelPorts,
+        cfg: &Config,
+        now: u64,
+        ifindex: u32,
+    ) -> Vec<StallRecord> {
+        match decap::copy_start(frame, ports) {
+            Ok(copy) => {
+                self.count(counter::MIRROR_FRAMES + copy.encap as u32);
+                let inner = Inner {
+                    outer: frame,
+                    base: copy.base,
+                };
+                self.observe(&inner, LinkKind::Ethernet, cfg, now, ifindex)
+            }
+            Err(reason) => {
+                self.count(reason);
+                Vec::new()
+            }
+        }
     }
 }
 

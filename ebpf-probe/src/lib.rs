@@ -11,6 +11,7 @@ pub mod abi;
 pub mod analysis;
 pub mod classify;
 pub mod clock;
+pub mod decap;
 pub mod flow;
 pub mod parse;
 pub mod seq;

@@ -112,8 +112,8 @@ impl Packet {
 /// Why a packet could not be parsed: an index of the counter array.
 pub type Reason = u32;
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
+pub(crate) const ETH_P_IP: u16 = 0x0800;
+pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPPROTO_TCP: u8 = 6;
@@ -142,7 +142,7 @@ fn need<const N: usize, F: Frame>(f: &F, off: usize) -> Result<[u8; N], Reason> 
 
 /// L3 start and ethertype after the L2 header.
 #[inline(always)]
-fn link<F: Frame>(f: &F, link: LinkKind) -> Result<(usize, u16), Reason> {
+pub(crate) fn link<F: Frame>(f: &F, link: LinkKind) -> Result<(usize, u16), Reason> {
     if link == LinkKind::RawIp {
         let v = need::<1, F>(f, 0)?[0] >> 4;
         return match v {

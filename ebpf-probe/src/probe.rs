@@ -13,6 +13,7 @@ use ebpf_probe::abi::{
     ClockParams, Flow, FlowKey, Pending, StallRecord, StallWhat, counter, opaque, port_flag,
 };
 use ebpf_probe::clock::Clock;
+use ebpf_probe::decap::{self, Ports, TunnelPorts};
 use ebpf_probe::parse::{self, Frame, LinkKind, Reason, parse_into};
 use ebpf_probe::table::{self, Bucket, Fill, Held, Place, Seed, Slot, Slots, WAYS};
 use ebpf_probe::tracker::{Store, track};
@@ -68,6 +69,15 @@ static STALL_TIMEOUT_NS: u64 = 1_000_000_000;
 static TRACK_ALL: u8 = 0;
 #[unsafe(no_mangle)]
 static CLOCK_FROM_MAP: u8 = 0;
+/// Mirror program only: drop each copy after analysis (`--mirror-drop`).
+#[unsafe(no_mangle)]
+static MIRROR_DROP: u8 = 0;
+/// Mirror program only: the UDP ports read as VXLAN and GENEVE.
+#[unsafe(no_mangle)]
+static TUNNEL_PORTS: TunnelPorts = TunnelPorts {
+    vxlan: [0; decap::MAX_TUNNEL_PORTS],
+    geneve: [0; decap::MAX_TUNNEL_PORTS],
+};
 
 /// Reads a global the loader may have overridden (volatile: not constant-folded).
 macro_rules! global {
@@ -452,6 +462,66 @@ pub fn ackwatch_xdp_ip(ctx: XdpContext) -> u32 {
         ctx.ingress_ifindex() as u32,
     );
     xdp_action::XDP_PASS
+}
+
+/// The tunnel ports as the loader set them.
+struct LoadedPorts;
+
+impl Ports for LoadedPorts {
+    #[inline(always)]
+    fn vxlan(&self, i: usize) -> u16 {
+        // SAFETY: a read-only global; volatile, so the loader's value is read.
+        unsafe { core::ptr::read_volatile(&TUNNEL_PORTS.vxlan[i]) }
+    }
+    #[inline(always)]
+    fn geneve(&self, i: usize) -> u16 {
+        // SAFETY: as above.
+        unsafe { core::ptr::read_volatile(&TUNNEL_PORTS.geneve[i]) }
+    }
+}
+
+/// A mirror port (`ackwatch run --mirror`): each frame is a copy, plain or in a tunnel
+/// (`decap`), tracked as the inline programs track packets. Decapsulation lives here
+/// only, so the inline programs pay nothing for it. Copies pass, or are dropped after
+/// analysis when the agent set MIRROR_DROP (the port's own ARP and ICMPv6 excepted).
+#[xdp]
+pub fn ackwatch_xdp_mirror(ctx: XdpContext) -> u32 {
+    let frame = xdp_frame(&ctx);
+    let keep = match decap::copy_start(&frame, &LoadedPorts) {
+        Ok(copy) => {
+            bump(counter::MIRROR_FRAMES + copy.encap as u32);
+            // Laundered: the offset and the flag are constants on each tunnel's path,
+            // and the verifier would check the tracker once per constant. The mask is
+            // the bound `copy_start` guarantees, restated for the verifier.
+            let base = Maps.launder(copy.base as u32) as usize & decap::MAX_BASE;
+            let keep = Maps.launder(copy.link_local as u32) != 0;
+            let inner = Packet {
+                data: frame.data + base,
+                end: frame.end,
+                wire_len: frame.wire_len.saturating_sub(base),
+                skb: None,
+            };
+            let ifindex = ctx.ingress_ifindex() as u32;
+            observe(
+                &ctx,
+                &inner,
+                LinkKind::Ethernet,
+                counter::PACKETS_XDP,
+                ifindex,
+            );
+            keep
+        }
+        Err(reason) => {
+            bump(counter::PACKETS_XDP);
+            bump(reason);
+            false
+        }
+    };
+    if keep || global!(MIRROR_DROP) == 0 {
+        xdp_action::XDP_PASS
+    } else {
+        xdp_action::XDP_DROP
+    }
 }
 
 /// Does nothing: the baseline the benchmarks subtract (never attached).

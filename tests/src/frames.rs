@@ -32,11 +32,7 @@ pub enum L2 {
 /// A frame from `src` to `dst`.
 pub fn frame(src: SocketAddr, dst: SocketAddr, tcp: &Tcp, l2: &L2) -> Vec<u8> {
     let seg = tcp_bytes(src, dst, tcp);
-    let (ethertype, ip) = match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => (0x0800u16, ipv4(s.octets(), d.octets(), &seg)),
-        (IpAddr::V6(s), IpAddr::V6(d)) => (0x86dd, ipv6(s.octets(), d.octets(), &seg)),
-        _ => panic!("mixed address families {src} -> {dst}"),
-    };
+    let (ethertype, ip) = ip(6, src.ip(), dst.ip(), &seg);
     let mut out = Vec::with_capacity(ip.len() + 22);
     if *l2 != L2::RawIp {
         out.extend_from_slice(&[0x02, 0, 0, 0, 0, 2, 0x02, 0, 0, 0, 0, 1]);
@@ -50,6 +46,26 @@ pub fn frame(src: SocketAddr, dst: SocketAddr, tcp: &Tcp, l2: &L2) -> Vec<u8> {
     }
     out.extend_from_slice(&ip);
     out
+}
+
+/// A cTCP segment from `src` to `dst` (socket addresses) with `payload` bytes, or a
+/// pure ACK for 0, Linux's timestamps on.
+pub fn segment(src: &str, dst: &str, l2: &L2, payload: usize) -> Vec<u8> {
+    let (s, d): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
+    let tcp = Tcp {
+        seq: 7,
+        ack: 9,
+        flags: TH_ACK | TH_PSH,
+        window: 100,
+        payload: if payload > 0 {
+            ctcp_payload(payload)
+        } else {
+            Vec::new()
+        },
+        timestamps: true,
+        ..Default::default()
+    };
+    frame(s, d, &tcp, l2)
 }
 
 fn tcp_bytes(src: SocketAddr, dst: SocketAddr, t: &Tcp) -> Vec<u8> {
@@ -108,11 +124,20 @@ pub fn ip_packet(src: SocketAddr, dst: SocketAddr, tcp: &Tcp) -> Vec<u8> {
     frame(src, dst, tcp, &L2::RawIp)
 }
 
-fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
+/// An IP packet carrying `payload` of protocol `proto`, and its ethertype.
+pub fn ip(proto: u8, src: IpAddr, dst: IpAddr, payload: &[u8]) -> (u16, Vec<u8>) {
+    match (src, dst) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => (0x0800, ipv4(proto, s.octets(), d.octets(), payload)),
+        (IpAddr::V6(s), IpAddr::V6(d)) => (0x86dd, ipv6(proto, s.octets(), d.octets(), payload)),
+        _ => panic!("mixed address families {src} -> {dst}"),
+    }
+}
+
+fn ipv4(proto: u8, src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
     let total = (20 + payload.len()) as u16;
     let mut h = vec![0x45, 0];
     h.extend_from_slice(&total.to_be_bytes());
-    h.extend_from_slice(&[0, 0, 0x40, 0, 64, 6, 0, 0]);
+    h.extend_from_slice(&[0, 0, 0x40, 0, 64, proto, 0, 0]);
     h.extend_from_slice(&src);
     h.extend_from_slice(&dst);
     let sum = checksum(&h);
@@ -121,10 +146,10 @@ fn ipv4(src: [u8; 4], dst: [u8; 4], payload: &[u8]) -> Vec<u8> {
     h
 }
 
-fn ipv6(src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Vec<u8> {
+fn ipv6(proto: u8, src: [u8; 16], dst: [u8; 16], payload: &[u8]) -> Vec<u8> {
     let mut h = vec![0x60, 0, 0, 0];
     h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
-    h.extend_from_slice(&[6, 64]);
+    h.extend_from_slice(&[proto, 64]);
     h.extend_from_slice(&src);
     h.extend_from_slice(&dst);
     h.extend_from_slice(payload);

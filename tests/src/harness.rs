@@ -104,6 +104,16 @@ impl Kernel {
         }
     }
 
+    /// Runs one frame through the mirror program at time `now_ns`; returns its verdict.
+    pub fn feed_mirror(&mut self, frame: &[u8], now_ns: u64) -> u32 {
+        self.probe
+            .set_clock(Duration::from_nanos(now_ns))
+            .expect("set clock");
+        let prog = self.probe.xdp_mirror().expect("mirror program");
+        test_run(prog, frame, 1)
+            .unwrap_or_else(|e| panic!("test run of {} byte copy: {e}", frame.len()))
+    }
+
     /// The program of `hook` as a handle of its own (a second descriptor of the same
     /// loaded program, same maps), which another thread can run while this one reads
     /// the maps.
@@ -203,6 +213,20 @@ impl Host {
         let records = self.store.observe(
             &frame,
             hook.link(),
+            &self.settings.verdict,
+            now_ns,
+            TEST_RUN_IFINDEX,
+        );
+        self.events.extend(records);
+    }
+
+    /// A mirror port's frame, as `Kernel::feed_mirror` runs it.
+    pub fn feed_mirror(&mut self, frame: &[u8], now_ns: u64) {
+        let ports = self.settings.mirror.expect("mirror settings").ports;
+        self.store.count(counter::PACKETS_XDP);
+        let records = self.store.observe_copy(
+            &frame,
+            &ports,
             &self.settings.verdict,
             now_ns,
             TEST_RUN_IFINDEX,

@@ -4,6 +4,7 @@
 pub mod conversation;
 pub mod corpus;
 pub mod ctcp;
+pub mod encap;
 pub mod frames;
 pub mod harness;
 pub mod invariants;

@@ -110,6 +110,7 @@ pub fn counts(file: &Path) -> BTreeMap<(String, String), Counts> {
 /// same shape as tshark's.
 pub fn analyze_counts(file: &Path) -> BTreeMap<(String, String), Counts> {
     let opts = Options {
+        mirror: None,
         verdict: Config {
             track_all: true,
             ..Config::default()

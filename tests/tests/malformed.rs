@@ -3,10 +3,8 @@
 //! The verdict is always pass, the right reason counter moves (the same one the host
 //! parser names), and no flow's state changes.
 
-use std::net::SocketAddr;
-
 use ackwatch::probe::Settings;
-use ackwatch_tests::frames::{L2, TH_ACK, TH_PSH, Tcp, ctcp_payload, frame};
+use ackwatch_tests::frames::{L2, segment};
 use ackwatch_tests::harness::{Hook, Kernel};
 use ackwatch_tests::scenario::ctcp_flow;
 use ebpf_probe::abi::counter;
@@ -16,17 +14,7 @@ use rand::{Rng, SeedableRng};
 const ETH: LinkKind = LinkKind::Ethernet;
 
 fn data_segment(src: &str, dst: &str, l2: &L2) -> Vec<u8> {
-    let (s, d): (SocketAddr, SocketAddr) = (src.parse().unwrap(), dst.parse().unwrap());
-    let tcp = Tcp {
-        seq: 7,
-        ack: 9,
-        flags: TH_ACK | TH_PSH,
-        window: 100,
-        payload: ctcp_payload(64),
-        timestamps: true,
-        ..Default::default()
-    };
-    frame(s, d, &tcp, l2)
+    segment(src, dst, l2, 64)
 }
 
 fn valid_frames() -> Vec<(&'static str, Vec<u8>)> {

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use ebpf_probe::abi::{FlowKey, StallRecord, counter};
+use ebpf_probe::decap::TunnelPorts;
 use ebpf_probe::host::{HostStore, Records};
 use ebpf_probe::parse::{LinkKind, Snapped};
 use ebpf_probe::table::Seed;
@@ -21,6 +22,9 @@ pub struct Options {
     pub ctcp_ports: Vec<u16>,
     pub idle_timeout_ns: u64,
     pub sweep_interval_ns: u64,
+    /// A mirror port's capture (`--mirror`): copies are decapsulated as the probe's
+    /// mirror program does.
+    pub mirror: Option<TunnelPorts>,
 }
 
 /// Flows held at once (idle ones leave at each sweep): far above what a capture holds
@@ -67,13 +71,14 @@ impl<F: FnMut(FlowReport)> Analyzer<F> {
             Ok((bytes, link)) => {
                 let header = frame.data.len() - bytes.len();
                 let wire_len = frame.orig_len.max(frame.data.len()) - header;
-                let records = self.store.observe(
-                    &Snapped { bytes, wire_len },
-                    link,
-                    &self.opts.verdict,
-                    frame.ts_ns,
-                    0,
-                );
+                let (snapped, cfg) = (Snapped { bytes, wire_len }, &self.opts.verdict);
+                let records = match &self.opts.mirror {
+                    Some(ports) if link == LinkKind::Ethernet => {
+                        self.store
+                            .observe_copy(&snapped, ports, cfg, frame.ts_ns, 0)
+                    }
+                    _ => self.store.observe(&snapped, link, cfg, frame.ts_ns, 0),
+                };
                 self.note(records);
             }
             Err(reason) => self.store.counters[reason as usize] += 1,

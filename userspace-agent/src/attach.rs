@@ -1,5 +1,5 @@
 //! Attaching the probe to interfaces: XDP for ingress, TC (TCX) for egress, with the
-//! program variant that matches the interface's link layer.
+//! program variant that matches the interface's link layer; XDP only on mirror ports.
 
 use std::io;
 
@@ -54,11 +54,39 @@ impl Probe {
         mode: XdpMode,
         pin: Option<&Path>,
     ) -> Result<bool, ProbeError> {
+        self.attach_xdp(ifname, mode, pin, false)
+    }
+
+    /// Attaches the mirror program to `ifname`, a mirror port (Ethernet); `pin` as for
+    /// `attach_ingress`.
+    pub fn attach_mirror(
+        &mut self,
+        ifname: &str,
+        mode: XdpMode,
+        pin: Option<&Path>,
+    ) -> Result<bool, ProbeError> {
+        self.attach_xdp(ifname, mode, pin, true)
+    }
+
+    fn attach_xdp(
+        &mut self,
+        ifname: &str,
+        mode: XdpMode,
+        pin: Option<&Path>,
+        mirror: bool,
+    ) -> Result<bool, ProbeError> {
         if pin.is_some_and(Path::exists) {
             return Ok(false);
         }
         let kind = link_kind(ifname).map_err(|e| ProbeError::Interface(ifname.into(), e))?;
-        let prog = self.xdp(kind)?;
+        let prog = match (mirror, kind) {
+            (false, _) => self.xdp(kind)?,
+            (true, LinkKind::Ethernet) => self.xdp_mirror()?,
+            (true, LinkKind::RawIp) => {
+                let e = io::Error::other("a mirror port must be an Ethernet interface");
+                return Err(ProbeError::Interface(ifname.into(), e));
+            }
+        };
         let id = prog
             .attach(ifname, mode)
             .map_err(|e| ProbeError::Program("xdp attach", e))?;

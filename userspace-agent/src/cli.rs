@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use ebpf_probe::decap::{MAX_TUNNEL_PORTS, TunnelPorts};
 use ebpf_probe::verdict::Config;
 
 #[derive(Parser)]
@@ -95,6 +96,41 @@ pub struct RunArgs {
     pub log_format: LogFormat,
     #[command(flatten)]
     pub verdict: VerdictArgs,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
+    /// With --mirror: drop each copy after analysis (XDP_DROP), so the collector's
+    /// stack does not spend time on it; the port's own ARP and ICMPv6 still pass.
+    #[arg(long, requires = "mirror")]
+    pub mirror_drop: bool,
+}
+
+/// Mirror ports (README, "Mirror ports"); the same for `run` and `analyze`.
+#[derive(Args, Clone)]
+pub struct MirrorArgs {
+    /// The traffic is a mirror port's copies of both directions, plain (SPAN, TAP) or
+    /// in VXLAN, GENEVE or ERSPAN II/III; `run` attaches XDP only.
+    #[arg(long)]
+    pub mirror: bool,
+    /// UDP port read as VXLAN (repeatable, up to 4; default 4789).
+    #[arg(long = "vxlan-port", requires = "mirror", value_parser = clap::value_parser!(u16).range(1..))]
+    pub vxlan_ports: Vec<u16>,
+    /// UDP port read as GENEVE (repeatable, up to 4; default 6081).
+    #[arg(long = "geneve-port", requires = "mirror", value_parser = clap::value_parser!(u16).range(1..))]
+    pub geneve_ports: Vec<u16>,
+}
+
+impl MirrorArgs {
+    /// The tunnel ports with --mirror, None without it.
+    pub fn ports(&self) -> Result<Option<TunnelPorts>, String> {
+        if !self.mirror {
+            return Ok(None);
+        }
+        TunnelPorts::new(&self.vxlan_ports, &self.geneve_ports)
+            .map(Some)
+            .ok_or_else(|| {
+                format!("at most {MAX_TUNNEL_PORTS} --vxlan-port and --geneve-port each")
+            })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -122,6 +158,8 @@ pub struct AnalyzeArgs {
     pub json: bool,
     #[command(flatten)]
     pub verdict: VerdictArgs,
+    #[command(flatten)]
+    pub mirror: MirrorArgs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

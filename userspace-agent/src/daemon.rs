@@ -19,7 +19,7 @@ use crate::events::event_json;
 use crate::flows::{self, Episode};
 use crate::metrics::Metrics;
 use crate::pins::{PinError, Pins};
-use crate::probe::{self, Probe, ProbeError, Settings};
+use crate::probe::{self, Mirror, Probe, ProbeError, Settings};
 use crate::sweep::{LostStarts, Pass, Sweeper, stalled_sides};
 
 /// Why `run` stopped before starting: bad input (exit 2) or a failure (exit 1).
@@ -140,6 +140,14 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
             missing.join(", ")
         )));
     }
+    let mirror = args
+        .mirror
+        .ports()
+        .map_err(RunError::Input)?
+        .map(|ports| Mirror {
+            ports,
+            drop: args.mirror_drop,
+        });
     let mut settings = Settings {
         max_flows: args.max_flows,
         max_pending: (args.max_flows / 4).max(1024),
@@ -149,6 +157,7 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
         pin_dir: None,
         event_ring_bytes: args.event_ring_kib * 1024,
         table_seed: None,
+        mirror,
     };
     let pins = Pins::prepare(&args.pin_path, &settings).map_err(|e| match e {
         PinError::NotBpffs(_) | PinError::Busy(_) => RunError::Input(e.to_string()),
@@ -168,26 +177,22 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
             }
         };
         let xdp_pin = pins.link("xdp", i);
+        let mut attach = |mode| match mirror {
+            Some(_) => probe.attach_mirror(i, mode, Some(&xdp_pin)),
+            None => probe.attach_ingress(i, mode, Some(&xdp_pin)),
+        };
         // auto: native where the driver has it, else generic; the log says which.
         let (fresh, mode) = match args.xdp_mode {
-            XdpModeArg::Native => (
-                probe.attach_ingress(i, XdpMode::Driver, Some(&xdp_pin)),
-                "native",
-            ),
-            XdpModeArg::Generic => (
-                probe.attach_ingress(i, XdpMode::Skb, Some(&xdp_pin)),
-                "generic",
-            ),
-            XdpModeArg::Auto => match probe.attach_ingress(i, XdpMode::Driver, Some(&xdp_pin)) {
-                Err(e) if !e.is_busy() => (
-                    probe.attach_ingress(i, XdpMode::Skb, Some(&xdp_pin)),
-                    "generic",
-                ),
+            XdpModeArg::Native => (attach(XdpMode::Driver), "native"),
+            XdpModeArg::Generic => (attach(XdpMode::Skb), "generic"),
+            XdpModeArg::Auto => match attach(XdpMode::Driver) {
+                Err(e) if !e.is_busy() => (attach(XdpMode::Skb), "generic"),
                 other => (other, "native"),
             },
         };
         let fresh = fresh.map_err(failed)?;
-        if !args.no_egress {
+        let egress = !args.no_egress && mirror.is_none();
+        if egress {
             probe
                 .attach_egress(i, Some(&pins.link("tc", i)))
                 .map_err(failed)?;
@@ -197,10 +202,11 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
         } else {
             "still attached (pinned by the previous run), kept"
         };
-        let hooks = if args.no_egress {
-            "XDP ingress"
-        } else {
-            "XDP ingress, TC egress"
+        let hooks = match (mirror, egress) {
+            (Some(m), _) if m.drop => "mirror port (XDP), copies dropped after analysis",
+            (Some(_), _) => "mirror port (XDP)",
+            (None, false) => "XDP ingress",
+            (None, true) => "XDP ingress, TC egress",
         };
         let mode = if fresh { mode } else { "as before" };
         log::info!("{i}: {how}: {hooks}, XDP {mode}");

@@ -91,7 +91,15 @@ fn analyze(args: &AnalyzeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mirror = match args.mirror.ports() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("ackwatch: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let opts = Options {
+        mirror,
         verdict: args.verdict.config(),
         ctcp_ports: args.verdict.ctcp_ports.clone(),
         idle_timeout_ns: args.verdict.idle_timeout.as_nanos() as u64,

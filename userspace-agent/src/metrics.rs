@@ -7,6 +7,7 @@ use prometheus::{
 };
 
 use ebpf_probe::abi::{StallRecord, StallWhat, counter};
+use ebpf_probe::decap::ENCAP_NAMES;
 
 use prometheus::core::Collector;
 
@@ -19,6 +20,7 @@ pub struct Metrics {
     registry: Registry,
     packets: IntCounterVec,
     untracked: IntCounterVec,
+    mirror_frames: IntCounterVec,
     refused: IntCounterVec,
     events_lost: prometheus::IntCounter,
     stalls: IntCounterVec,
@@ -164,6 +166,13 @@ impl Metrics {
                 "Packets not tracked, by reason",
                 "reason",
                 &counter::REASON_NAMES,
+            ),
+            mirror_frames: counter_vec(
+                &r,
+                "ackwatch_mirror_frames_total",
+                "Mirror-port copies whose frame was found, by encapsulation",
+                "encap",
+                &ENCAP_NAMES,
             ),
             refused: counter_vec(
                 &r,
@@ -314,6 +323,10 @@ impl Metrics {
         );
         for (i, name) in counter::REASON_NAMES.iter().enumerate() {
             add(i as u32, &self.untracked.with_label_values(&[name]));
+        }
+        for (i, name) in ENCAP_NAMES.iter().enumerate() {
+            let c = self.mirror_frames.with_label_values(&[name]);
+            add(counter::MIRROR_FRAMES + i as u32, &c);
         }
         let full = counters[counter::TABLE_FULL as usize].saturating_sub(full_before);
         self.refused.with_label_values(&["table_full"]).inc_by(full);

@@ -21,7 +21,7 @@ pub const PINNED_MAPS: [&str; 9] = [
 ];
 
 /// Bumped whenever the meaning of a map's bytes changes without a size change.
-const ABI: u32 = 2;
+const ABI: u32 = 3;
 
 pub struct Pins {
     pub dir: PathBuf,
@@ -45,8 +45,23 @@ pub enum PinError {
 /// The folder name for `settings`.
 pub fn layout(s: &Settings) -> String {
     let scope = if s.verdict.track_all { "all" } else { "ctcp" };
+    // The mirror program's settings are globals of the attached program.
+    let mirror = match s.mirror {
+        Some(m) => {
+            let ports: Vec<String> = m
+                .ports
+                .vxlan
+                .iter()
+                .chain(&m.ports.geneve)
+                .map(u16::to_string)
+                .collect();
+            let action = if m.drop { "drop" } else { "pass" };
+            format!("-x{action}-{}", ports.join("."))
+        }
+        None => String::new(),
+    };
     format!(
-        "v{ABI}-{}-{}-{}-k{}-t{}-{scope}-m{}-r{}",
+        "v{ABI}-{}-{}-{}-k{}-t{}-{scope}-m{}-r{}{mirror}",
         size_of::<Flow>(),
         size_of::<FlowKey>(),
         size_of::<StallRecord>(),

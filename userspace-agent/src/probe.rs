@@ -7,6 +7,7 @@ use aya::programs::{SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader, include_bytes_aligned};
 use aya_log::EbpfLogger;
 use ebpf_probe::abi::{ClockParams, Flow, FlowKey, Pending, StallRecord, counter, port_flag};
+use ebpf_probe::decap::TunnelPorts;
 use ebpf_probe::parse::LinkKind;
 use ebpf_probe::table::{self, Seed, WAYS};
 use ebpf_probe::verdict::Config;
@@ -34,6 +35,16 @@ pub struct Settings {
     pub event_ring_bytes: u32,
     /// The flow table's hash key; None: random, or the pinned table's own.
     pub table_seed: Option<Seed>,
+    /// Mirror ports (`--mirror`): the mirror program's settings.
+    pub mirror: Option<Mirror>,
+}
+
+/// Settings of the mirror program (`ebpf_probe::decap`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mirror {
+    pub ports: TunnelPorts,
+    /// Drop each copy after analysis (`--mirror-drop`).
+    pub drop: bool,
 }
 
 impl Default for Settings {
@@ -47,6 +58,7 @@ impl Default for Settings {
             pin_dir: None,
             event_ring_bytes: 256 * 1024,
             table_seed: None,
+            mirror: None,
         }
     }
 }
@@ -104,14 +116,18 @@ pub fn tc_program(link: LinkKind) -> &'static str {
     }
 }
 
+/// The XDP program of mirror ports (Ethernet only).
+pub const MIRROR_PROGRAM: &str = "ackwatch_xdp_mirror";
+
 /// Run once at load, never attached: reads jiffies and the precise clock together.
 const CLOCK_PROGRAM: &str = "ackwatch_clock";
 
-pub const PROGRAMS: [&str; 4] = [
+pub const PROGRAMS: [&str; 5] = [
     "ackwatch_xdp",
     "ackwatch_xdp_ip",
     "ackwatch_tc",
     "ackwatch_tc_ip",
+    MIRROR_PROGRAM,
 ];
 
 /// The loaded probe: programs verified and loaded, maps created, not attached.
@@ -134,12 +150,19 @@ impl Probe {
             }
         }
         let buckets = table::buckets_for(s.max_flows);
+        let mirror = s.mirror.unwrap_or(Mirror {
+            ports: TunnelPorts::default(),
+            drop: false,
+        });
+        let mirror_drop = mirror.drop as u8;
         let mut ebpf = loader
             .override_global("DUPACK_THRESHOLD", &s.verdict.dupack_threshold, true)
             .override_global("STALL_TIMEOUT_NS", &s.verdict.stall_timeout_ns, true)
             .override_global("TRACK_ALL", &track_all, true)
             .override_global("CLOCK_FROM_MAP", &clock, true)
             .override_global("FLOW_BUCKETS", &buckets, true)
+            .override_global("MIRROR_DROP", &mirror_drop, true)
+            .override_global("TUNNEL_PORTS", &mirror.ports, true)
             .map_max_entries("BUCKETS", buckets)
             .map_max_entries("FLOWS", buckets * WAYS)
             .map_max_entries("PENDING", s.max_pending)
@@ -180,6 +203,12 @@ impl Probe {
     pub fn xdp(&mut self, link: LinkKind) -> Result<&mut Xdp, ProbeError> {
         self.load_program(xdp_program(link))?;
         program(&mut self.ebpf, xdp_program(link))
+    }
+
+    /// The mirror ports' XDP program, loaded on first use (as `xdp`).
+    pub fn xdp_mirror(&mut self) -> Result<&mut Xdp, ProbeError> {
+        self.load_program(MIRROR_PROGRAM)?;
+        program(&mut self.ebpf, MIRROR_PROGRAM)
     }
 
     /// The TC program for `link`, loaded on first use (as `xdp`).
