@@ -11,6 +11,7 @@ pub mod invariants;
 pub mod lab;
 pub mod live;
 pub mod lossy;
+pub mod mirror_lab;
 pub mod observe;
 pub mod pcap;
 pub mod prefill;

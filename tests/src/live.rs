@@ -286,6 +286,16 @@ pub struct Tcpdump {
 
 impl Tcpdump {
     pub fn start(ns: &str, ifname: &str, file: std::path::PathBuf) -> Tcpdump {
+        Tcpdump::start_filtered(ns, ifname, file, "tcp")
+    }
+
+    /// As `start`, capturing what `filter` (a pcap filter) matches.
+    pub fn start_filtered(
+        ns: &str,
+        ifname: &str,
+        file: std::path::PathBuf,
+        filter: &str,
+    ) -> Tcpdump {
         use std::io::BufRead;
         let mut child = std::process::Command::new("ip")
             .args([
@@ -304,7 +314,7 @@ impl Tcpdump {
                 "-w",
             ])
             .arg(&file)
-            .arg("tcp")
+            .arg(filter)
             .stderr(std::process::Stdio::piped())
             .stdout(std::process::Stdio::null())
             .spawn()

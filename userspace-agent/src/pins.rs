@@ -45,18 +45,14 @@ pub enum PinError {
 /// The folder name for `settings`.
 pub fn layout(s: &Settings) -> String {
     let scope = if s.verdict.track_all { "all" } else { "ctcp" };
-    // The mirror program's settings are globals of the attached program.
+    // The mirror program's settings are globals of the attached program (no dots:
+    // bpffs refuses them in names).
     let mirror = match s.mirror {
         Some(m) => {
-            let ports: Vec<String> = m
-                .ports
-                .vxlan
-                .iter()
-                .chain(&m.ports.geneve)
-                .map(u16::to_string)
-                .collect();
+            let ports = m.ports.vxlan.iter().chain(&m.ports.geneve);
+            let ports: Vec<String> = ports.filter(|p| **p != 0).map(u16::to_string).collect();
             let action = if m.drop { "drop" } else { "pass" };
-            format!("-x{action}-{}", ports.join("."))
+            format!("-x{action}-{}", ports.join("_"))
         }
         None => String::new(),
     };

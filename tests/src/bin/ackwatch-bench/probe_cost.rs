@@ -4,9 +4,11 @@
 
 use std::net::SocketAddr;
 
-use ackwatch::probe::{Probe, Settings};
+use ackwatch::probe::{MIRROR_PROGRAM, Mirror, Probe, Settings};
+use ackwatch_tests::encap::{Tunnel, wrap};
 use ackwatch_tests::frames::{L2, TH_ACK, TH_PSH, TH_SYN, Tcp, ctcp_payload, frame};
 use ackwatch_tests::prefill;
+use ebpf_probe::decap::TunnelPorts;
 
 use crate::report::Figure;
 
@@ -92,13 +94,13 @@ fn ns(probe: &mut Probe, prog: &'static str, frame: &[u8], repeat: u32) -> f64 {
         .as_nanos() as f64
 }
 
-/// The probe's and XDP_PASS's ns per run on `frame`, of the round whose difference is
+/// Program `prog`'s and XDP_PASS's ns per run on `frame`, of the round whose difference is
 /// the median.
-fn hot_loop(probe: &mut Probe, frame: &[u8]) -> (f64, f64) {
+fn hot_loop(probe: &mut Probe, prog: &'static str, frame: &[u8]) -> (f64, f64) {
     let mut rounds: Vec<(f64, f64)> = (0..ROUNDS)
         .map(|_| {
             let pass = ns(probe, "ackwatch_pass", frame, REPEAT);
-            (ns(probe, "ackwatch_xdp", frame, REPEAT), pass)
+            (ns(probe, prog, frame, REPEAT), pass)
         })
         .collect();
     rounds.sort_by(|a, b| (a.0 - a.1).total_cmp(&(b.0 - b.1)));
@@ -190,7 +192,7 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
     );
     let mut data_path = 0.0;
     for (name, frame, target) in &cases {
-        let (t, pass) = hot_loop(&mut probe, frame);
+        let (t, pass) = hot_loop(&mut probe, "ackwatch_xdp", frame);
         let target = match *name {
             // The duplicate-ACK path may cost at most 5 ns more than the data path.
             "duplicate_ack" => Some(data_path + 5.0),
@@ -225,7 +227,7 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
     );
     prefill(&mut probe, prefilled + INSERTS + 64, true);
     let refused = data("10.0.0.9:40009", "10.0.0.2:10000", 1, ctcp_payload(1000));
-    let (t, pass) = hot_loop(&mut probe, &refused);
+    let (t, pass) = hot_loop(&mut probe, "ackwatch_xdp", &refused);
     push(
         figures,
         zero,
@@ -289,10 +291,59 @@ pub fn size_name(n: u32) -> String {
     }
 }
 
+/// Mirror ports: the mirror program on plain copies (a SPAN) and on VXLAN copies of
+/// the same frames; decapsulation may add at most 10 ns.
+fn mirror(figures: &mut Vec<Figure>, zero: &mut Vec<(String, f64)>) {
+    let mut probe = Probe::load(&Settings {
+        mirror: Some(Mirror {
+            ports: TunnelPorts::new(&[], &[]).expect("default ports"),
+            drop: false,
+        }),
+        ..Settings::default()
+    })
+    .expect("load the probe");
+    println!("mirror program, plain and VXLAN copies of the same frames:");
+    for (name, inner) in [
+        (
+            "tracked",
+            data("10.0.0.1:40000", "10.0.0.2:10000", 1, ctcp_payload(1000)),
+        ),
+        (
+            "out_of_scope",
+            data("10.0.0.1:40000", "10.0.0.2:5201", 1, vec![0x5a; 1000]),
+        ),
+    ] {
+        let (t, pass) = hot_loop(&mut probe, MIRROR_PROGRAM, &inner);
+        push(
+            figures,
+            zero,
+            0,
+            &format!("mirror_plain_{name}"),
+            t,
+            pass,
+            None,
+        );
+        let plain = t - pass;
+        let copy = wrap(&inner, &Tunnel::Vxlan { port: 4789 }, false, None);
+        let (t, pass) = hot_loop(&mut probe, MIRROR_PROGRAM, &copy);
+        let target = Some(plain + 10.0);
+        push(
+            figures,
+            zero,
+            0,
+            &format!("mirror_vxlan_{name}"),
+            t,
+            pass,
+            target,
+        );
+    }
+}
+
 pub fn run(sizes: &[u32], figures: &mut Vec<Figure>) {
     pin_to_cpu0();
     let mut zero = Vec::new();
     for &n in sizes {
         at_size(n, figures, &mut zero);
     }
+    mirror(figures, &mut zero);
 }
