@@ -34,8 +34,8 @@ pub const MAX_TUNNEL_PORTS: usize = 4;
 pub const VXLAN_PORT: u16 = 4789;
 pub const GENEVE_PORT: u16 = 6081;
 
-/// The UDP destination ports read as VXLAN and GENEVE; 0 marks an unused entry. A
-/// global of the mirror program, set by the agent at load.
+/// The UDP destination ports read as VXLAN and GENEVE, each list ending at its first 0.
+/// A global of the mirror program, set by the agent at load.
 #[repr(C)]
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct TunnelPorts {
@@ -65,6 +65,10 @@ impl TunnelPorts {
 pub trait Ports {
     fn vxlan(&self, i: usize) -> u16;
     fn geneve(&self, i: usize) -> u16;
+    /// `v`, unknown to the BPF verifier (the kernel passes it through map memory).
+    fn opaque(&self, v: u32) -> u32 {
+        v
+    }
 }
 
 impl Ports for TunnelPorts {
@@ -126,50 +130,44 @@ fn be16(b: [u8; 2]) -> u16 {
 /// plain copy: `parse` then says what it is.
 #[inline(always)]
 pub fn copy_start<F: Frame, P: Ports>(f: &F, ports: &P) -> Result<Copy, Reason> {
-    let Some((base, encap, link_local)) = outer(f, ports)? else {
-        return Ok(Copy {
-            base: 0,
-            encap: Encap::None,
-            link_local: false,
-        });
-    };
-    if encap == Encap::None {
-        return Ok(Copy {
-            base: 0,
-            encap,
-            link_local,
-        });
-    }
+    let (base, encap, link_local) = outer(f, ports)?;
     if base > MAX_BASE {
         return Err(counter::ENCAP_UNSUPPORTED);
     }
-    let inner = Inner { outer: f, base };
-    tunnel::<ETH_HLEN, _>(&inner, 0)?;
-    // One tunnel level: a tunnel packet inside is not read.
-    match outer(&inner, ports) {
-        Ok(Some((_, Encap::None, _)) | None) => Ok(Copy {
-            base,
-            encap,
-            link_local: false,
-        }),
-        _ => Err(counter::ENCAP_UNSUPPORTED),
+    // One value for every layout's offset from here on: the verifier checks what
+    // follows (this check, the whole tracker) once, not once per layout.
+    let base = ports.opaque(base as u32) as usize & MAX_BASE;
+    if encap != Encap::None {
+        let inner = Inner { outer: f, base };
+        // The inner Ethernet header is whole: its last two bytes are there.
+        tunnel::<2, _>(&inner, ETH_HLEN - 2)?;
+        // One tunnel level: a tunnel packet inside is not read.
+        if !matches!(outer(&inner, ports), Ok((_, Encap::None, _))) {
+            return Err(counter::ENCAP_UNSUPPORTED);
+        }
     }
+    Ok(Copy {
+        base,
+        encap,
+        link_local,
+    })
 }
 
-/// The outer headers of `f`: None when they cannot be read as a plain frame's either
-/// (`parse` counts why); else the inner frame's offset, the encapsulation and whether
-/// the frame is link-local traffic (only for `Encap::None`).
+/// The outer headers of `f`: the inner frame's offset, the encapsulation and whether
+/// the frame is link-local traffic. Headers that cannot be read as a tunnel's are a
+/// plain frame's (`parse` counts what is wrong with them).
 #[inline(always)]
-fn outer<F: Frame, P: Ports>(f: &F, ports: &P) -> Result<Option<(usize, Encap, bool)>, Reason> {
+fn outer<F: Frame, P: Ports>(f: &F, ports: &P) -> Result<(usize, Encap, bool), Reason> {
+    let plain = |local| Ok((0, Encap::None, local));
     let Ok((l3, ethertype)) = parse::link(f, LinkKind::Ethernet) else {
-        return Ok(None);
+        return plain(false);
     };
-    let plain = |local| Ok(Some((0, Encap::None, local)));
     let (l4, proto) = match ethertype {
         ETH_P_ARP => return plain(true),
         parse::ETH_P_IP => {
-            let Some(h) = f.read::<20>(l3) else {
-                return Ok(None);
+            // Version and length, fragment, protocol: the tunnel check reads no more.
+            let Some(h) = f.read::<10>(l3) else {
+                return plain(false);
             };
             let frag = be16([h[6], h[7]]);
             // Not a tunnel header here (a later fragment), or not a whole tunnel packet.
@@ -184,7 +182,7 @@ fn outer<F: Frame, P: Ports>(f: &F, ports: &P) -> Result<Option<(usize, Encap, b
         }
         parse::ETH_P_IPV6 => {
             let Some(h) = f.read::<8>(l3) else {
-                return Ok(None);
+                return plain(false);
             };
             if h[6] == IPPROTO_ICMPV6 {
                 return plain(true);
@@ -198,10 +196,10 @@ fn outer<F: Frame, P: Ports>(f: &F, ports: &P) -> Result<Option<(usize, Encap, b
         IPPROTO_GRE => Some(gre(f, l4)?),
         _ => None,
     };
-    Ok(Some(match found {
-        Some((base, encap)) => (base, encap, false),
-        None => (0, Encap::None, false),
-    }))
+    match found {
+        Some((base, encap)) => Ok((base, encap, false)),
+        None => plain(false),
+    }
 }
 
 /// VXLAN (RFC 7348) or GENEVE (RFC 8926) on a configured port, else None.
@@ -211,15 +209,13 @@ fn udp<F: Frame, P: Ports>(f: &F, l4: usize, ports: &P) -> Result<Option<(usize,
         return Ok(None);
     };
     let dport = be16([u[2], u[3]]);
-    let mut encap = Encap::None;
-    for i in 0..MAX_TUNNEL_PORTS {
-        if dport == ports.vxlan(i) && dport != 0 {
-            encap = Encap::Vxlan;
-        }
-        if dport == ports.geneve(i) && dport != 0 {
-            encap = Encap::Geneve;
-        }
-    }
+    let encap = if listed(dport, |i| ports.vxlan(i)) {
+        Encap::Vxlan
+    } else if listed(dport, |i| ports.geneve(i)) {
+        Encap::Geneve
+    } else {
+        Encap::None
+    };
     let h: [u8; 4] = match encap {
         Encap::None => return Ok(None),
         _ => tunnel(f, l4 + 8)?,
@@ -237,6 +233,19 @@ fn udp<F: Frame, P: Ports>(f: &F, l4: usize, ports: &P) -> Result<Option<(usize,
         l4 + 16 + ((h[0] & 0x3f) as usize) * 4
     };
     Ok(Some((base, encap)))
+}
+
+/// Whether `port` is one of the ports `at(0..)` gives, which end at the first 0.
+#[inline(always)]
+fn listed(port: u16, at: impl Fn(usize) -> u16) -> bool {
+    for i in 0..MAX_TUNNEL_PORTS {
+        match at(i) {
+            0 => return false,
+            p if p == port => return true,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// ERSPAN (draft-foschiano-erspan-03) over GRE: type II (0x88BE, sequence number

@@ -478,6 +478,10 @@ impl Ports for LoadedPorts {
         // SAFETY: as above.
         unsafe { core::ptr::read_volatile(&TUNNEL_PORTS.geneve[i]) }
     }
+    #[inline(always)]
+    fn opaque(&self, v: u32) -> u32 {
+        Maps.launder(v)
+    }
 }
 
 /// A mirror port (`ackwatch run --mirror`): each frame is a copy, plain or in a tunnel
@@ -490,10 +494,9 @@ pub fn ackwatch_xdp_mirror(ctx: XdpContext) -> u32 {
     let keep = match decap::copy_start(&frame, &LoadedPorts) {
         Ok(copy) => {
             bump(counter::MIRROR_FRAMES + copy.encap as u32);
-            // Laundered: the offset and the flag are constants on each tunnel's path,
-            // and the verifier would check the tracker once per constant. The mask is
-            // the bound `copy_start` guarantees, restated for the verifier.
-            let base = Maps.launder(copy.base as u32) as usize & decap::MAX_BASE;
+            // Laundered: a constant on each path, and the verifier would check the
+            // tracker once per constant (`copy_start` launders the offset).
+            let base = copy.base;
             let keep = Maps.launder(copy.link_local as u32) != 0;
             let inner = Packet {
                 data: frame.data + base,

@@ -13,6 +13,7 @@ use ackwatch_tests::scenario::ctcp_flow;
 use ebpf_probe::abi::{StallWhat, counter};
 use ebpf_probe::decap::{Copy, Encap, Inner, TunnelPorts, copy_start};
 use ebpf_probe::parse::{LinkKind, parse};
+use serde_json::Value;
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -332,4 +333,51 @@ fn mirror_drop_drops_copies_after_analysis() {
         2 + TUNNELS.len() as u64 + unreadable().len() as u64
     );
     assert_eq!(c[(counter::MIRROR_FRAMES + Encap::None as u32) as usize], 2);
+}
+
+/// `ackwatch analyze --mirror` on a capture of each encapsulation (one stalled cTCP
+/// flow each, both directions): the verdict and counts of the same flow captured plain.
+#[test]
+fn analyze_reads_captures_of_every_encapsulation() {
+    use ackwatch_tests::pcap::{LINKTYPE_ETHERNET, PcapWriter};
+    let scratch = ackwatch_tests::Scratch::new("mirror-analyze");
+    let steps = ctcp_flow(
+        "192.0.2.20:40002".parse().unwrap(),
+        "198.51.100.1:10000".parse().unwrap(),
+        20,
+        Some(8),
+        1500,
+    );
+    let analyze = |name: &str, wrap_one: &dyn Fn(&[u8]) -> Vec<u8>| -> Vec<Value> {
+        let file = scratch.join(name);
+        let mut w = PcapWriter::new(std::fs::File::create(&file).unwrap(), LINKTYPE_ETHERNET)
+            .expect("pcap");
+        for s in &steps {
+            w.write(s.at_ns, &wrap_one(&s.frame)).expect("write");
+        }
+        drop(w);
+        let out = std::process::Command::new(ackwatch_tests::ackwatch_binary())
+            .args(["analyze", "--mirror", "--json"])
+            .arg(&file)
+            .output()
+            .expect("ackwatch analyze");
+        assert!(out.status.success(), "{name}: {out:?}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    // Timestamps differ by nothing, so the whole report must be the same.
+    let plain = analyze("plain.pcap", &|f| f.to_vec());
+    assert_eq!(plain.len(), 1, "{plain:?}");
+    assert_eq!(
+        plain[0]["stalls"][0]["hole_seq"],
+        1001 + 8 * 400,
+        "{plain:?}"
+    );
+    for (i, t) in TUNNELS.iter().enumerate() {
+        let v6 = i % 2 == 0;
+        let got = analyze(&format!("{i}.pcap"), &|f| wrap(f, t, v6, Some(12)));
+        assert_eq!(got, plain, "{t:?} v6={v6}");
+    }
 }

@@ -161,6 +161,10 @@ fn span_and_vxlan_copies_give_the_gateways_answers() {
         assert_eq!(e["client"], client.as_str(), "{name}: {e}");
         assert_eq!(e["hole_seq"], HOLE, "{name}: {e}");
         assert_eq!(e["kind"], "unanswered", "{name}: {e}");
+        assert_eq!(
+            e["unseen_segments"], 0,
+            "{name}: the mirror lost nothing: {e}"
+        );
         assert_eq!(e["iface"], if i == 0 { "g0" } else { PORT }, "{name}: {e}");
         let after = read_at.saturating_duration_since(run.after_hole);
         assert!(after <= T + Duration::from_secs(1), "{name}: {after:?}");
@@ -173,6 +177,13 @@ fn span_and_vxlan_copies_give_the_gateways_answers() {
         "the uploads and the cTCP flow: {:?}",
         flows[0]
     );
+    let resent: u64 = flows[0].values().map(|c| c[3] + c[10]).sum();
+    println!(
+        "{} flows, {resent} segments resent: {:?}",
+        flows[0].len(),
+        flows[0]
+    );
+    assert!(resent > 0, "no loss: the lossy flows were not lossy");
     for i in 1..3 {
         assert_eq!(flows[i], flows[0], "{} against the gateway", names[i]);
     }

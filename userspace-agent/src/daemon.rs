@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aya::programs::xdp::XdpMode;
-use ebpf_probe::abi::{FlowKey, StallRecord, StallWhat, half_flag};
+use ebpf_probe::abi::{FlowKey, StallRecord, StallWhat, event, half_flag};
 use ebpf_probe::verdict::Config;
 use tokio::io::unix::AsyncFd;
 
@@ -84,6 +84,16 @@ impl Shared {
             .is_some_and(|e| e.iter().any(|e| e.is_open() && e.stuck_index == r.stuck))
     }
 
+    /// Segments of the stuck sender that its receiver acknowledged and the probe never
+    /// saw (the receiver's ACKed-unseen count): on a mirror port, copies the mirror
+    /// lost, so that an `unanswered` stall may rest on a retransmission it missed.
+    fn unseen_segments(&self, r: &StallRecord) -> Option<u32> {
+        let probe = self.probe.lock().unwrap();
+        let table = probe.table();
+        let (_, flow) = table.read(table.find(&r.key)?)?;
+        Some(flow.half[(r.stuck as usize & 1) ^ 1].events[event::ACKED_UNSEEN])
+    }
+
     /// The name of an attached interface.
     fn iface(&self, ifindex: u32) -> &str {
         self.ifnames
@@ -110,7 +120,10 @@ impl Shared {
             return;
         }
         let iface = self.iface(r.ifindex);
-        let line = event_json(r, iface, self.offset);
+        let mut line = event_json(r, iface, self.offset);
+        if let Some(n) = self.unseen_segments(r) {
+            line["unseen_segments"] = n.into();
+        }
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
