@@ -21,7 +21,7 @@ pub const PINNED_MAPS: [&str; 9] = [
 ];
 
 /// Bumped whenever the meaning of a map's bytes changes without a size change.
-const ABI: u32 = 2;
+const ABI: u32 = 3;
 
 pub struct Pins {
     pub dir: PathBuf,
@@ -46,10 +46,11 @@ pub enum PinError {
 pub fn layout(s: &Settings) -> String {
     let scope = if s.verdict.track_all { "all" } else { "ctcp" };
     format!(
-        "v{ABI}-{}-{}-{}-k{}-t{}-{scope}-m{}-r{}",
+        "v{ABI}-{}-{}-{}-c{}-k{}-t{}-{scope}-m{}-r{}",
         size_of::<Flow>(),
         size_of::<FlowKey>(),
         size_of::<StallRecord>(),
+        ebpf_probe::abi::counter::ENTRIES,
         s.verdict.dupack_threshold,
         s.verdict.stall_timeout_ns,
         s.max_flows,

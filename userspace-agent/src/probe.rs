@@ -331,13 +331,14 @@ impl Probe {
             .ok_or(ProbeError::MissingMap("COUNTERS"))?;
         let arr: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(map).map_err(|e| ProbeError::Map("COUNTERS", e))?;
-        (0..counter::COUNT)
+        let raw = (0..counter::ENTRIES)
             .map(|i| {
                 arr.get(&i, 0)
                     .map(|v| v.iter().sum())
                     .map_err(|e| ProbeError::Map("COUNTERS", e))
             })
-            .collect()
+            .collect::<Result<Vec<u64>, _>>()?;
+        Ok(counter::fold(&raw).to_vec())
     }
 
     /// Every established flow.

@@ -18,6 +18,7 @@ const ROUNDS: usize = 5;
 /// New flows measured one run each for the insert figures.
 const INSERTS: u32 = 20_000;
 
+#[derive(Default)]
 struct Seg<'a> {
     src: &'a str,
     dst: &'a str,
@@ -25,19 +26,42 @@ struct Seg<'a> {
     ack: u32,
     flags: u8,
     payload: Vec<u8>,
+    sack: Vec<(u32, u32)>,
 }
 
 fn build(s: Seg) -> Vec<u8> {
     let addr = |a: &str| -> SocketAddr { a.parse().unwrap() };
+    let timestamps = !s.sack.is_empty();
     let tcp = Tcp {
         seq: s.seq,
         ack: s.ack,
         flags: s.flags,
         window: 500,
         payload: s.payload,
-        ..Default::default()
+        sack: s.sack,
+        timestamps,
     };
     frame(addr(s.src), addr(s.dst), &tcp, &L2::Ethernet)
+}
+
+/// A UDP datagram: an IPv4 frame whose protocol says UDP (the probe reads no further).
+fn udp(src: &str, dst: &str) -> Vec<u8> {
+    let mut f = data(src, dst, 1, vec![0x5a; 1000]);
+    f[14 + 9] = 17;
+    f
+}
+
+/// A duplicate ACK as Linux sends it: timestamps, and a SACK block for data above it.
+fn sack_ack(src: &str, dst: &str, ack: u32, sack: (u32, u32)) -> Vec<u8> {
+    build(Seg {
+        src,
+        dst,
+        seq: 1,
+        ack,
+        flags: TH_ACK,
+        sack: vec![sack],
+        ..Default::default()
+    })
 }
 
 fn data(src: &str, dst: &str, seq: u32, payload: Vec<u8>) -> Vec<u8> {
@@ -48,6 +72,7 @@ fn data(src: &str, dst: &str, seq: u32, payload: Vec<u8>) -> Vec<u8> {
         ack: 1,
         flags: TH_ACK | TH_PSH,
         payload,
+        ..Default::default()
     })
 }
 
@@ -58,7 +83,7 @@ fn ack(src: &str, dst: &str, ack: u32) -> Vec<u8> {
         seq: 1,
         ack,
         flags: TH_ACK,
-        payload: Vec::new(),
+        ..Default::default()
     })
 }
 
@@ -137,8 +162,19 @@ fn new_flows(flags: u8, third_octet: u8) -> Vec<Vec<u8>> {
                 ack: if flags & TH_SYN != 0 { 0 } else { 1 },
                 flags,
                 payload,
+                ..Default::default()
             })
         })
+        .collect()
+}
+
+/// Consecutive new segments of one established flow: the path of a flow moving data,
+/// where a repeated segment is a retransmission each time.
+fn in_order_segments(src: &str) -> Vec<Vec<u8>> {
+    let payload = ctcp_payload(1000);
+    let len = payload.len() as u32;
+    (0..INSERTS)
+        .map(|i| data(src, "10.0.0.2:10000", 1 + i * len, payload.clone()))
         .collect()
 }
 
@@ -161,48 +197,60 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
         .expect("prime");
     let mut arp = ack("10.0.0.1:40000", "10.0.0.2:10000", 1);
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    let cases: [(&str, Vec<u8>, Option<f64>); 6] = [
-        ("non_ip", arp, None),
+    // Targets: issue 12's.
+    let cases: [(&str, Vec<u8>, Option<f64>); 8] = [
+        ("non_ip", arp, Some(5.0)),
+        ("udp", udp("10.0.0.1:40000", "10.0.0.2:4500"), Some(10.0)),
         (
             "tcp_out_of_scope",
             data("10.0.0.1:40000", "10.0.0.2:5201", 1, plain.clone()),
-            Some(5.0),
+            Some(10.0),
         ),
         (
             "ipv4_data_tracked",
             data("10.0.0.1:40000", "10.0.0.2:10000", 1, ctcp_payload(1000)),
-            Some(35.0),
+            Some(60.0),
         ),
         (
             "ipv6_data_tracked",
             data("[fd00::1]:40000", "[fd00::2]:10000", 1, ctcp_payload(1000)),
-            Some(45.0),
+            Some(70.0),
         ),
-        ("pure_ack", ack("10.0.0.2:10000", "10.0.0.1:40001", 1), None),
+        (
+            "pure_ack",
+            ack("10.0.0.2:10000", "10.0.0.1:40001", 1),
+            Some(60.0),
+        ),
         (
             "duplicate_ack",
             ack("10.0.0.2:10000", "10.0.0.1:40003", 1000),
-            None,
+            Some(60.0),
+        ),
+        (
+            "sack_duplicate_ack",
+            sack_ack("10.0.0.2:10000", "10.0.0.1:40003", 1000, (5000, 6000)),
+            Some(70.0),
         ),
     ];
     println!(
         "probe, {prefilled} flows (BPF_PROG_TEST_RUN, CPU 0, median of {ROUNDS} x {REPEAT} runs against XDP_PASS):"
     );
-    let mut data_path = 0.0;
     for (name, frame, target) in &cases {
         let (t, pass) = hot_loop(&mut probe, frame);
-        let target = match *name {
-            // The duplicate-ACK path may cost at most 5 ns more than the data path.
-            "duplicate_ack" => Some(data_path + 5.0),
-            _ => *target,
-        };
-        if *name == "ipv4_data_tracked" {
-            data_path = t - pass;
-        }
-        push(figures, zero, prefilled, name, t, pass, target);
+        push(figures, zero, prefilled, name, t, pass, *target);
     }
-    // Single runs (a new flow each): slower than the hot loop for any program, as
-    // caches are cold after the syscall, and noisier.
+    // Single runs (a new segment or flow each): slower than the hot loop for any
+    // program, as caches are cold after the syscall, and noisier.
+    let (t, p) = per_frame(&mut probe, &in_order_segments("10.0.0.1:40005"));
+    push(
+        figures,
+        zero,
+        prefilled,
+        "in_order_segments",
+        t,
+        p,
+        Some(60.0),
+    );
     let (t, p) = per_frame(&mut probe, &new_flows(TH_ACK | TH_PSH, 1));
     push(
         figures,
@@ -211,7 +259,7 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
         "insert_established",
         t,
         p,
-        Some(150.0),
+        Some(300.0),
     );
     let (t, p) = per_frame(&mut probe, &new_flows(TH_SYN, 2));
     push(
@@ -221,7 +269,7 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
         "insert_syn_pending",
         t,
         p,
-        Some(150.0),
+        Some(300.0),
     );
     prefill(&mut probe, prefilled + INSERTS + 64, true);
     let refused = data("10.0.0.9:40009", "10.0.0.2:10000", 1, ctcp_payload(1000));
