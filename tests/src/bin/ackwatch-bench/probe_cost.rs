@@ -51,19 +51,6 @@ fn udp(src: &str, dst: &str) -> Vec<u8> {
     f
 }
 
-/// A duplicate ACK as Linux sends it: timestamps, and a SACK block for data above it.
-fn sack_ack(src: &str, dst: &str, ack: u32, sack: (u32, u32)) -> Vec<u8> {
-    build(Seg {
-        src,
-        dst,
-        seq: 1,
-        ack,
-        flags: TH_ACK,
-        sack: vec![sack],
-        ..Default::default()
-    })
-}
-
 fn data(src: &str, dst: &str, seq: u32, payload: Vec<u8>) -> Vec<u8> {
     build(Seg {
         src,
@@ -77,12 +64,18 @@ fn data(src: &str, dst: &str, seq: u32, payload: Vec<u8>) -> Vec<u8> {
 }
 
 fn ack(src: &str, dst: &str, ack: u32) -> Vec<u8> {
+    sack_ack(src, dst, ack, &[])
+}
+
+/// A pure ACK with SACK blocks (and then timestamps, as Linux sends them).
+fn sack_ack(src: &str, dst: &str, ack: u32, sack: &[(u32, u32)]) -> Vec<u8> {
     build(Seg {
         src,
         dst,
         seq: 1,
         ack,
         flags: TH_ACK,
+        sack: sack.to_vec(),
         ..Default::default()
     })
 }
@@ -228,7 +221,7 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
         ),
         (
             "sack_duplicate_ack",
-            sack_ack("10.0.0.2:10000", "10.0.0.1:40003", 1000, (5000, 6000)),
+            sack_ack("10.0.0.2:10000", "10.0.0.1:40003", 1000, &[(5000, 6000)]),
             Some(70.0),
         ),
     ];
