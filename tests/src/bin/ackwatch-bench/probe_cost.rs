@@ -17,6 +17,8 @@ const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
 /// New flows measured one run each for the insert figures.
 const INSERTS: u32 = 20_000;
+/// Payload bytes of the data segments.
+const SEGMENT: usize = 1000;
 
 #[derive(Default)]
 struct Seg<'a> {
@@ -164,11 +166,24 @@ fn new_flows(flags: u8, third_octet: u8) -> Vec<Vec<u8>> {
 /// Consecutive new segments of one established flow: the path of a flow moving data,
 /// where a repeated segment is a retransmission each time.
 fn in_order_segments(src: &str) -> Vec<Vec<u8>> {
-    let payload = ctcp_payload(1000);
-    let len = payload.len() as u32;
-    (0..INSERTS)
+    let payload = ctcp_payload(SEGMENT);
+    let len = SEGMENT as u32;
+    (1..=INSERTS)
         .map(|i| data(src, "10.0.0.2:10000", 1 + i * len, payload.clone()))
         .collect()
+}
+
+/// The client's first segment (`SEGMENT` bytes from sequence number 1) and the
+/// server's ACK of it.
+fn establish(probe: &mut Probe, client: &str, server: &str) {
+    for f in [
+        data(client, server, 1, ctcp_payload(SEGMENT)),
+        ack(server, client, 1 + SEGMENT as u32),
+    ] {
+        probe
+            .xdp_run_time("ackwatch_xdp", &f, 1)
+            .expect("establish");
+    }
 }
 
 /// Every figure at one table size.
@@ -180,6 +195,16 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
     .expect("load the probe");
     prefill(&mut probe, prefilled, false);
     let plain = vec![0x5a; 1000];
+    // Established flows (both sides seen), as a tracked flow is: a one-sided flow stays
+    // in the pending table, measured apart.
+    for (client, server) in [
+        ("10.0.0.1:40000", "10.0.0.2:10000"),
+        ("[fd00::1]:40000", "[fd00::2]:10000"),
+        ("10.0.0.1:40001", "10.0.0.2:10000"),
+        ("10.0.0.1:40005", "10.0.0.2:10000"),
+    ] {
+        establish(&mut probe, client, server);
+    }
     // A flow with the client's data outstanding, so the server's ACKs below it repeat.
     probe
         .xdp_run_time(
@@ -191,7 +216,7 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
     let mut arp = ack("10.0.0.1:40000", "10.0.0.2:10000", 1);
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
     // Targets: issue 12's.
-    let cases: [(&str, Vec<u8>, Option<f64>); 8] = [
+    let cases: [(&str, Vec<u8>, Option<f64>); 9] = [
         ("non_ip", arp, Some(5.0)),
         ("udp", udp("10.0.0.1:40000", "10.0.0.2:4500"), Some(10.0)),
         (
@@ -201,12 +226,23 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
         ),
         (
             "ipv4_data_tracked",
-            data("10.0.0.1:40000", "10.0.0.2:10000", 1, ctcp_payload(1000)),
+            data("10.0.0.1:40000", "10.0.0.2:10000", 1, ctcp_payload(SEGMENT)),
             Some(60.0),
+        ),
+        // A client whose server never answered (a spoofed flood's path).
+        (
+            "one_sided_data",
+            data("10.0.0.1:40007", "10.0.0.2:10000", 1, ctcp_payload(SEGMENT)),
+            None,
         ),
         (
             "ipv6_data_tracked",
-            data("[fd00::1]:40000", "[fd00::2]:10000", 1, ctcp_payload(1000)),
+            data(
+                "[fd00::1]:40000",
+                "[fd00::2]:10000",
+                1,
+                ctcp_payload(SEGMENT),
+            ),
             Some(70.0),
         ),
         (
