@@ -5,7 +5,7 @@
 //! refreshes the README's numbers and bench/probe-cost.svg.
 //!
 //! `ackwatch-bench [packets]`; `--quick` runs small sizes (a smoke run, no targets);
-//! `--probe` only the probe's figures at 0 flows.
+//! `--probe` only the probe's figures at 0 flows; `--sweep` only the sweep's whole pass.
 
 mod agent_cost;
 mod analyze_cost;
@@ -34,6 +34,12 @@ fn main() {
         &[10_000, 100_000, 1_000_000]
     };
     let mut figures = Vec::new();
+    if args.iter().any(|a| a == "--sweep") {
+        // The sweep's whole pass at 10k and 1M flows alone.
+        agent_cost::full_pass(&[10_000, 1_000_000], &mut figures);
+        report::print(&figures);
+        return;
+    }
     if args.iter().any(|a| a == "--probe") {
         // The probe's figures at 0 flows alone: a minute, for measuring a change.
         probe_cost::run(&[0], &mut figures);
