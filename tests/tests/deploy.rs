@@ -5,9 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-fn deploy() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
+use ackwatch_tests::prom::deploy_dir as deploy;
 
 fn promtool(args: &[&str], dir: &Path) {
     let out = Command::new("promtool")

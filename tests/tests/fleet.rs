@@ -1,0 +1,152 @@
+//! The fleet view against the real thing: a real agent in the lab, a real cTCP stall,
+//! a real Prometheus with the shipped rules. Every panel of the Grafana dashboards
+//! (deploy/grafana) is sent to it as Grafana would, its variables substituted.
+
+use std::time::Duration;
+
+use ackwatch_tests::lab::CLIENT4;
+use ackwatch_tests::live::{AGENT_ADDR, Agent};
+use ackwatch_tests::prom::{Prometheus, deploy_dir, encode};
+use ackwatch_tests::stall_lab::{ctcp, lab_with_loss};
+use serde_json::Value;
+
+/// Panels that may return nothing while every agent is up and a flow is stalled.
+const MAY_BE_EMPTY: &[&str] = &["Agents down"];
+/// Stall panels whose value need not be above 0 with one stall still going.
+const NOT_YET: &[&str] = &["Duration of ended stalls"];
+
+/// What Grafana puts in place of the dashboards' variables.
+fn substitute(expr: &str) -> String {
+    expr.replace("${instance}", AGENT_ADDR)
+        .replace("$instance", AGENT_ADDR)
+        .replace("$__rate_interval", "1m")
+}
+
+/// Every panel of a dashboard, those inside rows included.
+fn panels(dashboard: &Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    for p in dashboard["panels"].as_array().expect("panels") {
+        out.extend(p["panels"].as_array().into_iter().flatten().cloned());
+        if p["type"] != "row" {
+            out.push(p.clone());
+        }
+    }
+    out
+}
+
+/// Any sample of a query's result (instant or range) above 0.
+fn any_above_zero(result: &[Value]) -> bool {
+    let value = |v: &Value| v[1].as_str().and_then(|s| s.parse::<f64>().ok());
+    result.iter().any(|series| {
+        let points = series["values"].as_array().cloned();
+        points
+            .unwrap_or_else(|| vec![series["value"].clone()])
+            .iter()
+            .any(|p| value(p).is_some_and(|v| v > 0.0))
+    })
+}
+
+#[test]
+fn dashboards_query_a_real_prometheus_after_a_stall() {
+    let (lab, _headend) = lab_with_loss();
+    let prom = Prometheus::start(&lab.headend);
+    let agent = Agent::start(&lab.headend, &["--iface", "h0", "--listen", AGENT_ADDR]);
+    // Scraped at least once before the stall: its counters start at 0 in Prometheus.
+    let up = prom.poll("up{job=\"ackwatch\"} == 1", Duration::from_secs(15), |r| {
+        !r.is_empty()
+    });
+    assert_eq!(up.len(), 1, "Prometheus does not scrape the agent: {up:?}");
+
+    ctcp(&lab, 50_400, 0);
+    let e = agent
+        .next_event(Duration::from_secs(4))
+        .expect("a stall_started event");
+    assert_eq!(e["event"], "stall_started", "{e}");
+    // Not firing yet: AckwatchFlowStalled holds a stall for 5 s, as --alert-after.
+    let firing = "ALERTS{alertname=\"AckwatchFlowStalled\",alertstate=\"firing\"}";
+    let early = prom.query(firing);
+    assert_eq!(
+        early["data"]["result"].as_array().map(Vec::len),
+        Some(0),
+        "fired as soon as the stall was reported: {early}"
+    );
+    let alert = prom.poll(firing, Duration::from_secs(20), |r| !r.is_empty());
+    assert_eq!(alert.len(), 1, "AckwatchFlowStalled never fired: {alert:?}");
+    assert_eq!(alert[0]["metric"]["instance"], AGENT_ADDR);
+    assert_eq!(alert[0]["metric"]["class"], "ctcp");
+    // The per-/24 recording rule saw the client's network.
+    let nets = prom.poll(
+        "client_net:ackwatch_stalled_flows:count",
+        Duration::from_secs(5),
+        |r| !r.is_empty(),
+    );
+    let net = format!("{}.0/24", CLIENT4.rsplit_once('.').unwrap().0);
+    assert_eq!(nets.len(), 1, "{nets:?}");
+    assert_eq!(nets[0]["metric"]["client_net"], net.as_str());
+    assert_eq!(nets[0]["value"][1], "1");
+    // The stall rate's window holds the scrape before the stall and one after.
+    prom.poll(
+        "instance:ackwatch_stalls:rate5m > 0",
+        Duration::from_secs(10),
+        |r| !r.is_empty(),
+    );
+
+    let mut sent = 0;
+    for file in ["ackwatch-fleet.json", "ackwatch-headend.json"] {
+        let path = deploy_dir().join("grafana").join(file);
+        let dashboard: Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect(file);
+        // The headend variable lists this agent.
+        for var in dashboard["templating"]["list"].as_array().unwrap() {
+            let Some(q) = var["query"]["query"].as_str() else {
+                continue;
+            };
+            let (metric, label) = q
+                .strip_prefix("label_values(")
+                .and_then(|q| q.strip_suffix(')'))
+                .and_then(|q| q.split_once(", "))
+                .unwrap_or_else(|| panic!("{file}: variable query {q}"));
+            let values = prom.get(&format!(
+                "/api/v1/label/{label}/values?match[]={}",
+                encode(metric)
+            ));
+            assert!(
+                values["data"]
+                    .as_array()
+                    .is_some_and(|v| v.iter().any(|i| i == AGENT_ADDR)),
+                "{file}: {q}: {values}"
+            );
+        }
+        for panel in panels(&dashboard) {
+            let title = panel["title"].as_str().unwrap_or_default().to_string();
+            let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+            assert!(!targets.is_empty(), "{file}: panel {title:?} has no query");
+            for t in targets {
+                let expr = substitute(t["expr"].as_str().expect("expr"));
+                assert!(!expr.contains('$'), "{file}: {title}: {expr}");
+                let answer = if t["range"] == true {
+                    prom.query_range(&expr, Duration::from_secs(60))
+                } else {
+                    prom.query(&expr)
+                };
+                sent += 1;
+                assert_eq!(
+                    answer["status"], "success",
+                    "{file}: {title}: {expr}: {answer}"
+                );
+                let result = answer["data"]["result"].as_array().unwrap();
+                if !MAY_BE_EMPTY.contains(&title.as_str()) {
+                    assert!(!result.is_empty(), "{file}: {title}: {expr}: no data");
+                }
+                if title.to_lowercase().contains("stall") && !NOT_YET.contains(&title.as_str()) {
+                    assert!(
+                        any_above_zero(result),
+                        "{file}: {title}: {expr}: no stall in {answer}"
+                    );
+                }
+            }
+        }
+    }
+    println!("{sent} dashboard queries answered");
+    drop(agent);
+}
