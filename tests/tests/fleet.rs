@@ -150,3 +150,113 @@ fn dashboards_query_a_real_prometheus_after_a_stall() {
     println!("{sent} dashboard queries answered");
     drop(agent);
 }
+
+/// The samples of a /metrics text: its lines that are not comments.
+fn series(metrics: &str) -> Vec<&str> {
+    metrics
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect()
+}
+
+/// The series count of one agent is bounded: 1M flows add none, each stalled flow adds
+/// one `ackwatch_stalled_flow_info` series up to --max-stalled-series (100 by default)
+/// and no more. Prints the counts (README, Fleet).
+#[test]
+fn series_count_bounded_at_1m_flows_and_100_stalls() {
+    use ackwatch_tests::live::{BpfFs, http_get};
+    use ackwatch_tests::prefill;
+    use ackwatch_tests::stall_lab::ctcp_from;
+    const FLOWS: u32 = 1_000_000;
+    const CAP: usize = 100;
+    let (lab, _headend) = lab_with_loss();
+    let bpffs = BpfFs::mount();
+    let pin = bpffs.pin_path();
+    let capacity = (FLOWS + FLOWS / 8).to_string();
+    let agent = Agent::start(
+        &lab.headend,
+        &[
+            "--iface",
+            "h0",
+            "--listen",
+            AGENT_ADDR,
+            "--max-flows",
+            &capacity,
+            "--pin-path",
+            &pin,
+            // The table's make-up comes with each whole pass, made of slices sized from
+            // the last one (2,048 flows at least): after an empty pass, 1M flows take
+            // 489 ticks. Short ticks count them within seconds.
+            "--sweep-interval",
+            "20ms",
+        ],
+    );
+    let metrics = || {
+        let (status, body) = http_get(&lab.headend, AGENT_ADDR, "/metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    let sample = |text: &str, name: &str| ackwatch_tests::observe::metric(text, name);
+    let info = |text: &str| {
+        series(text)
+            .iter()
+            .filter(|l| l.starts_with("ackwatch_stalled_flow_info{"))
+            .count()
+    };
+    let empty = series(&metrics()).len();
+
+    prefill::fill(&prefill::pinned_flows(&pin), 0, FLOWS);
+    // The table's make-up is refreshed at the end of each pass.
+    let entries = "ackwatch_flow_table_entries";
+    let mut text = metrics();
+    for _ in 0..150 {
+        if sample(&text, entries) >= Some(FLOWS as f64) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        text = metrics();
+    }
+    assert_eq!(
+        sample(&text, entries),
+        Some(FLOWS as f64),
+        "the agent's table"
+    );
+    let full = series(&text).len();
+    assert_eq!(full, empty, "1M flows added series");
+
+    // Stalled flows: emulated cTCP clients from distinct ports, each losing its ninth
+    // segment and falling silent; CAP of them, then 5 more.
+    let stalled = "ackwatch_stalls_total{class=\"ctcp\"}";
+    let stall = |ports: std::ops::Range<u16>| {
+        for port in ports.clone() {
+            ctcp_from(&lab, port, ackwatch_tests::stall_lab::ISN, 0);
+        }
+        let want = (ports.end - 50_000) as f64;
+        let mut text = metrics();
+        for _ in 0..150 {
+            if sample(&text, stalled) >= Some(want) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+            text = metrics();
+        }
+        assert_eq!(sample(&text, stalled), Some(want), "stalls reported");
+        text
+    };
+    let text = stall(50_000..50_000 + CAP as u16);
+    let with_stalls = series(&text).len();
+    assert_eq!(info(&text), CAP, "one info series per stalled flow");
+    assert_eq!(with_stalls, full + CAP, "series other than the info ones");
+    let text = stall(50_000 + CAP as u16..50_005 + CAP as u16);
+    assert_eq!(info(&text), CAP, "capped at --max-stalled-series");
+    assert_eq!(series(&text).len(), with_stalls);
+    println!(
+        "series of one agent: {empty} with an empty table, {full} with {FLOWS} flows, \
+         {with_stalls} with {CAP} of them stalled, {} with {} stalled (capped); \
+         /metrics {} bytes",
+        series(&text).len(),
+        CAP + 5,
+        text.len()
+    );
+    drop(agent);
+}
