@@ -40,7 +40,7 @@ fn systemd_unit_grants_only_three_capabilities() {
         caps.sort();
         assert_eq!(caps, ["CAP_BPF", "CAP_NET_ADMIN", "CAP_PERFMON"], "{line}");
     }
-    assert!(unit.contains("ExecStart=/usr/local/bin/ackwatch run"));
+    assert!(unit.contains("ExecStart=/usr/local/bin/ackwatch run $ACKWATCH_OPTS"));
 }
 
 /// The value after `key:` in the rule `name` of the rules file (`alert: name` or

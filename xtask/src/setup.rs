@@ -20,6 +20,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libcap2-bin",
     // GNU time: the benchmarks' peak RSS of a command.
     "time",
+    // cargo xtask package: dpkg-shlibdeps, and strip.
+    "dpkg-dev",
+    "binutils",
 ];
 
 pub fn run() -> Result<()> {
