@@ -260,3 +260,44 @@ fn series_count_bounded_at_1m_flows_and_100_stalls() {
     );
     drop(agent);
 }
+
+/// A stall that ends takes its `ackwatch_stalled_flow_info` series with it, even when
+/// the flow was last seen on another interface than at its start (a transit gateway:
+/// XDP on both sides, the duplicate ACKs on one, the retransmission on the other).
+#[test]
+fn a_recovered_stall_leaves_no_info_series_on_a_gateway() {
+    use ackwatch_tests::live::http_get;
+    use ackwatch_tests::stall_lab::ctcp_recovering;
+    let (lab, _headend) = lab_with_loss();
+    let agent = Agent::start(
+        &lab.gateway,
+        &["--iface", "g0,g1", "--no-egress", "--listen", AGENT_ADDR],
+    );
+    let info = || {
+        let (_, body) = http_get(&lab.gateway, AGENT_ADDR, "/metrics");
+        series(&body)
+            .iter()
+            .filter(|l| l.starts_with("ackwatch_stalled_flow_info{"))
+            .map(|l| l.to_string())
+            .collect::<Vec<_>>()
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| ctcp_recovering(&lab, 50_500, 25));
+        let e = agent
+            .next_event(Duration::from_secs(4))
+            .expect("stall_started");
+        assert_eq!(e["event"], "stall_started", "{e}");
+        let during = info();
+        assert_eq!(during.len(), 1, "{during:?}");
+        let e = agent
+            .next_event(Duration::from_secs(6))
+            .expect("stall_recovered");
+        assert_eq!(e["event"], "stall_recovered", "{e}");
+        println!("started on {}, recovered on {}", during[0], e["iface"]);
+    });
+    assert_eq!(
+        info(),
+        Vec::<String>::new(),
+        "the recovered flow's series stays"
+    );
+}
