@@ -1,5 +1,5 @@
 //! The Debian package (`cargo xtask package`): built from this build's `ackwatch`, its
-//! fields and contents read back with `dpkg-deb`, then installed into a scratch root
+//! fields and contents read back with `dpkg-deb`, checked by lintian, then installed into a scratch root
 //! with `dpkg --root` (the test machine's own dpkg database is not touched), run from
 //! there, verified and purged.
 
@@ -37,7 +37,9 @@ fn package_builds_installs_into_a_scratch_root_and_purges() {
         .args(["run", "--quiet", "-p", "xtask", "--", "package", "--binary"])
         .arg(&binary)
         .arg("--out")
-        .arg(&out.0));
+        .arg(&out.0)
+        .env("DEBFULLNAME", "ackwatch tests")
+        .env("DEBEMAIL", "tests@example.org"));
     let version = run(Command::new(&binary).arg("--version"));
     let version = version.trim().strip_prefix("ackwatch ").unwrap();
     let deb = out.join(&format!("ackwatch_{version}_amd64.deb"));
@@ -54,7 +56,10 @@ fn package_builds_installs_into_a_scratch_root_and_purges() {
         "{}",
         field("Depends")
     );
-    assert!(!field("Maintainer").trim().is_empty());
+    assert_eq!(
+        field("Maintainer").trim(),
+        "ackwatch tests <tests@example.org>"
+    );
     assert!(field("Installed-Size").trim().parse::<u64>().unwrap() > 0);
     let control = Scratch::new("package-control");
     run(Command::new("dpkg-deb").args(["-e", &deb]).arg(&control.0));
@@ -66,6 +71,19 @@ fn package_builds_installs_into_a_scratch_root_and_purges() {
         let text = std::fs::read_to_string(control.join(script)).unwrap();
         assert!(text.contains("DPKG_ROOT"), "{script}: {text}");
     }
+
+    // Debian's checks: no error (a warning remains: no manual page).
+    let lint = Command::new("lintian")
+        .args(["--fail-on", "error", &deb])
+        .output()
+        .expect("lintian (Debian package lintian)");
+    let report = String::from_utf8_lossy(&lint.stdout);
+    println!("lintian:\n{report}");
+    assert!(
+        lint.status.success() && !report.lines().any(|l| l.starts_with("E: ")),
+        "lintian: {report}{}",
+        String::from_utf8_lossy(&lint.stderr)
+    );
 
     // Its contents: owner root, modes.
     let listing = run(Command::new("dpkg-deb").args(["-c", &deb]));
@@ -87,6 +105,7 @@ fn package_builds_installs_into_a_scratch_root_and_purges() {
         ),
         ("./usr/share/doc/ackwatch/README.md", "-rw-r--r--"),
         ("./usr/share/doc/ackwatch/copyright", "-rw-r--r--"),
+        ("./usr/share/doc/ackwatch/changelog.gz", "-rw-r--r--"),
     ] {
         let line = listing
             .lines()

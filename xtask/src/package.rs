@@ -9,9 +9,10 @@
 //!   /usr/share/ackwatch/grafana/*.json               the dashboards
 //!   /usr/share/doc/ackwatch/{README.md,copyright}
 //!
-//! The maintainer scripts reload systemd and restart a running agent on upgrade, stop
-//! and disable it on removal; they do nothing when dpkg installs into another root
-//! (`DPKG_ROOT` set, as `dpkg --root` with `--force-script-chrootless` does).
+//! The maintainer scripts reload systemd, restart an enabled or running agent on upgrade
+//! and stop it on removal (deb-systemd-invoke, as debhelper's do); they do nothing when
+//! dpkg installs into another root (`DPKG_ROOT` set, as `dpkg --root` with
+//! `--force-script-chrootless` does).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -24,9 +25,9 @@ set -e
 # Not on the running system (dpkg --root): nothing to tell systemd.
 if [ "$1" = configure ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload || true
-    # An upgrade: the running agent restarts on the new binary.
-    if [ -n "$2" ]; then
-        systemctl try-restart ackwatch.service || true
+    # An upgrade: an enabled or running agent restarts on the new binary.
+    if [ -n "$2" ] && command -v deb-systemd-invoke >/dev/null; then
+        deb-systemd-invoke restart ackwatch.service || true
     fi
 fi
 exit 0
@@ -34,8 +35,9 @@ exit 0
 
 const PRERM: &str = r#"#!/bin/sh
 set -e
-if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
-    systemctl disable --now ackwatch.service || true
+if [ "$1" = remove ] && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ] \
+    && command -v deb-systemd-invoke >/dev/null; then
+    deb-systemd-invoke stop ackwatch.service || true
 fi
 exit 0
 "#;
@@ -45,18 +47,61 @@ set -e
 if { [ "$1" = remove ] || [ "$1" = purge ]; } && [ -z "${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
     systemctl daemon-reload || true
 fi
+if [ "$1" = purge ] && [ -z "${DPKG_ROOT:-}" ] && command -v deb-systemd-helper >/dev/null; then
+    deb-systemd-helper purge ackwatch.service || true
+fi
 exit 0
 "#;
 
-const COPYRIGHT: &str = "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
+/// The copyright file, for the year `year`.
+fn copyright(year: &str) -> String {
+    format!(
+        "Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: ackwatch
 
 Files: *
-Copyright: the ackwatch authors
+Copyright: {year} the ackwatch authors
 License: MIT or Apache-2.0
  You may use ackwatch under the terms of either license. The Apache License 2.0 is in
  /usr/share/common-licenses/Apache-2.0.
-";
+"
+    )
+}
+
+/// Who builds the package: DEBFULLNAME and DEBEMAIL (as dch reads them), else the
+/// checkout's git identity.
+fn maintainer(root: &Path) -> Result<String> {
+    let git = |key: &str| {
+        run(Command::new("git").args(["config", key]).current_dir(root))
+            .map(|v| v.trim().to_string())
+    };
+    let name = std::env::var("DEBFULLNAME").or_else(|_| git("user.name"));
+    let email = std::env::var("DEBEMAIL").or_else(|_| git("user.email"));
+    match (name, email) {
+        (Ok(n), Ok(e)) if !n.is_empty() && !e.is_empty() => Ok(format!("{n} <{e}>")),
+        _ => bail!(
+            "set DEBFULLNAME and DEBEMAIL (or git's user.name and user.email): the package's Maintainer"
+        ),
+    }
+}
+
+/// The last commit's `git log --format` field.
+fn last_commit(root: &Path, format: &str) -> Result<String> {
+    let out = run(Command::new("git")
+        .args(["log", "-1", &format!("--format={format}")])
+        .current_dir(root))?;
+    Ok(out.trim().to_string())
+}
+
+/// A one-entry Debian changelog (a native package's changelog.gz), dated by the last
+/// commit.
+fn changelog(root: &Path, version: &str, maintainer: &str) -> Result<String> {
+    Ok(format!(
+        "ackwatch ({version}) unstable; urgency=medium\n\n  * Built by cargo xtask package from commit {}.\n\n -- {maintainer}  {}\n",
+        last_commit(root, "%h")?,
+        last_commit(root, "%aD")?
+    ))
+}
 
 fn run(cmd: &mut Command) -> Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
@@ -199,12 +244,21 @@ pub fn build(binary: Option<PathBuf>, out: Option<PathBuf>) -> Result<PathBuf> {
         "/usr/share/doc/ackwatch/README.md",
         0o644,
     )?;
+    let maintainer = maintainer(&root)?;
+    // "Sun, 29 Nov 2026 18:20:05 +0000"
+    let date = last_commit(&root, "%aD")?;
+    let year = date.split_whitespace().nth(3).unwrap_or_default();
     write(
         &stage,
         "/usr/share/doc/ackwatch/copyright",
-        COPYRIGHT,
+        &copyright(year),
         0o644,
     )?;
+    let changes = changelog(&root, &version, &maintainer)?;
+    write(&stage, "/usr/share/doc/ackwatch/changelog", &changes, 0o644)?;
+    run(Command::new("gzip")
+        .arg("-9n")
+        .arg(stage.join("usr/share/doc/ackwatch/changelog")))?;
 
     let depends = depends(&stage, "usr/bin/ackwatch")?;
     let size = kib(&stage)?;
@@ -212,19 +266,21 @@ pub fn build(binary: Option<PathBuf>, out: Option<PathBuf>) -> Result<PathBuf> {
         "Package: ackwatch
 Version: {version}
 Architecture: {arch}
-Maintainer: ackwatch maintainers <ackwatch@invalid>
+Maintainer: {maintainer}
 Installed-Size: {size}
 Depends: {depends}
 Suggests: prometheus, prometheus-alertmanager
 Section: net
 Priority: optional
 Description: finds TCP-encapsulated VPN flows stuck on duplicate ACKs
- ackwatch watches a VPN headend's interfaces with an eBPF/XDP probe and reports the
- TCP-encapsulated flows (cTCP, port 10000) whose sender ignores duplicate ACKs: JSON
- events, a /flows API, Prometheus metrics and Alertmanager alerts.
+ ackwatch watches a VPN headend's interfaces with an eBPF/XDP probe and
+ reports the TCP-encapsulated flows (cTCP, port 10000) whose sender ignores
+ duplicate ACKs: JSON events, a /flows API, Prometheus metrics and
+ Alertmanager alerts.
  .
- The package holds the agent, its systemd unit (settings in /etc/default/ackwatch),
- Prometheus rules and Grafana dashboards (/usr/share/ackwatch).
+ The package holds the agent, its systemd unit (settings in
+ /etc/default/ackwatch), Prometheus rules and Grafana dashboards
+ (/usr/share/ackwatch).
 "
     );
     write(&stage, "/DEBIAN/control", &control, 0o644)?;

@@ -20,9 +20,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libcap2-bin",
     // GNU time: the benchmarks' peak RSS of a command.
     "time",
-    // cargo xtask package: dpkg-shlibdeps, and strip.
+    // cargo xtask package: dpkg-shlibdeps, and strip; its test runs lintian.
     "dpkg-dev",
     "binutils",
+    "lintian",
 ];
 
 pub fn run() -> Result<()> {
