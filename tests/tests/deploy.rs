@@ -1,6 +1,7 @@
 //! The deployment files: the alert and recording rules pass `promtool check rules` and
 //! their unit tests (`promtool test rules`), and hold a stall as long as the agent does
-//! before alerting; the systemd unit grants only the three capabilities.
+//! before alerting; the dashboards are well-formed; the systemd unit grants only the
+//! three capabilities.
 
 use std::path::Path;
 use std::process::Command;
@@ -83,4 +84,65 @@ fn stall_alert_holds_as_long_as_the_agent() {
         parse(default),
         "AckwatchFlowStalled's for: {hold}, the agent's --alert-after: {default}"
     );
+}
+
+/// The Grafana dashboards: valid JSON, unique uids and panel ids, panels on the 24-column
+/// grid, every panel and query on the `datasource` variable, links to a shipped
+/// dashboard. (tests/fleet.rs sends every query to a real Prometheus.)
+#[test]
+fn dashboards_are_well_formed() {
+    let dir = deploy().join("grafana");
+    let mut uids = Vec::new();
+    let mut links = Vec::new();
+    for file in ["ackwatch-fleet.json", "ackwatch-headend.json"] {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let d: serde_json::Value = serde_json::from_str(&text).expect(file);
+        uids.push(d["uid"].as_str().expect("uid").to_string());
+        let vars = d["templating"]["list"].as_array().unwrap();
+        assert!(
+            vars.iter()
+                .any(|v| v["name"] == "datasource" && v["query"] == "prometheus"),
+            "{file}: no datasource variable"
+        );
+        let mut ids = Vec::new();
+        for p in d["panels"].as_array().unwrap() {
+            ids.push(p["id"].as_u64().expect("panel id"));
+            let g = &p["gridPos"];
+            let (x, w) = (g["x"].as_u64().unwrap(), g["w"].as_u64().unwrap());
+            assert!(x + w <= 24 && w > 0, "{file}: {} off the grid", p["title"]);
+            if p["type"] == "row" {
+                continue;
+            }
+            assert_eq!(
+                p["datasource"]["uid"], "${datasource}",
+                "{file}: {}",
+                p["title"]
+            );
+            let targets = p["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{file}: {} has no query", p["title"]);
+            for t in targets {
+                assert_eq!(t["datasource"]["uid"], "${datasource}");
+                assert!(t["expr"].as_str().is_some_and(|e| !e.is_empty()));
+            }
+            for l in p["fieldConfig"]["defaults"]["links"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                links.push(l["url"].as_str().unwrap().to_string());
+            }
+        }
+        let n = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), n, "{file}: panel ids repeat");
+    }
+    assert!(!links.is_empty());
+    for url in links {
+        let uid = url.strip_prefix("/d/").and_then(|u| u.split('/').next());
+        assert!(
+            uid.is_some_and(|u| uids.iter().any(|x| x == u)),
+            "a link to no shipped dashboard: {url}"
+        );
+    }
 }
