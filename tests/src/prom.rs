@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
 use crate::lab::in_ns;
-use crate::live::{AGENT_ADDR, Service};
+use crate::live::Service;
 
 /// Where the tests' Prometheus listens, inside the lab namespace.
 pub const PROMETHEUS_ADDR: &str = "127.0.0.1:9090";
@@ -15,9 +15,9 @@ pub fn deploy_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
 }
 
-/// Prometheus in `ns` scraping the agent (job `ackwatch`, AGENT_ADDR) every second and
-/// evaluating deploy/prometheus/ackwatch-rules.yml every second; killed (and its
-/// storage removed) when dropped.
+/// Prometheus in `ns` scraping agents (job `ackwatch`) every second and evaluating
+/// deploy/prometheus/ackwatch-rules.yml every second; killed (and its storage removed)
+/// when dropped.
 pub struct Prometheus {
     pub ns: String,
     _service: Service,
@@ -25,15 +25,18 @@ pub struct Prometheus {
 }
 
 impl Prometheus {
-    pub fn start(ns: &str) -> Prometheus {
+    /// Scraping the agents at `targets`, as seen from `ns`.
+    pub fn start(ns: &str, targets: &[&str]) -> Prometheus {
         let dir = crate::Scratch::new("prometheus");
         let rules = deploy_dir().join("prometheus/ackwatch-rules.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
         std::fs::write(
             dir.join("prom.yml"),
             format!(
                 "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
-                 scrape_configs:\n  - job_name: ackwatch\n    static_configs:\n      - targets: ['{AGENT_ADDR}']\n",
-                rules.display()
+                 scrape_configs:\n  - job_name: ackwatch\n    static_configs:\n      - targets: [{}]\n",
+                rules.display(),
+                targets.join(", ")
             ),
         )
         .unwrap();

@@ -1,6 +1,7 @@
-//! The fleet view against the real thing: a real agent in the lab, a real cTCP stall,
-//! a real Prometheus with the shipped rules. Every panel of the Grafana dashboards
-//! (deploy/grafana) is sent to it as Grafana would, its variables substituted.
+//! The fleet view against the real thing: real agents in the lab (two headends), a real
+//! cTCP stall, a real Prometheus with the shipped rules. Every panel of the Grafana
+//! dashboards (deploy/grafana) is sent to it as Grafana would, its variables
+//! substituted. And the series count of one agent, at 1M flows and 100 stalled ones.
 
 use std::time::Duration;
 
@@ -15,10 +16,15 @@ const MAY_BE_EMPTY: &[&str] = &["Agents down"];
 /// Stall panels whose value need not be above 0 with one stall still going.
 const NOT_YET: &[&str] = &["Duration of ended stalls"];
 
-/// What Grafana puts in place of the dashboards' variables.
-fn substitute(expr: &str) -> String {
-    expr.replace("${instance}", AGENT_ADDR)
-        .replace("$instance", AGENT_ADDR)
+/// The headend's agent as Prometheus, on the gateway, scrapes it.
+const HEADEND_AGENT: &str = "10.77.2.2:9977";
+/// The gateway's agent, on the gateway's loopback.
+const GATEWAY_AGENT: &str = AGENT_ADDR;
+
+/// What Grafana puts in place of the dashboards' variables, for headend `instance`.
+fn substitute(expr: &str, instance: &str) -> String {
+    expr.replace("${instance}", instance)
+        .replace("$instance", instance)
         .replace("$__rate_interval", "1m")
 }
 
@@ -46,22 +52,89 @@ fn any_above_zero(result: &[Value]) -> bool {
     })
 }
 
+/// The instances in a query's result.
+fn instances(result: &[Value]) -> Vec<String> {
+    let mut v: Vec<String> = result
+        .iter()
+        .filter_map(|s| s["metric"]["instance"].as_str().map(String::from))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every query of `file`, for headend `instance`: each parses; each returns data (but
+/// MAY_BE_EMPTY); each stall panel's a stall. Returns the queries sent.
+fn send_panels(prom: &Prometheus, file: &str, instance: &str) -> usize {
+    let path = deploy_dir().join("grafana").join(file);
+    let dashboard: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect(file);
+    let mut sent = 0;
+    for panel in panels(&dashboard) {
+        let title = panel["title"].as_str().unwrap_or_default().to_string();
+        let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+        assert!(!targets.is_empty(), "{file}: panel {title:?} has no query");
+        for t in targets {
+            let expr = substitute(t["expr"].as_str().expect("expr"), instance);
+            assert!(!expr.contains('$'), "{file}: {title}: {expr}");
+            let answer = if t["range"] == true {
+                prom.query_range(&expr, Duration::from_secs(60))
+            } else {
+                prom.query(&expr)
+            };
+            sent += 1;
+            assert_eq!(
+                answer["status"], "success",
+                "{file}: {title}: {expr}: {answer}"
+            );
+            let result = answer["data"]["result"].as_array().unwrap();
+            if !MAY_BE_EMPTY.contains(&title.as_str()) {
+                assert!(!result.is_empty(), "{file}: {title}: {expr}: no data");
+            }
+            if title.to_lowercase().contains("stall") && !NOT_YET.contains(&title.as_str()) {
+                assert!(
+                    any_above_zero(result),
+                    "{file}: {title}: {expr}: no stall in {answer}"
+                );
+            }
+        }
+    }
+    sent
+}
+
+/// Two headends as a fleet: an agent on the headend (XDP and TC on h0) and one on the
+/// transit gateway (XDP on g0 and g1), both scraped by one Prometheus on the gateway.
+/// One stalled cTCP flow crosses both: each reports it, under its own `instance`.
 #[test]
 fn dashboards_query_a_real_prometheus_after_a_stall() {
     let (lab, _headend) = lab_with_loss();
-    let prom = Prometheus::start(&lab.headend);
-    let agent = Agent::start(&lab.headend, &["--iface", "h0", "--listen", AGENT_ADDR]);
-    // Scraped at least once before the stall: its counters start at 0 in Prometheus.
+    let prom = Prometheus::start(&lab.gateway, &[GATEWAY_AGENT, HEADEND_AGENT]);
+    let on_headend = Agent::start(&lab.headend, &["--iface", "h0", "--listen", "0.0.0.0:9977"]);
+    let on_gateway = Agent::start(
+        &lab.gateway,
+        &["--iface", "g0,g1", "--no-egress", "--listen", GATEWAY_AGENT],
+    );
+    let both = {
+        let mut v = vec![GATEWAY_AGENT.to_string(), HEADEND_AGENT.to_string()];
+        v.sort();
+        v
+    };
+    // Scraped at least once before the stall: their counters start at 0 in Prometheus.
     let up = prom.poll("up{job=\"ackwatch\"} == 1", Duration::from_secs(15), |r| {
-        !r.is_empty()
+        r.len() == 2
     });
-    assert_eq!(up.len(), 1, "Prometheus does not scrape the agent: {up:?}");
+    assert_eq!(
+        instances(&up),
+        both,
+        "Prometheus does not scrape both agents"
+    );
 
     ctcp(&lab, 50_400, 0);
-    let e = agent
-        .next_event(Duration::from_secs(4))
-        .expect("a stall_started event");
-    assert_eq!(e["event"], "stall_started", "{e}");
+    for agent in [&on_headend, &on_gateway] {
+        let e = agent
+            .next_event(Duration::from_secs(4))
+            .expect("a stall_started event");
+        assert_eq!(e["event"], "stall_started", "{}: {e}", agent.ns);
+    }
     // Not firing yet: AckwatchFlowStalled holds a stall for 5 s, as --alert-after.
     let firing = "ALERTS{alertname=\"AckwatchFlowStalled\",alertstate=\"firing\"}";
     let early = prom.query(firing);
@@ -70,85 +143,59 @@ fn dashboards_query_a_real_prometheus_after_a_stall() {
         Some(0),
         "fired as soon as the stall was reported: {early}"
     );
-    let alert = prom.poll(firing, Duration::from_secs(20), |r| !r.is_empty());
-    assert_eq!(alert.len(), 1, "AckwatchFlowStalled never fired: {alert:?}");
-    assert_eq!(alert[0]["metric"]["instance"], AGENT_ADDR);
-    assert_eq!(alert[0]["metric"]["class"], "ctcp");
-    // The per-/24 recording rule saw the client's network.
-    let nets = prom.poll(
-        "client_net:ackwatch_stalled_flows:count",
+    let alerts = prom.poll(firing, Duration::from_secs(20), |r| r.len() == 2);
+    assert_eq!(instances(&alerts), both, "AckwatchFlowStalled: {alerts:?}");
+    assert!(alerts.iter().all(|a| a["metric"]["class"] == "ctcp"));
+    // The fleet's rules: two headends stalled, one client network on both.
+    let stalled = prom.poll(
+        "ackwatch:headends_stalled:count",
         Duration::from_secs(5),
-        |r| !r.is_empty(),
+        |r| r.first().is_some_and(|s| s["value"][1] == "2"),
     );
+    assert_eq!(stalled[0]["value"][1], "2", "{stalled:?}");
     let net = format!("{}.0/24", CLIENT4.rsplit_once('.').unwrap().0);
+    let nets = prom.query("client_net:ackwatch_stalled_flows:count");
+    let nets = nets["data"]["result"].as_array().unwrap();
     assert_eq!(nets.len(), 1, "{nets:?}");
     assert_eq!(nets[0]["metric"]["client_net"], net.as_str());
-    assert_eq!(nets[0]["value"][1], "1");
-    // The stall rate's window holds the scrape before the stall and one after.
-    prom.poll(
+    assert_eq!(nets[0]["value"][1], "2", "{nets:?}");
+    // Each stall rate's window holds the scrape before the stall and one after.
+    let rates = prom.poll(
         "instance:ackwatch_stalls:rate5m > 0",
         Duration::from_secs(10),
-        |r| !r.is_empty(),
+        |r| r.len() == 2,
     );
+    assert_eq!(instances(&rates), both);
 
-    let mut sent = 0;
-    for file in ["ackwatch-fleet.json", "ackwatch-headend.json"] {
-        let path = deploy_dir().join("grafana").join(file);
-        let dashboard: Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect(file);
-        // The headend variable lists this agent.
-        for var in dashboard["templating"]["list"].as_array().unwrap() {
-            let Some(q) = var["query"]["query"].as_str() else {
-                continue;
-            };
-            let (metric, label) = q
-                .strip_prefix("label_values(")
-                .and_then(|q| q.strip_suffix(')'))
-                .and_then(|q| q.split_once(", "))
-                .unwrap_or_else(|| panic!("{file}: variable query {q}"));
-            let values = prom.get(&format!(
-                "/api/v1/label/{label}/values?match[]={}",
-                encode(metric)
-            ));
-            assert!(
-                values["data"]
-                    .as_array()
-                    .is_some_and(|v| v.iter().any(|i| i == AGENT_ADDR)),
-                "{file}: {q}: {values}"
-            );
-        }
-        for panel in panels(&dashboard) {
-            let title = panel["title"].as_str().unwrap_or_default().to_string();
-            let targets = panel["targets"].as_array().cloned().unwrap_or_default();
-            assert!(!targets.is_empty(), "{file}: panel {title:?} has no query");
-            for t in targets {
-                let expr = substitute(t["expr"].as_str().expect("expr"));
-                assert!(!expr.contains('$'), "{file}: {title}: {expr}");
-                let answer = if t["range"] == true {
-                    prom.query_range(&expr, Duration::from_secs(60))
-                } else {
-                    prom.query(&expr)
-                };
-                sent += 1;
-                assert_eq!(
-                    answer["status"], "success",
-                    "{file}: {title}: {expr}: {answer}"
-                );
-                let result = answer["data"]["result"].as_array().unwrap();
-                if !MAY_BE_EMPTY.contains(&title.as_str()) {
-                    assert!(!result.is_empty(), "{file}: {title}: {expr}: no data");
-                }
-                if title.to_lowercase().contains("stall") && !NOT_YET.contains(&title.as_str()) {
-                    assert!(
-                        any_above_zero(result),
-                        "{file}: {title}: {expr}: no stall in {answer}"
-                    );
-                }
-            }
-        }
+    // The fleet dashboard, then the headend one for each headend; the headend variable
+    // lists both.
+    let mut sent = send_panels(&prom, "ackwatch-fleet.json", "");
+    let path = deploy_dir().join("grafana/ackwatch-headend.json");
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let var = dashboard["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "instance")
+        .expect("an instance variable");
+    let q = var["query"]["query"].as_str().unwrap();
+    let (metric, label) = q
+        .strip_prefix("label_values(")
+        .and_then(|q| q.strip_suffix(')'))
+        .and_then(|q| q.split_once(", "))
+        .unwrap_or_else(|| panic!("variable query {q}"));
+    let values = prom.get(&format!(
+        "/api/v1/label/{label}/values?match[]={}",
+        encode(metric)
+    ));
+    let mut listed: Vec<String> = serde_json::from_value(values["data"].clone()).unwrap();
+    listed.sort();
+    assert_eq!(listed, both, "{q}");
+    for instance in &both {
+        sent += send_panels(&prom, "ackwatch-headend.json", instance);
     }
     println!("{sent} dashboard queries answered");
-    drop(agent);
+    drop((on_headend, on_gateway));
 }
 
 /// The samples of a /metrics text: its lines that are not comments.
