@@ -142,6 +142,24 @@ fn package_builds_installs_into_a_scratch_root_and_purges() {
     );
     assert!(unit.contains("\nEnvironmentFile=-/etc/default/ackwatch\n"));
     assert!(!unit.contains("/usr/local/bin"), "{unit}");
+    // systemd accepts it, pointed at the binary in the scratch root.
+    let units = Scratch::new("package-unit");
+    let verify = units.join("ackwatch.service");
+    std::fs::write(
+        &verify,
+        unit.replace("/usr/bin/ackwatch", &installed.display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&verify)
+        .output()
+        .expect("systemd-analyze");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && said.is_empty(),
+        "systemd-analyze verify: {said}"
+    );
     let defaults = std::fs::read_to_string(root.join("etc/default/ackwatch")).unwrap();
     assert_eq!(
         defaults,
