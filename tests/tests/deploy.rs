@@ -27,6 +27,7 @@ fn alert_rules_check_and_pass_their_tests() {
     let dir = deploy().join("prometheus");
     promtool(&["check", "rules", "ackwatch-rules.yml"], &dir);
     promtool(&["test", "rules", "ackwatch-rules.test.yml"], &dir);
+    promtool(&["check", "config", "prometheus-fleet.example.yml"], &dir);
 }
 
 #[test]

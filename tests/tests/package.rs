@@ -96,6 +96,10 @@ fn package_builds_installs_into_a_scratch_root_and_purges() {
             "-rw-r--r--",
         ),
         (
+            "./usr/share/ackwatch/prometheus/prometheus-fleet.example.yml",
+            "-rw-r--r--",
+        ),
+        (
             "./usr/share/ackwatch/grafana/ackwatch-fleet.json",
             "-rw-r--r--",
         ),
@@ -165,27 +169,23 @@ fn package_builds_installs_into_a_scratch_root_and_purges() {
         defaults,
         std::fs::read_to_string(deploy_dir().join("ackwatch.default")).unwrap()
     );
-    // The rules and dashboards as in deploy/, and the rules still load.
-    for (installed, source) in [
-        (
-            "prometheus/ackwatch-rules.yml",
-            "prometheus/ackwatch-rules.yml",
-        ),
-        ("grafana/ackwatch-fleet.json", "grafana/ackwatch-fleet.json"),
-        (
-            "grafana/ackwatch-headend.json",
-            "grafana/ackwatch-headend.json",
-        ),
+    // The rules, the example configuration and the dashboards as in deploy/; the
+    // configuration and its rules still load.
+    for file in [
+        "prometheus/ackwatch-rules.yml",
+        "prometheus/prometheus-fleet.example.yml",
+        "grafana/ackwatch-fleet.json",
+        "grafana/ackwatch-headend.json",
     ] {
         assert_eq!(
-            std::fs::read(root.join(&format!("usr/share/ackwatch/{installed}"))).unwrap(),
-            std::fs::read(deploy_dir().join(source)).unwrap(),
-            "{installed}"
+            std::fs::read(root.join(&format!("usr/share/ackwatch/{file}"))).unwrap(),
+            std::fs::read(deploy_dir().join(file)).unwrap(),
+            "{file}"
         );
     }
     run(Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(root.join("usr/share/ackwatch/prometheus/ackwatch-rules.yml")));
+        .args(["check", "config", "prometheus-fleet.example.yml"])
+        .current_dir(root.join("usr/share/ackwatch/prometheus")));
 
     // Purged: its files and its conffile gone, dpkg's database left.
     dpkg(&root.0, &["--purge", "ackwatch"]);

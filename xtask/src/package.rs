@@ -5,7 +5,7 @@
 //!   /usr/bin/ackwatch                                the agent (stripped)
 //!   /usr/lib/systemd/system/ackwatch.service         deploy/ackwatch.service, ExecStart in /usr/bin
 //!   /etc/default/ackwatch                            deploy/ackwatch.default (a conffile)
-//!   /usr/share/ackwatch/prometheus/ackwatch-rules.yml
+//!   /usr/share/ackwatch/prometheus/ackwatch-rules.yml, prometheus-fleet.example.yml
 //!   /usr/share/ackwatch/grafana/*.json               the dashboards
 //!   /usr/share/doc/ackwatch/{README.md,copyright}
 //!
@@ -224,19 +224,14 @@ pub fn build(binary: Option<PathBuf>, out: Option<PathBuf>) -> Result<PathBuf> {
         "/etc/default/ackwatch",
         0o644,
     )?;
-    install(
-        &deploy.join("prometheus/ackwatch-rules.yml"),
-        &stage,
-        "/usr/share/ackwatch/prometheus/ackwatch-rules.yml",
-        0o644,
-    )?;
-    for dashboard in ["ackwatch-fleet.json", "ackwatch-headend.json"] {
-        install(
-            &deploy.join("grafana").join(dashboard),
-            &stage,
-            &format!("/usr/share/ackwatch/grafana/{dashboard}"),
-            0o644,
-        )?;
+    for file in [
+        "prometheus/ackwatch-rules.yml",
+        "prometheus/prometheus-fleet.example.yml",
+        "grafana/ackwatch-fleet.json",
+        "grafana/ackwatch-headend.json",
+    ] {
+        let to = format!("/usr/share/ackwatch/{file}");
+        install(&deploy.join(file), &stage, &to, 0o644)?;
     }
     install(
         &root.join("README.md"),
