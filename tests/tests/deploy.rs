@@ -73,12 +73,23 @@ fn stall_alert_holds_as_long_as_the_agent() {
         .output()
         .expect("ackwatch run --help");
     let help = String::from_utf8_lossy(&help.stdout);
-    let default = help
-        .split("--alert-after")
-        .nth(1)
-        .and_then(|h| h.split("[default: ").nth(1))
-        .and_then(|d| d.split(']').next())
-        .unwrap_or("5s");
+    let default = match help.split_once("--alert-after") {
+        // An agent without the flag yet: the 5 s it is to have.
+        None => "5s",
+        Some((_, rest)) => {
+            // Its own paragraph: up to the next flag.
+            let end = [rest.find("\n  -"), rest.find("\n      --")]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(rest.len());
+            rest[..end]
+                .split("[default: ")
+                .nth(1)
+                .and_then(|d| d.split(']').next())
+                .unwrap_or_else(|| panic!("--alert-after has no default: {}", &rest[..end]))
+        }
+    };
     let parse = |d: &str| humantime::parse_duration(d).unwrap_or_else(|e| panic!("{d}: {e}"));
     assert_eq!(
         parse(&hold),
