@@ -13,6 +13,7 @@ pub mod lossy;
 pub mod observe;
 pub mod pcap;
 pub mod prefill;
+pub mod prom;
 pub mod scenario;
 pub mod stall_lab;
 pub mod tshark;
