@@ -166,6 +166,25 @@ pub struct Flow {
     pub _pad: u8,
 }
 const _: () = assert!(size_of::<Flow>() == 2 * 160 + 40);
+const _: () = assert!(align_of::<Flow>() == 8);
+
+impl Flow {
+    /// `*self = *from` a word at a time: in BPF a plain assignment of a flow becomes a
+    /// call to a byte-by-byte `memmove` (720 loads and stores).
+    #[inline(always)]
+    pub fn copy_from(&mut self, from: &Flow) {
+        const WORDS: usize = size_of::<Flow>() / 8;
+        let (to, from) = (
+            self as *mut Flow as *mut u64,
+            from as *const Flow as *const u64,
+        );
+        for i in 0..WORDS {
+            // SAFETY: both are whole, 8-aligned flows (asserted above); volatile keeps
+            // LLVM from turning the loop back into a memmove call.
+            unsafe { core::ptr::write_volatile(to.add(i), core::ptr::read_volatile(from.add(i))) }
+        }
+    }
+}
 
 /// Stall transitions (`StallRecord::what`).
 #[repr(u8)]
@@ -311,6 +330,31 @@ pub mod counter {
     /// Mirror-port copies whose frame was found, one counter per `decap::Encap`.
     pub const MIRROR_FRAMES: u32 = 19;
     pub const COUNT: u32 = MIRROR_FRAMES + crate::decap::ENCAPS as u32;
+    /// The kernel counts a packet once: its outcome (a reason, or `TRACKED`) in the row
+    /// of its hook (`row`); the hooks' packet counts are the sums of their rows
+    /// (`fold`). Other counters use the first row.
+    pub const ENTRIES: u32 = 2 * COUNT;
+
+    #[inline(always)]
+    pub const fn row(hook: u32) -> u32 {
+        if hook == PACKETS_TC { COUNT } else { 0 }
+    }
+
+    /// The kernel's `ENTRIES` counters (summed over CPUs) as `COUNT` counters: rows
+    /// added, and each hook's packets counted from its outcomes.
+    pub fn fold(raw: &[u64]) -> [u64; COUNT as usize] {
+        let at = |i: u32| raw.get(i as usize).copied().unwrap_or(0);
+        let mut out = [0u64; COUNT as usize];
+        for i in 0..COUNT {
+            out[i as usize] = at(i) + at(COUNT + i);
+        }
+        for hook in [PACKETS_XDP, PACKETS_TC] {
+            let row = row(hook);
+            out[hook as usize] = (0..REASONS).chain([TRACKED]).map(|o| at(row + o)).sum();
+        }
+        out
+    }
+
     pub const REASON_NAMES: [&str; REASONS as usize] = [
         "not_ip",
         "not_tcp",

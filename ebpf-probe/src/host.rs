@@ -12,9 +12,9 @@ use std::vec::Vec;
 use crate::abi::{Flow, FlowKey, Pending, StallRecord, StallWhat, counter, port_flag};
 use crate::clock::Fixed;
 use crate::decap::{self, Inner, TunnelPorts};
-use crate::parse::{Frame, LinkKind, Reason, parse};
+use crate::parse::{Frame, LinkKind, Packet, Reason, locate, parse_located};
 use crate::table::{self, Bucket, Fill, Place, Seed, Slot, Slots, WAYS};
-use crate::tracker::{Store, track};
+use crate::tracker::{Store, scope, track};
 use crate::verdict::{Config, StallSink};
 
 /// `n` zeroed values of a type for which all-zero bytes are a valid value.
@@ -229,13 +229,17 @@ impl HostStore {
         ifindex: u32,
     ) -> Vec<StallRecord> {
         let mut records = Vec::new();
-        let result = parse(frame, link).and_then(|pkt| {
+        // The kernel's steps, in its order: scope before the full parse.
+        let result = locate(frame, link).and_then(|at| {
+            let ports = scope(self, cfg, frame, &at)?;
+            let mut pkt = Packet::default();
+            parse_located(frame, &at, &mut pkt)?;
             let mut sink = Records {
                 key: pkt.key,
                 out: Vec::new(),
                 impossible: 0,
             };
-            let tracked = track(self, &mut sink, cfg, &pkt, &mut Fixed(now), ifindex);
+            let tracked = track(self, &mut sink, cfg, &pkt, ports, &mut Fixed(now), ifindex);
             self.counters[counter::IMPOSSIBLE_STATE as usize] += sink.impossible;
             records = sink.out;
             tracked

@@ -163,9 +163,9 @@ pub(crate) fn link<F: Frame>(f: &F, link: LinkKind) -> Result<(usize, u16), Reas
     Ok((off + 2, proto))
 }
 
-/// IPv4: endpoints, TCP offset, TCP length.
+/// IPv4: TCP offset and length.
 #[inline(always)]
-fn ipv4<F: Frame>(f: &F, l3: usize, key: &mut [[u32; 4]; 2]) -> Result<(usize, usize), Reason> {
+fn ipv4<F: Frame>(f: &F, l3: usize) -> Result<(usize, usize), Reason> {
     let h: [u8; 4] = need(f, l3)?;
     let ihl = ((h[0] & 0x0f) as usize) * 4;
     if h[0] >> 4 != 4 || ihl < 20 {
@@ -186,26 +186,13 @@ fn ipv4<F: Frame>(f: &F, l3: usize, key: &mut [[u32; 4]; 2]) -> Result<(usize, u
     if be16([h[6], h[7]]) & 0x1fff != 0 {
         return Err(counter::FRAGMENT);
     }
-    let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
-    key[0] = [
-        0,
-        0,
-        mapped,
-        u32::from_ne_bytes([h[12], h[13], h[14], h[15]]),
-    ];
-    key[1] = [
-        0,
-        0,
-        mapped,
-        u32::from_ne_bytes([h[16], h[17], h[18], h[19]]),
-    ];
     Ok((l3 + ihl, tot - ihl))
 }
 
 /// IPv6 with a bounded walk over hop-by-hop, routing, destination-options and
-/// fragment headers: endpoints, TCP offset, TCP length.
+/// fragment headers: TCP offset and length.
 #[inline(always)]
-fn ipv6<F: Frame>(f: &F, l3: usize, key: &mut [[u32; 4]; 2]) -> Result<(usize, usize), Reason> {
+fn ipv6<F: Frame>(f: &F, l3: usize) -> Result<(usize, usize), Reason> {
     let h: [u8; 8] = need(f, l3)?;
     if h[0] >> 4 != 6 {
         return Err(counter::BAD_HEADER_LEN);
@@ -214,11 +201,6 @@ fn ipv6<F: Frame>(f: &F, l3: usize, key: &mut [[u32; 4]; 2]) -> Result<(usize, u
         0 => big_tcp_len(f, l3, 40).unwrap_or(0),
         n => ip_len(f, l3, 40 + n)? - 40,
     };
-    for (i, a) in key.iter_mut().enumerate() {
-        for (j, w) in a.iter_mut().enumerate() {
-            *w = u32::from_ne_bytes(need(f, l3 + 8 + 16 * i + 4 * j)?);
-        }
-    }
     let mut next = h[6];
     let mut off = l3 + 40;
     for _ in 0..MAX_EXT_HEADERS {
@@ -314,32 +296,93 @@ fn endpoint_lt(a: &[u32; 4], pa: u16, b: &[u32; 4], pb: u16) -> bool {
     pa < pb
 }
 
+/// A TCP header found and checked, before anything is copied out of the packet: enough
+/// for the scope decision (`tracker::scope`), which lets untracked traffic leave
+/// after a handful of loads.
+#[derive(Clone, Copy, Debug)]
+pub struct Located {
+    l3: usize,
+    ipv6: bool,
+    l4: usize,
+    /// The TCP header's first 16 bytes: ports, numbers, offset, flags, window.
+    pub head: [u8; 16],
+    pub payload: usize,
+    pub seglen: usize,
+}
+
+impl Located {
+    /// Source and destination ports as on the wire.
+    #[inline(always)]
+    pub fn ports(&self) -> (u16, u16) {
+        let t = &self.head;
+        (be16([t[0], t[1]]), be16([t[2], t[3]]))
+    }
+}
+
+/// Link, IP and TCP headers checked, in the order every reason is decided.
+#[inline(always)]
+pub fn locate<F: Frame>(f: &F, kind: LinkKind) -> Result<Located, Reason> {
+    let (l3, proto) = link(f, kind)?;
+    let ((l4, l4len), ipv6) = match proto {
+        ETH_P_IP => (ipv4(f, l3)?, false),
+        ETH_P_IPV6 => (self::ipv6(f, l3)?, true),
+        _ => return Err(counter::NOT_IP),
+    };
+    let head: [u8; 16] = need(f, l4)?;
+    let doff = ((head[12] >> 4) as usize) * 4;
+    if doff < 20 || doff > l4len {
+        return Err(counter::BAD_HEADER_LEN);
+    }
+    Ok(Located {
+        l3,
+        ipv6,
+        l4,
+        head,
+        payload: l4 + doff,
+        seglen: l4len - doff,
+    })
+}
+
+/// What the payload carries (cTCP trailer, `IKETCP` prefix), if anything.
+#[inline(always)]
+pub fn payload_class<F: Frame>(f: &F, at: &Located) -> PayloadClass {
+    if at.seglen > 0 {
+        classify::payload(f, at.payload, at.seglen)
+    } else {
+        PayloadClass::None
+    }
+}
+
 /// Parses one frame down to its TCP segment.
 #[inline(always)]
 pub fn parse<F: Frame>(f: &F, kind: LinkKind) -> Result<Packet, Reason> {
     let mut pkt = Packet::default();
-    parse_into(f, kind, &mut pkt)?;
+    parse_located(f, &locate(f, kind)?, &mut pkt)?;
     Ok(pkt)
 }
 
-/// `parse` into caller-provided memory: the kernel passes a per-CPU map slot, as a
-/// packet and its temporaries do not fit the BPF stack together.
+/// The rest of `parse` after `locate`, into caller-provided memory: the kernel passes a
+/// per-CPU map slot, as a packet and its temporaries do not fit the BPF stack together.
 #[inline(always)]
-pub fn parse_into<F: Frame>(f: &F, kind: LinkKind, out: &mut Packet) -> Result<(), Reason> {
-    let (l3, proto) = link(f, kind)?;
+pub fn parse_located<F: Frame>(f: &F, at: &Located, out: &mut Packet) -> Result<(), Reason> {
+    let (l3, l4, t) = (at.l3, at.l4, &at.head);
+    let doff = at.payload - l4;
+    let seglen = at.seglen;
     let addr = &mut out.key.addr;
-    let (l4, l4len) = match proto {
-        ETH_P_IP => ipv4(f, l3, addr)?,
-        ETH_P_IPV6 => ipv6(f, l3, addr)?,
-        _ => return Err(counter::NOT_IP),
-    };
-    let t: [u8; 16] = need(f, l4)?;
-    let doff = ((t[12] >> 4) as usize) * 4;
-    if doff < 20 || doff > l4len {
-        return Err(counter::BAD_HEADER_LEN);
+    if at.ipv6 {
+        for (i, a) in addr.iter_mut().enumerate() {
+            for (j, w) in a.iter_mut().enumerate() {
+                *w = u32::from_ne_bytes(need(f, l3 + 8 + 16 * i + 4 * j)?);
+            }
+        }
+    } else {
+        let a: [u8; 8] = need(f, l3 + 12)?;
+        let mapped = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        addr[0] = [0, 0, mapped, u32::from_ne_bytes([a[0], a[1], a[2], a[3]])];
+        addr[1] = [0, 0, mapped, u32::from_ne_bytes([a[4], a[5], a[6], a[7]])];
     }
-    let seglen = l4len - doff;
-    out.key.port = [be16([t[0], t[1]]), be16([t[2], t[3]])];
+    let (sport, dport) = at.ports();
+    out.key.port = [sport, dport];
     let seg = &mut out.seg;
     seg.seq = be32([t[4], t[5], t[6], t[7]]);
     seg.ack = be32([t[8], t[9], t[10], t[11]]);
@@ -354,11 +397,7 @@ pub fn parse_into<F: Frame>(f: &F, kind: LinkKind, out: &mut Packet) -> Result<(
         seg.has_sack = true;
         seg.sack = sack;
     }
-    out.payload = if seglen > 0 {
-        classify::payload(f, l4 + doff, seglen)
-    } else {
-        PayloadClass::None
-    };
+    out.payload = payload_class(f, at);
     // Endpoint 0 is the lower (address, port); dir is the sender's index.
     let k = &mut out.key;
     out.dir = usize::from(endpoint_lt(&k.addr[1], k.port[1], &k.addr[0], k.port[0]));

@@ -14,9 +14,9 @@ use ebpf_probe::abi::{
 };
 use ebpf_probe::clock::Clock;
 use ebpf_probe::decap::{self, Ports, TunnelPorts};
-use ebpf_probe::parse::{self, Frame, LinkKind, Reason, parse_into};
+use ebpf_probe::parse::{self, Frame, LinkKind, Reason};
 use ebpf_probe::table::{self, Bucket, Fill, Held, Place, Seed, Slot, Slots, WAYS};
-use ebpf_probe::tracker::{Store, track};
+use ebpf_probe::tracker::{Store, scope, track};
 use ebpf_probe::verdict::{Config, StallSink};
 
 /// Default capacities; the agent sets the real ones at load time.
@@ -43,7 +43,7 @@ static PENDING: LruHashMap<FlowKey, Pending> = LruHashMap::with_max_entries(DEFA
 #[map]
 static PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
 #[map]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::ENTRIES, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
 /// An all-zero entry, the source of every insert (a Flow does not fit the BPF stack).
@@ -352,14 +352,16 @@ impl StallSink for Ring<'_> {
     }
 }
 
-/// The one path every program takes. Never fails: errors only move counters.
+/// The one path every program takes. Never fails: errors only move counters. One
+/// counter per packet: its outcome in its hook's row (`counter::row`), which the agent
+/// sums into the hook's packet count.
 #[inline(always)]
 fn observe<C: EbpfContext>(ctx: &C, frame: &Packet, link: LinkKind, hook: u32, ifindex: u32) {
-    bump(hook);
-    match parse_and_track(ctx, frame, link, ifindex) {
-        Ok(()) => bump(counter::TRACKED),
-        Err(reason) => bump(reason),
-    }
+    let outcome = match parse_and_track(ctx, frame, link, ifindex) {
+        Ok(()) => counter::TRACKED,
+        Err(reason) => reason,
+    };
+    bump(counter::row(hook) + outcome);
 }
 
 // Inlined: as a BPF subprogram it would return its `Result` through the caller's stack,
@@ -376,10 +378,13 @@ fn parse_and_track<C: EbpfContext>(
         stall_timeout_ns: global!(STALL_TIMEOUT_NS),
         track_all: global!(TRACK_ALL) != 0,
     };
+    // Untracked traffic leaves here, after a handful of loads.
+    let at = parse::locate(frame, link)?;
+    let ports = scope(&Maps, &cfg, frame, &at)?;
     let pkt = SCRATCH.get_ptr_mut(0).ok_or(counter::MAP_ERROR)?;
     // SAFETY: this CPU's slot; nothing else runs on this CPU during the program.
     let pkt = unsafe { &mut *pkt };
-    parse_into(frame, link, pkt)?;
+    parse::parse_located(frame, &at, pkt)?;
     let mut ring = Ring {
         key: &pkt.key,
         last: None,
@@ -388,7 +393,7 @@ fn parse_and_track<C: EbpfContext>(
         coarse: 0,
         precise: 0,
     };
-    let tracked = track(&mut Maps, &mut ring, &cfg, pkt, &mut clock, ifindex);
+    let tracked = track(&mut Maps, &mut ring, &cfg, pkt, ports, &mut clock, ifindex);
     // A stall transition, not a packet: rare enough to log (one call site keeps the
     // verifier's work small).
     if let Some((what, hole)) = ring.last {
@@ -441,6 +446,9 @@ fn tc_ifindex(ctx: &TcContext) -> u32 {
 }
 
 #[xdp]
+// Inlined into the entry point aya generates: a BPF-to-BPF call is a return through
+// the SRSO return thunk here, paid on every packet.
+#[inline(always)]
 pub fn ackwatch_xdp(ctx: XdpContext) -> u32 {
     observe(
         &ctx,
@@ -453,6 +461,7 @@ pub fn ackwatch_xdp(ctx: XdpContext) -> u32 {
 }
 
 #[xdp]
+#[inline(always)]
 pub fn ackwatch_xdp_ip(ctx: XdpContext) -> u32 {
     observe(
         &ctx,
@@ -515,8 +524,7 @@ pub fn ackwatch_xdp_mirror(ctx: XdpContext) -> u32 {
             keep
         }
         Err(reason) => {
-            bump(counter::PACKETS_XDP);
-            bump(reason);
+            bump(counter::row(counter::PACKETS_XDP) + reason);
             false
         }
     };
@@ -549,6 +557,7 @@ pub fn ackwatch_clock(_ctx: XdpContext) -> u32 {
 
 /// TC verdicts are `TC_ACT_UNSPEC`: carry on with the next filter, as a monitor should.
 #[classifier]
+#[inline(always)]
 pub fn ackwatch_tc(ctx: TcContext) -> i32 {
     observe(
         &ctx,
@@ -561,6 +570,7 @@ pub fn ackwatch_tc(ctx: TcContext) -> i32 {
 }
 
 #[classifier]
+#[inline(always)]
 pub fn ackwatch_tc_ip(ctx: TcContext) -> i32 {
     observe(
         &ctx,

@@ -18,7 +18,7 @@ use crate::abi::{
 };
 use crate::classify::PayloadClass;
 use crate::clock::Clock;
-use crate::parse::{Packet, Reason, TH_ACK, TH_RST, TH_SYN};
+use crate::parse::{Frame, Located, Packet, Reason, TH_ACK, TH_RST, TH_SYN, payload_class};
 use crate::table::{self, Held, Place, Slots};
 use crate::verdict::{self, Config, StallSink};
 
@@ -44,27 +44,56 @@ pub trait Store: Slots {
     fn count(&mut self, index: u32);
 }
 
-/// Tracks one packet seen on interface `ifindex`; `clock` is read only once the
-/// packet's flow is found. `Err` carries the reason it was not tracked.
+/// The `port_flag`s of a packet's source and destination ports.
+#[derive(Clone, Copy, Debug)]
+pub struct PortFlags {
+    src: u8,
+    dst: u8,
+}
+
+/// The scope decision, from the headers alone, before the packet is parsed: a packet
+/// is out of scope unless everything is tracked, one of its ports is a cTCP port or
+/// one where the cTCP signature was seen, or its payload carries the signature.
+#[inline(always)]
+pub fn scope<S: Store, F: Frame>(
+    store: &S,
+    cfg: &Config,
+    f: &F,
+    at: &Located,
+) -> Result<PortFlags, Reason> {
+    let (sport, dport) = at.ports();
+    let flags = PortFlags {
+        src: store.port_flags(sport),
+        dst: store.port_flags(dport),
+    };
+    let any = flags.src | flags.dst;
+    if cfg.track_all
+        || any & (port_flag::CTCP | port_flag::SIGNATURE) != 0
+        || payload_class(f, at) == PayloadClass::Ctcp
+    {
+        Ok(flags)
+    } else {
+        Err(counter::OUT_OF_SCOPE)
+    }
+}
+
+/// Tracks one packet seen on interface `ifindex`, in scope by `ports` (`scope`);
+/// `clock` is read only once the packet's flow is found. `Err` carries the reason it
+/// was not tracked.
 #[inline(always)]
 pub fn track<S: Store, K: StallSink, C: Clock>(
     store: &mut S,
     sink: &mut K,
     cfg: &Config,
     pkt: &Packet,
+    ports: PortFlags,
     clock: &mut C,
     ifindex: u32,
 ) -> Result<(), Reason> {
-    let (src, dst) = (
-        store.port_flags(pkt.src_port()),
-        store.port_flags(pkt.dst_port()),
-    );
+    let (src, dst) = (ports.src, ports.dst);
     let ports = src | dst;
     let signature = pkt.payload == PayloadClass::Ctcp;
     let may_create = cfg.track_all || ports & port_flag::CTCP != 0 || signature;
-    if !may_create && ports & port_flag::SIGNATURE == 0 {
-        return Err(counter::OUT_OF_SCOPE);
-    }
     if signature && ports & port_flag::CTCP == 0 {
         store.mark_signature_port(pkt.src_port());
         store.mark_signature_port(pkt.dst_port());
@@ -158,7 +187,7 @@ fn promote<S: Store>(
     };
     // SAFETY: a slot claimed and locked by us.
     let slot = unsafe { &mut *slot };
-    slot.flow = pending.flow;
+    slot.flow.copy_from(&pending.flow);
     table::publish(store, idx, at);
     store.established_at(idx);
     pending.moved = 1;

@@ -186,22 +186,28 @@ fn late_answer<K: StallSink>(flow: &mut Flow, r: usize, cfg: &Config, now: u64, 
     flow.half[r & 1].hole_since = now;
 }
 
+/// Whether `check_stall` has anything to decide for R = `r`: an open flow, no stall yet,
+/// a run of K duplicate ACKs for a hole the other side has sent beyond. The sweep
+/// skips the other flows without copying them.
+#[inline(always)]
+pub fn stall_rule_applies(flow: &Flow, r: usize, cfg: &Config) -> bool {
+    let (rh, dh) = (&flow.half[r & 1], &flow.half[(r & 1) ^ 1]);
+    flow.state != crate::abi::FlowState::Closed as u8
+        && rh.flags & half_flag::STALLED == 0
+        && rh.dup_run >= cfg.dupack_threshold
+        && gt(dh.nextseq, rh.hole)
+}
+
 /// Applies rule 3 to side `r` as R: enters the stalled state when K duplicate ACKs
 /// for H are older than T and D has data beyond H. Run on every packet of the flow and
 /// by the agent's sweep, for flows whose sender fell silent; the K-th duplicate ACK
 /// sends a candidate record, so the agent knows which flows to check.
 #[inline(always)]
 pub fn check_stall<K: StallSink>(flow: &mut Flow, r: usize, cfg: &Config, now: u64, sink: &mut K) {
-    if flow.state == crate::abi::FlowState::Closed as u8 {
+    if !stall_rule_applies(flow, r, cfg) {
         return;
     }
-    let (rh, dh) = halves(flow, r);
-    if rh.flags & half_flag::STALLED != 0
-        || rh.dup_run < cfg.dupack_threshold
-        || !gt(dh.nextseq, rh.hole)
-    {
-        return;
-    }
+    let rh = &mut flow.half[r & 1];
     if rh.flags & half_flag::CANDIDATE == 0 {
         rh.flags |= half_flag::CANDIDATE;
         sink.stall(flow, r, StallWhat::Candidate, now);

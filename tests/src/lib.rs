@@ -15,6 +15,7 @@ pub mod mirror_lab;
 pub mod observe;
 pub mod pcap;
 pub mod prefill;
+pub mod prom;
 pub mod scenario;
 pub mod stall_lab;
 pub mod tshark;

@@ -6,10 +6,8 @@ use prometheus::{
     TextEncoder,
 };
 
-use ebpf_probe::abi::{StallRecord, StallWhat, counter};
+use ebpf_probe::abi::{FlowKey, StallRecord, StallWhat, counter};
 use ebpf_probe::decap::ENCAP_NAMES;
-
-use prometheus::core::Collector;
 
 use crate::flows::{class_name, endpoint};
 
@@ -40,6 +38,9 @@ pub struct Metrics {
     evicted: std::sync::Mutex<[[u64; 5]; 3]>,
     /// At most this many ackwatch_stalled_flow_info series at once.
     max_stalled_series: usize,
+    /// The labels of each flow's ackwatch_stalled_flow_info series: a stall may end on
+    /// another interface than it started on (a gateway sees each direction on one).
+    stalled_series: std::sync::Mutex<std::collections::HashMap<FlowKey, [String; 4]>>,
     /// HTTP connections closed at accept: too many open at once.
     pub http_refused: prometheus::IntCounter,
     /// Flows the sweep removed (idle or closed).
@@ -153,6 +154,7 @@ impl Metrics {
             evicted: std::sync::Mutex::new([[0; 5]; 3]),
             stalled_info,
             max_stalled_series,
+            stalled_series: Default::default(),
             packets: counter_vec(
                 &r,
                 "ackwatch_packets_total",
@@ -262,17 +264,14 @@ impl Metrics {
             endpoint(&r.key, c).to_string(),
             endpoint(&r.key, c ^ 1).to_string(),
         );
-        let info = [client.as_str(), server.as_str(), class, iface];
+        let mut series = self.stalled_series.lock().unwrap();
         match StallWhat::try_from(r.what) {
             Ok(StallWhat::Started) => {
                 self.stalls.with_label_values(&[class]).inc();
-                let series = self
-                    .stalled_info
-                    .collect()
-                    .first()
-                    .map_or(0, |f| f.get_metric().len());
-                if series < self.max_stalled_series {
+                if series.len() < self.max_stalled_series && !series.contains_key(&r.key) {
+                    let info = [client, server, class.to_string(), iface.to_string()];
                     self.stalled_info.with_label_values(&info).set(1);
+                    series.insert(r.key, info);
                 }
             }
             Ok(StallWhat::LateAnswer) => {
@@ -282,7 +281,10 @@ impl Metrics {
             }
             Ok(StallWhat::Candidate) | Err(_) => {}
             Ok(what) => {
-                let _ = self.stalled_info.remove_label_values(&info);
+                // The series as it was set, wherever the flow was seen last.
+                if let Some(info) = series.remove(&r.key) {
+                    let _ = self.stalled_info.remove_label_values(&info);
+                }
                 if what == StallWhat::Recovered {
                     self.recoveries.with_label_values(&[class]).inc();
                 }

@@ -57,10 +57,11 @@ pub fn layout(s: &Settings) -> String {
         None => String::new(),
     };
     format!(
-        "v{ABI}-{}-{}-{}-k{}-t{}-{scope}-m{}-r{}{mirror}",
+        "v{ABI}-{}-{}-{}-c{}-k{}-t{}-{scope}-m{}-r{}{mirror}",
         size_of::<Flow>(),
         size_of::<FlowKey>(),
         size_of::<StallRecord>(),
+        ebpf_probe::abi::counter::ENTRIES,
         s.verdict.dupack_threshold,
         s.verdict.stall_timeout_ns,
         s.max_flows,

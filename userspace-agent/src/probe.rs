@@ -121,6 +121,9 @@ pub const MIRROR_PROGRAM: &str = "ackwatch_xdp_mirror";
 
 /// Run once at load, never attached: reads jiffies and the precise clock together.
 const CLOCK_PROGRAM: &str = "ackwatch_clock";
+/// How far ahead of the slot (and bucket) it reads a walk prefetches (measured at 1M
+/// flows: 156 ms a pass without, 81 with 4, 79 with 8, 80 with 16).
+const PREFETCH_AHEAD: u32 = 8;
 
 pub const PROGRAMS: [&str; 5] = [
     "ackwatch_xdp",
@@ -360,13 +363,14 @@ impl Probe {
             .ok_or(ProbeError::MissingMap("COUNTERS"))?;
         let arr: PerCpuArray<&MapData, u64> =
             PerCpuArray::try_from(map).map_err(|e| ProbeError::Map("COUNTERS", e))?;
-        (0..counter::COUNT)
+        let raw = (0..counter::ENTRIES)
             .map(|i| {
                 arr.get(&i, 0)
                     .map(|v| v.iter().sum())
                     .map_err(|e| ProbeError::Map("COUNTERS", e))
             })
-            .collect()
+            .collect::<Result<Vec<u64>, _>>()?;
+        Ok(counter::fold(&raw).to_vec())
     }
 
     /// Every established flow.
@@ -425,6 +429,15 @@ impl Probe {
         let mut seen = 0;
         while *cursor < end && seen < max {
             let i = *cursor;
+            if i.is_multiple_of(WAYS) {
+                self.table.prefetch_bucket(i / WAYS + PREFETCH_AHEAD);
+                // Most buckets of a table sized for its peak are empty: one line read.
+                if self.table.bucket_is_empty(i / WAYS) {
+                    *cursor += WAYS;
+                    continue;
+                }
+            }
+            self.table.prefetch_slot(i + PREFETCH_AHEAD);
             *cursor += 1;
             if let Some((k, f)) = self.table.read(i) {
                 seen += 1;

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 
 use ebpf_probe::abi::{Flow, FlowKey, FlowState, StallRecord, StallWhat, event, half_flag};
 use ebpf_probe::host::Records;
-use ebpf_probe::verdict::{Config, end_stalls};
+use ebpf_probe::verdict::{self, Config, end_stalls};
 
 use crate::flow_table::Free;
 use crate::probe::Probe;
@@ -123,11 +123,15 @@ impl Sweeper {
         let mut due = Vec::new();
         let (cfg, idle_ns, pass) = (&self.cfg, self.idle_ns, &mut self.pass);
         let complete = probe.walk_flows(&mut self.cursor, slice, |i, key, flow| {
-            // The rule on a copy says whether the live entry needs it.
-            let mut trial = *flow;
-            let mut sink = Records::new(*key);
-            trial.check_stalls(cfg, now, &mut sink);
-            if evictable(flow, now, idle_ns) || !sink.out.is_empty() {
+            // The rule on a copy says whether the live entry needs it (most flows have
+            // no run of duplicate ACKs: no copy).
+            let due_now = (0..2).any(|r| verdict::stall_rule_applies(flow, r, cfg)) && {
+                let mut trial = *flow;
+                let mut sink = Records::new(*key);
+                trial.check_stalls(cfg, now, &mut sink);
+                !sink.out.is_empty()
+            };
+            if evictable(flow, now, idle_ns) || due_now {
                 due.push((i, *key, *flow));
             } else {
                 pass.count(flow);

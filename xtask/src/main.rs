@@ -4,7 +4,9 @@
 //!   cargo xtask test    setup, then every test (as root: the kernel tests load BPF)
 //!   cargo xtask demo    setup, then the agent in the namespace lab, reporting a stall
 //!   cargo xtask bench   setup, then every benchmark (README, Performance)
+//!   cargo xtask package setup, then the Debian package (target/package/*.deb)
 
+mod package;
 mod setup;
 
 use std::io::{BufRead, BufReader};
@@ -37,6 +39,15 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Build the Debian package ackwatch_<version>_<arch>.deb (README, Deployment).
+    Package {
+        /// Package this binary instead of a release build.
+        #[arg(long)]
+        binary: Option<std::path::PathBuf>,
+        /// Where to write the .deb (default: target/package).
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -54,6 +65,7 @@ fn main() -> Result<()> {
             run_tests_bin("ackwatch-bench", &args)
         }
         Task::Demo => run_tests_bin("ackwatch-demo", &[]),
+        Task::Package { binary, out } => package::build(binary, out).map(|_| ()),
     }
 }
 

@@ -20,6 +20,12 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libcap2-bin",
     // GNU time: the benchmarks' peak RSS of a command.
     "time",
+    // cargo xtask package: dpkg-shlibdeps, and strip; its test runs lintian and
+    // systemd-analyze.
+    "dpkg-dev",
+    "binutils",
+    "lintian",
+    "systemd",
 ];
 
 pub fn run() -> Result<()> {

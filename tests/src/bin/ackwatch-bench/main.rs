@@ -4,7 +4,8 @@
 //! otherwise dominate. Writes bench/results.json, appends to bench/history.jsonl,
 //! refreshes the README's numbers and bench/probe-cost.svg.
 //!
-//! `ackwatch-bench [packets]`; `--quick` runs small sizes (a smoke run, no targets).
+//! `ackwatch-bench [packets]`; `--quick` runs small sizes (a smoke run, no targets);
+//! `--probe` only the probe's figures at 0 flows; `--sweep` only the sweep's whole pass.
 
 mod agent_cost;
 mod analyze_cost;
@@ -33,6 +34,18 @@ fn main() {
         &[10_000, 100_000, 1_000_000]
     };
     let mut figures = Vec::new();
+    if args.iter().any(|a| a == "--sweep") {
+        // The sweep's whole pass at 10k and 1M flows alone.
+        agent_cost::full_pass(&[10_000, 1_000_000], &mut figures);
+        report::print(&figures);
+        return;
+    }
+    if args.iter().any(|a| a == "--probe") {
+        // The probe's figures at 0 flows alone: a minute, for measuring a change.
+        probe_cost::run(&[0], &mut figures);
+        report::print(&figures);
+        return;
+    }
     probe_cost::run(sizes, &mut figures);
     live_cost::run(&mut figures);
     agent_cost::run(agent_sizes, &mut figures);
