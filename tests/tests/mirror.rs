@@ -10,6 +10,7 @@ use ackwatch_tests::encap::{TUNNELS, Tunnel, inner_offset, wrap};
 use ackwatch_tests::frames::{L2, segment};
 use ackwatch_tests::harness::{Host, Kernel};
 use ackwatch_tests::scenario::ctcp_flow;
+use ackwatch_tests::tshark;
 use ebpf_probe::abi::{StallWhat, counter};
 use ebpf_probe::decap::{Copy, Encap, Inner, TunnelPorts, copy_start};
 use ebpf_probe::parse::{LinkKind, parse};
@@ -135,6 +136,11 @@ fn unreadable() -> Vec<(&'static str, Vec<u8>, u32)> {
         (
             "erspan II of version 2",
             patch(&Tunnel::Erspan2, 8, &|b| *b = 0x20),
+            counter::ENCAP_UNSUPPORTED,
+        ),
+        (
+            "erspan III carrying IP (frame type 2)",
+            patch(&TUNNELS[3], 18, &|b| *b = 0x08),
             counter::ENCAP_UNSUPPORTED,
         ),
         (
@@ -376,8 +382,20 @@ fn analyze_reads_captures_of_every_encapsulation() {
         "{plain:?}"
     );
     for (i, t) in TUNNELS.iter().enumerate() {
-        let v6 = i % 2 == 0;
-        let got = analyze(&format!("{i}.pcap"), &|f| wrap(f, t, v6, Some(12)));
-        assert_eq!(got, plain, "{t:?} v6={v6}");
+        for v6 in [false, true] {
+            let name = format!("{i}-{v6}.pcap");
+            let got = analyze(&name, &|f| wrap(f, t, v6, Some(12)));
+            assert_eq!(got, plain, "{t:?} v6={v6}");
+            // Wireshark reads these tunnels too: the same counts, by the inner flow.
+            if !v6 {
+                let file = scratch.join(&name);
+                let (want, got) = (
+                    tshark::inner_counts(&file),
+                    tshark::mirror_analyze_counts(&file),
+                );
+                assert!(!want.is_empty(), "tshark found no TCP in {t:?}");
+                assert_eq!(got, want, "{t:?}: ackwatch analyze --mirror against tshark");
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! an agent with --mirror on each (--mirror-drop on the VXLAN one) beside an inline
 //! agent on the gateway, in one run of a stalling cTCP flow and real TCP uploads
 //! under 2% random loss. Then `ackwatch analyze --mirror` on captures of both kinds
-//! of copies. Needs root.
+//! of copies, against the agents and against tshark. Needs root.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use ackwatch_tests::lossy::{STALLED_CTCP_PORT, T, UPLOAD_PORT, random_loss};
 use ackwatch_tests::mirror_lab::{Collector, Copies, PORT, mirror_g0};
 use ackwatch_tests::observe::metric;
 use ackwatch_tests::stall_lab::{HOLE, ISN, ctcp_from, drop_holes_at_headend};
+use ackwatch_tests::tshark;
 use serde_json::Value;
 
 /// A flow's counts that do not depend on where (or when) it was seen: the packets,
@@ -214,5 +215,13 @@ fn span_and_vxlan_copies_give_the_gateways_answers() {
         let file = capture.finish();
         let offline = by_flow(&analyze(&file));
         assert_eq!(offline, flows[0], "analyze of the {what} capture");
+        let (want, got) = (
+            tshark::inner_counts(&file),
+            tshark::mirror_analyze_counts(&file),
+        );
+        assert_eq!(
+            got, want,
+            "the {what} capture: analyze --mirror against tshark"
+        );
     }
 }
