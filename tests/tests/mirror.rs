@@ -399,3 +399,49 @@ fn analyze_reads_captures_of_every_encapsulation() {
         }
     }
 }
+
+/// Mirror options that cannot work are bad input: one line, exit code 2, before
+/// anything is loaded (the non-Ethernet port is a tun device in a namespace of the
+/// test's own, the pin path off any BPF filesystem).
+#[test]
+fn bad_mirror_options_get_exit_code_2() {
+    use ackwatch_tests::lab::sh;
+    let bin = ackwatch_tests::ackwatch_binary();
+    let ns = format!("awm{}", std::process::id());
+    sh(&format!("ip netns add {ns}"));
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _gone = Gone(ns.clone());
+    sh(&format!("ip -n {ns} tuntap add mode tun name tun0"));
+    let ports: Vec<&str> = ["1", "2", "3", "4", "5"]
+        .iter()
+        .flat_map(|p| ["--vxlan-port", p])
+        .collect();
+    let five = [&["run", "--iface", "lo", "--mirror"][..], &ports].concat();
+    let pins = "/proc/ackwatch-mirror-test";
+    for (args, says) in [
+        (&["run", "--iface", "lo", "--mirror-drop"][..], "--mirror"),
+        (&five[..], "at most 4"),
+        (&["analyze", "--vxlan-port", "4790", "x.pcap"], "--mirror"),
+        (
+            &["run", "--iface", "tun0", "--mirror", "--pin-path", pins],
+            "tun0 is not an Ethernet interface",
+        ),
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(&bin)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use aya::programs::xdp::XdpMode;
 use ebpf_probe::abi::{FlowKey, StallRecord, StallWhat, event, half_flag};
+use ebpf_probe::parse::LinkKind;
 use ebpf_probe::verdict::Config;
 use tokio::io::unix::AsyncFd;
 
@@ -161,6 +162,14 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
             ports,
             drop: args.mirror_drop,
         });
+    if mirror.is_some() {
+        for i in &args.ifaces {
+            if !matches!(crate::attach::link_kind(i), Ok(LinkKind::Ethernet)) {
+                let why = format!("{i} is not an Ethernet interface: a mirror port must be");
+                return Err(RunError::Input(why));
+            }
+        }
+    }
     let mut settings = Settings {
         max_flows: args.max_flows,
         max_pending: (args.max_flows / 4).max(1024),
