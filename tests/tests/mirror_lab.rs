@@ -225,3 +225,59 @@ fn span_and_vxlan_copies_give_the_gateways_answers() {
         );
     }
 }
+
+/// The XDP program attached to the collector's port, by the name the kernel keeps
+/// (15 characters), or "" when none is.
+fn attached(collector: &Collector) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-d", "-n", &collector.ns, "link", "show", PORT])
+        .output()
+        .expect("ip link show");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(xdp) = text.split("prog/xdp").nth(1) else {
+        return String::new();
+    };
+    let mut words = xdp.split_whitespace();
+    words
+        .find(|w| *w == "name")
+        .and(words.next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A mirror agent killed and restarted finds its program still attached and keeps it;
+/// an inline agent on the same pins (other settings) detaches it and attaches its own;
+/// SIGTERM leaves nothing.
+#[test]
+fn restarts_keep_the_mirror_program_and_inline_replaces_it() {
+    use ackwatch_tests::live::BpfFs;
+    let lab = Lab::new();
+    let span = Collector::new(&lab, Copies::Span, 0);
+    let bpffs = BpfFs::mount();
+    let pin = bpffs.pin_path();
+    let inline = ["--iface", PORT, "--listen", AGENT_ADDR, "--pin-path", &pin];
+    let mirror = [&inline[..], &["--mirror"]].concat();
+    drop(Agent::start(&span.ns, &mirror)); // SIGKILL
+    assert_eq!(
+        attached(&span),
+        "ackwatch_xdp_mi",
+        "the mirror program stays"
+    );
+    let second = Agent::start(&span.ns, &mirror);
+    let kept = second
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("still attached"));
+    assert!(kept, "{:?}", second.logs.lock().unwrap());
+    drop(second);
+    let third = Agent::start(&span.ns, &inline);
+    assert_eq!(
+        attached(&span),
+        "ackwatch_xdp",
+        "the inline program replaces it"
+    );
+    assert_eq!(third.stop(), Some(0));
+    assert_eq!(attached(&span), "", "SIGTERM detaches");
+}
