@@ -8,8 +8,8 @@
 //! tunnel, outer IPv4 fragments of a tunnel, VXLAN without its I flag, GENEVE of
 //! another version or not carrying Ethernet, GRE with routing or another version,
 //! ERSPAN type I (no sequence number), of an unknown version or (type III) carrying
-//! anything but Ethernet, GRE carrying anything else. Outer IPv6 extension headers before the UDP or GRE header are not walked: such
-//! a packet is taken as plain.
+//! anything but Ethernet, GRE carrying anything else. Outer IPv6 extension headers
+//! before the UDP or GRE header are not walked: such a packet is taken as plain.
 
 use crate::abi::counter;
 use crate::parse::{self, Frame, LinkKind, Reason};
