@@ -445,3 +445,50 @@ fn bad_mirror_options_get_exit_code_2() {
         assert!(err.contains(says), "{args:?}: {err}");
     }
 }
+
+/// A lossy mirror: VXLAN copies of a stalling cTCP flow, three of the client's segments
+/// before the hole missing (the mirror dropped them; the headend got and acknowledged
+/// them). The stall stands on the headend's ACK, with its hole, in the kernel and the
+/// host alike, and the flow counts what the monitor did not see as ACKed-unseen.
+#[test]
+fn a_lossy_mirror_still_reports_the_stall_and_counts_what_it_missed() {
+    use ebpf_probe::abi::event;
+    let client: SocketAddr = "192.0.2.20:40002".parse().unwrap();
+    let server: SocketAddr = "198.51.100.1:10000".parse().unwrap();
+    let missed = |f: &[u8]| {
+        let p = parse(&f, LinkKind::Ethernet).expect("a TCP frame");
+        p.src_port() == client.port()
+            && p.seg.seglen > 0
+            && (1001 + 2 * 400..1001 + 5 * 400).contains(&p.seg.seq)
+    };
+    let settings = mirror_settings(false);
+    let mut k = Kernel::load(settings.clone());
+    let mut h = Host::new(settings);
+    let mut skipped = 0;
+    for s in ctcp_flow(client, server, 20, Some(8), 1500) {
+        if missed(&s.frame) {
+            skipped += 1;
+            continue;
+        }
+        let copy = wrap(&s.frame, &TUNNELS[0], false, None);
+        k.feed_mirror(&copy, s.at_ns);
+        h.feed_mirror(&copy, s.at_ns);
+    }
+    assert_eq!(skipped, 3);
+    let (ks, events) = (k.snapshot(), k.events());
+    assert_eq!(ks, h.snapshot(), "kernel and host differ");
+    assert_eq!(events, h.events, "stall records differ");
+    let started: Vec<_> = events
+        .iter()
+        .filter(|e| e.what == StallWhat::Started as u8)
+        .collect();
+    assert_eq!(started.len(), 1, "{events:?}");
+    assert_eq!(started[0].hole, 1001 + 8 * 400);
+    let (key, flow) = &ks.flows[0];
+    let headend = usize::from(key.port[1] == server.port());
+    assert!(
+        flow.half[headend].events[event::ACKED_UNSEEN] > 0,
+        "the headend's ACKs of unseen data: {:?}",
+        flow.half[headend].events
+    );
+}
