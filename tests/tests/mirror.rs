@@ -93,6 +93,15 @@ fn host_reads_configured_ports_only() {
     assert!(TunnelPorts::new(&[1, 2, 3, 4, 5], &[]).is_none());
 }
 
+/// Where `t`'s own header starts in a copy whose outer L4 header starts at `l4`: past
+/// UDP's 8 bytes, or at GRE's.
+fn tunnel_header(t: &Tunnel, l4: usize) -> usize {
+    match t {
+        Tunnel::Vxlan { .. } | Tunnel::Geneve { .. } => l4 + 8,
+        Tunnel::Erspan2 | Tunnel::Erspan3 { .. } => l4,
+    }
+}
+
 /// Copies the probe cannot read, each with the reason it must count.
 fn unreadable() -> Vec<(&'static str, Vec<u8>, u32)> {
     let inner = &inner_frames()[0];
@@ -100,13 +109,7 @@ fn unreadable() -> Vec<(&'static str, Vec<u8>, u32)> {
     let vxlan = Tunnel::Vxlan { port: 4789 };
     let patch = |t: &Tunnel, at_tunnel: usize, f: &dyn Fn(&mut u8)| {
         let mut w = wrap(inner, t, false, None);
-        // The tunnel header starts after Ethernet and IPv4, past UDP's 8 bytes.
-        let udp = if matches!(t, Tunnel::Vxlan { .. } | Tunnel::Geneve { .. }) {
-            8
-        } else {
-            0
-        };
-        f(&mut w[34 + udp + at_tunnel]);
+        f(&mut w[tunnel_header(t, 34) + at_tunnel]);
         w
     };
     let mut out = vec![
@@ -159,7 +162,7 @@ fn unreadable() -> Vec<(&'static str, Vec<u8>, u32)> {
             counter::ENCAP_UNSUPPORTED,
         ),
         (
-            "gre carrying IPv4",
+            "gre carrying another protocol (0x08be)",
             patch(&Tunnel::Erspan2, 2, &|b| *b = 0x08),
             counter::ENCAP_UNSUPPORTED,
         ),
@@ -194,13 +197,7 @@ fn unreadable() -> Vec<(&'static str, Vec<u8>, u32)> {
             let w = wrap(inner, t, v6, None);
             let base = inner_offset(t, v6, None);
             let l4 = 14 + if v6 { 40 } else { 20 };
-            let udp = if l4 + 8 < base && matches!(t, Tunnel::Vxlan { .. } | Tunnel::Geneve { .. })
-            {
-                8
-            } else {
-                0
-            };
-            for cut in [l4 + udp + 1, base - 1, base + 13] {
+            for cut in [tunnel_header(t, l4) + 1, base - 1, base + 13] {
                 out.push((
                     "cut in the tunnel headers",
                     w[..cut].to_vec(),
