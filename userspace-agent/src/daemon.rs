@@ -85,9 +85,9 @@ impl Shared {
             .is_some_and(|e| e.iter().any(|e| e.is_open() && e.stuck_index == r.stuck))
     }
 
-    /// Segments of the stuck sender that its receiver acknowledged and the probe never
-    /// saw (the receiver's ACKed-unseen count): on a mirror port, copies the mirror
-    /// lost, so that an `unanswered` stall may rest on a retransmission it missed.
+    /// The receiver's ACKs of the stuck sender's data that the probe never saw (its
+    /// ACKed-unseen count): on a mirror port, copies the mirror lost, so that an
+    /// `unanswered` stall may rest on a retransmission it missed.
     fn unseen_segments(&self, r: &StallRecord) -> Option<u32> {
         let probe = self.probe.lock().unwrap();
         let table = probe.table();
