@@ -7,9 +7,9 @@
 //! Not read (counted as `encap_unsupported`, never parsed further): a tunnel inside a
 //! tunnel, outer IPv4 fragments of a tunnel, VXLAN without its I flag, GENEVE of
 //! another version or not carrying Ethernet, GRE with routing or another version,
-//! ERSPAN type I (no sequence number) or of an unknown version, GRE carrying anything
-//! else. Outer IPv6 extension headers before the UDP or GRE header are not walked: such
-//! a packet is taken as plain.
+//! ERSPAN type I (no sequence number), of an unknown version or (type III) carrying
+//! anything but Ethernet, GRE carrying anything else. Outer IPv6 extension headers
+//! before the UDP or GRE header are not walked: such a packet is taken as plain.
 
 use crate::abi::counter;
 use crate::parse::{self, Frame, LinkKind, Reason};
@@ -270,10 +270,14 @@ fn gre<F: Frame>(f: &F, l4: usize) -> Result<(usize, Encap), Reason> {
         ERSPAN3 => (Encap::Erspan3, 2, 12),
         _ => return Err(counter::ENCAP_UNSUPPORTED),
     };
-    // The whole header must be there; the version is its first four bits, the O bit
-    // the last bit of type III's third word.
+    // The whole header must be there; the version is its first four bits. Type III's
+    // third word ends with the frame type (5 bits, 0: Ethernet), the hardware id, D,
+    // the granularity and the O bit.
     let last: [u8; 4] = tunnel(f, at + len - 4)?;
     if tunnel::<1, F>(f, at)?[0] >> 4 != version {
+        return Err(counter::ENCAP_UNSUPPORTED);
+    }
+    if encap == Encap::Erspan3 && (last[2] >> 2) & 0x1f != 0 {
         return Err(counter::ENCAP_UNSUPPORTED);
     }
     let subheader = if encap == Encap::Erspan3 && last[3] & 1 != 0 {

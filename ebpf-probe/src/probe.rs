@@ -505,12 +505,11 @@ pub fn ackwatch_xdp_mirror(ctx: XdpContext) -> u32 {
             bump(counter::MIRROR_FRAMES + copy.encap as u32);
             // Laundered: a constant on each path, and the verifier would check the
             // tracker once per constant (`copy_start` launders the offset).
-            let base = copy.base;
             let keep = Maps.launder(copy.link_local as u32) != 0;
             let inner = Packet {
-                data: frame.data + base,
+                data: frame.data + copy.base,
                 end: frame.end,
-                wire_len: frame.wire_len.saturating_sub(base),
+                wire_len: frame.wire_len.saturating_sub(copy.base),
                 skb: None,
             };
             let ifindex = ctx.ingress_ifindex() as u32;

@@ -70,9 +70,10 @@ fn header(t: &Tunnel) -> (u8, Vec<u8>) {
         }
         Tunnel::Erspan3 { subheader } => {
             let mut h = vec![0x10, 0, 0x22, 0xeb, 0, 0, 0, 7];
-            // Version 2, session 5; timestamp; SGT, hardware id, O bit last.
+            // Version 2, session 5; timestamp; SGT, P, frame type 0 (Ethernet),
+            // hardware id 0x11, D, granularity, O bit last.
             h.extend_from_slice(&[0x20, 0x0a, 0, 5, 0, 0, 0x12, 0x34]);
-            h.extend_from_slice(&[0, 0, 0x04, u8::from(*subheader)]);
+            h.extend_from_slice(&[0, 0, 0x00, 0x10 | u8::from(*subheader)]);
             if *subheader {
                 h.extend_from_slice(&[0x08, 0, 0, 0, 0, 0, 0, 1]);
             }

@@ -9,7 +9,7 @@
 //!                   ╎ mirred
 //!                   ├╌► s<n> ──────────────────── m0 [SPAN collector]
 //!                   └╌► vx<n> (VXLAN 42) ─ u<n> ── m0 [VXLAN collector]
-//!                                       10.78.n.1   10.78.n.2
+//!                                       fd78:n::1   fd78:n::2
 //!                                       (MTU 3000: whole copies)
 //! ```
 
@@ -65,13 +65,14 @@ impl Collector {
             Copies::Span => link,
             Copies::Vxlan => {
                 let vx = format!("vx{n}");
-                sh(&format!("ip -n {g} addr add 10.78.{n}.1/24 dev {link}"));
+                // An IPv6 underlay: neighbour discovery must pass --mirror-drop.
                 sh(&format!(
-                    "ip -n {} addr add 10.78.{n}.2/24 dev {PORT}",
-                    c.ns
+                    "ip -n {g} addr add fd78:{n}::1/64 dev {link} nodad"
                 ));
+                let collector = format!("fd78:{n}::2/64 dev {PORT} nodad");
+                sh(&format!("ip -n {} addr add {collector}", c.ns));
                 sh(&format!(
-                    "ip -n {g} link add {vx} type vxlan id 42 local 10.78.{n}.1 remote 10.78.{n}.2 dstport 4789 dev {link}"
+                    "ip -n {g} link add {vx} type vxlan id 42 local fd78:{n}::1 remote fd78:{n}::2 dstport 4789 dev {link}"
                 ));
                 sh(&format!("ip -n {g} link set {vx} up"));
                 vx
@@ -80,21 +81,17 @@ impl Collector {
         c
     }
 
-    /// `cat /proc/net/snmp`'s `Udp: NoPorts` in the collector: VXLAN copies that
-    /// reached its stack (no socket on 4789).
+    /// `Udp6NoPorts` of the collector (/proc/net/snmp6): VXLAN copies that reached its
+    /// stack (no socket on 4789).
     pub fn udp_no_ports(&self) -> u64 {
         let out = Command::new("ip")
-            .args(["netns", "exec", &self.ns, "cat", "/proc/net/snmp"])
+            .args(["netns", "exec", &self.ns, "cat", "/proc/net/snmp6"])
             .output()
-            .expect("read /proc/net/snmp");
-        let text = String::from_utf8_lossy(&out.stdout);
-        let udp: Vec<&str> = text.lines().filter(|l| l.starts_with("Udp:")).collect();
-        let (names, values) = (udp[0].split_whitespace(), udp[1].split_whitespace());
-        names
-            .zip(values)
-            .find(|(n, _)| *n == "NoPorts")
-            .and_then(|(_, v)| v.parse().ok())
-            .expect("Udp NoPorts")
+            .expect("read /proc/net/snmp6");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("Udp6NoPorts")?.trim().parse().ok())
+            .expect("Udp6NoPorts")
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use ackwatch::analyze::{Analyzer, Options};
 use ackwatch::capture::Capture;
 use ackwatch::flows::FlowReport;
+use ebpf_probe::decap::TunnelPorts;
 use ebpf_probe::verdict::Config;
 use std::path::Path;
 use std::process::Command;
@@ -52,10 +53,27 @@ pub fn version() -> String {
 
 /// Per ("src", "dst") endpoint pair as "ip:port" ("[v6]:port"), tshark's counts.
 pub fn counts(file: &Path) -> BTreeMap<(String, String), Counts> {
+    counts_at(file, "f")
+}
+
+/// `counts` for a capture of tunnelled copies (a mirror port's), by the addresses of
+/// the TCP segment inside: the last of each address field (the tunnel's and the
+/// segment's addresses must be of one family).
+pub fn inner_counts(file: &Path) -> BTreeMap<(String, String), Counts> {
+    counts_at(file, "l")
+}
+
+/// `counts` with tshark's `occurrence` of repeated fields.
+fn counts_at(file: &Path, occurrence: &str) -> BTreeMap<(String, String), Counts> {
     let mut cmd = Command::new("tshark");
-    cmd.arg("-r")
-        .arg(file)
-        .args(["-Y", "tcp", "-T", "fields", "-E", "occurrence=f"]);
+    cmd.arg("-r").arg(file).args([
+        "-Y",
+        "tcp",
+        "-T",
+        "fields",
+        "-E",
+        &format!("occurrence={occurrence}"),
+    ]);
     for f in [
         "ip.src",
         "ipv6.src",
@@ -109,8 +127,20 @@ pub fn counts(file: &Path) -> BTreeMap<(String, String), Counts> {
 /// `ackwatch analyze`'s counts for `file` per (src, dst), tracking all TCP, in the
 /// same shape as tshark's.
 pub fn analyze_counts(file: &Path) -> BTreeMap<(String, String), Counts> {
+    analyze_counts_as(file, None)
+}
+
+/// `analyze_counts` of a mirror port's capture (`analyze --mirror`, default ports).
+pub fn mirror_analyze_counts(file: &Path) -> BTreeMap<(String, String), Counts> {
+    analyze_counts_as(file, TunnelPorts::new(&[], &[]))
+}
+
+fn analyze_counts_as(
+    file: &Path,
+    mirror: Option<TunnelPorts>,
+) -> BTreeMap<(String, String), Counts> {
     let opts = Options {
-        mirror: None,
+        mirror,
         verdict: Config {
             track_all: true,
             ..Config::default()

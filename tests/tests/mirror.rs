@@ -10,6 +10,7 @@ use ackwatch_tests::encap::{TUNNELS, Tunnel, inner_offset, wrap};
 use ackwatch_tests::frames::{L2, segment};
 use ackwatch_tests::harness::{Host, Kernel};
 use ackwatch_tests::scenario::ctcp_flow;
+use ackwatch_tests::tshark;
 use ebpf_probe::abi::{StallWhat, counter};
 use ebpf_probe::decap::{Copy, Encap, Inner, TunnelPorts, copy_start};
 use ebpf_probe::parse::{LinkKind, parse};
@@ -92,6 +93,15 @@ fn host_reads_configured_ports_only() {
     assert!(TunnelPorts::new(&[1, 2, 3, 4, 5], &[]).is_none());
 }
 
+/// Where `t`'s own header starts in a copy whose outer L4 header starts at `l4`: past
+/// UDP's 8 bytes, or at GRE's.
+fn tunnel_header(t: &Tunnel, l4: usize) -> usize {
+    match t {
+        Tunnel::Vxlan { .. } | Tunnel::Geneve { .. } => l4 + 8,
+        Tunnel::Erspan2 | Tunnel::Erspan3 { .. } => l4,
+    }
+}
+
 /// Copies the probe cannot read, each with the reason it must count.
 fn unreadable() -> Vec<(&'static str, Vec<u8>, u32)> {
     let inner = &inner_frames()[0];
@@ -99,13 +109,7 @@ fn unreadable() -> Vec<(&'static str, Vec<u8>, u32)> {
     let vxlan = Tunnel::Vxlan { port: 4789 };
     let patch = |t: &Tunnel, at_tunnel: usize, f: &dyn Fn(&mut u8)| {
         let mut w = wrap(inner, t, false, None);
-        // The tunnel header starts after Ethernet and IPv4, past UDP's 8 bytes.
-        let udp = if matches!(t, Tunnel::Vxlan { .. } | Tunnel::Geneve { .. }) {
-            8
-        } else {
-            0
-        };
-        f(&mut w[34 + udp + at_tunnel]);
+        f(&mut w[tunnel_header(t, 34) + at_tunnel]);
         w
     };
     let mut out = vec![
@@ -138,6 +142,11 @@ fn unreadable() -> Vec<(&'static str, Vec<u8>, u32)> {
             counter::ENCAP_UNSUPPORTED,
         ),
         (
+            "erspan III carrying IP (frame type 2)",
+            patch(&TUNNELS[3], 18, &|b| *b = 0x08),
+            counter::ENCAP_UNSUPPORTED,
+        ),
+        (
             "erspan III of version 1",
             patch(&TUNNELS[3], 8, &|b| *b = 0x10),
             counter::ENCAP_UNSUPPORTED,
@@ -153,7 +162,7 @@ fn unreadable() -> Vec<(&'static str, Vec<u8>, u32)> {
             counter::ENCAP_UNSUPPORTED,
         ),
         (
-            "gre carrying IPv4",
+            "gre carrying another protocol (0x08be)",
             patch(&Tunnel::Erspan2, 2, &|b| *b = 0x08),
             counter::ENCAP_UNSUPPORTED,
         ),
@@ -188,13 +197,7 @@ fn unreadable() -> Vec<(&'static str, Vec<u8>, u32)> {
             let w = wrap(inner, t, v6, None);
             let base = inner_offset(t, v6, None);
             let l4 = 14 + if v6 { 40 } else { 20 };
-            let udp = if l4 + 8 < base && matches!(t, Tunnel::Vxlan { .. } | Tunnel::Geneve { .. })
-            {
-                8
-            } else {
-                0
-            };
-            for cut in [l4 + udp + 1, base - 1, base + 13] {
+            for cut in [tunnel_header(t, l4) + 1, base - 1, base + 13] {
                 out.push((
                     "cut in the tunnel headers",
                     w[..cut].to_vec(),
@@ -376,8 +379,113 @@ fn analyze_reads_captures_of_every_encapsulation() {
         "{plain:?}"
     );
     for (i, t) in TUNNELS.iter().enumerate() {
-        let v6 = i % 2 == 0;
-        let got = analyze(&format!("{i}.pcap"), &|f| wrap(f, t, v6, Some(12)));
-        assert_eq!(got, plain, "{t:?} v6={v6}");
+        for v6 in [false, true] {
+            let name = format!("{i}-{v6}.pcap");
+            let got = analyze(&name, &|f| wrap(f, t, v6, Some(12)));
+            assert_eq!(got, plain, "{t:?} v6={v6}");
+            // Wireshark reads these tunnels too: the same counts, by the inner flow.
+            if !v6 {
+                let file = scratch.join(&name);
+                let (want, got) = (
+                    tshark::inner_counts(&file),
+                    tshark::mirror_analyze_counts(&file),
+                );
+                assert!(!want.is_empty(), "tshark found no TCP in {t:?}");
+                assert_eq!(got, want, "{t:?}: ackwatch analyze --mirror against tshark");
+            }
+        }
     }
+}
+
+/// Mirror options that cannot work are bad input: one line, exit code 2, before
+/// anything is loaded (the non-Ethernet port is a tun device in a namespace of the
+/// test's own, the pin path off any BPF filesystem).
+#[test]
+fn bad_mirror_options_get_exit_code_2() {
+    use ackwatch_tests::lab::sh;
+    let bin = ackwatch_tests::ackwatch_binary();
+    let ns = format!("awm{}", std::process::id());
+    sh(&format!("ip netns add {ns}"));
+    struct Gone(String);
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+    let _gone = Gone(ns.clone());
+    sh(&format!("ip -n {ns} tuntap add mode tun name tun0"));
+    let ports: Vec<&str> = ["1", "2", "3", "4", "5"]
+        .iter()
+        .flat_map(|p| ["--vxlan-port", p])
+        .collect();
+    let five = [&["run", "--iface", "lo", "--mirror"][..], &ports].concat();
+    let pins = "/proc/ackwatch-mirror-test";
+    for (args, says) in [
+        (&["run", "--iface", "lo", "--mirror-drop"][..], "--mirror"),
+        (&five[..], "at most 4"),
+        (&["analyze", "--vxlan-port", "4790", "x.pcap"], "--mirror"),
+        (
+            &["run", "--iface", "tun0", "--mirror", "--pin-path", pins],
+            "tun0 is not an Ethernet interface",
+        ),
+    ] {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(&bin)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+}
+
+/// A lossy mirror: VXLAN copies of a stalling cTCP flow, three of the client's segments
+/// before the hole missing (the mirror dropped them; the headend got and acknowledged
+/// them). The stall stands on the headend's ACK, with its hole, in the kernel and the
+/// host alike, and the flow counts what the monitor did not see as ACKed-unseen.
+#[test]
+fn a_lossy_mirror_still_reports_the_stall_and_counts_what_it_missed() {
+    use ebpf_probe::abi::event;
+    let client: SocketAddr = "192.0.2.20:40002".parse().unwrap();
+    let server: SocketAddr = "198.51.100.1:10000".parse().unwrap();
+    let missed = |f: &[u8]| {
+        let p = parse(&f, LinkKind::Ethernet).expect("a TCP frame");
+        p.src_port() == client.port()
+            && p.seg.seglen > 0
+            && (1001 + 2 * 400..1001 + 5 * 400).contains(&p.seg.seq)
+    };
+    let settings = mirror_settings(false);
+    let mut k = Kernel::load(settings.clone());
+    let mut h = Host::new(settings);
+    let mut skipped = 0;
+    for s in ctcp_flow(client, server, 20, Some(8), 1500) {
+        if missed(&s.frame) {
+            skipped += 1;
+            continue;
+        }
+        let copy = wrap(&s.frame, &TUNNELS[0], false, None);
+        k.feed_mirror(&copy, s.at_ns);
+        h.feed_mirror(&copy, s.at_ns);
+    }
+    assert_eq!(skipped, 3);
+    let (ks, events) = (k.snapshot(), k.events());
+    assert_eq!(ks, h.snapshot(), "kernel and host differ");
+    assert_eq!(events, h.events, "stall records differ");
+    let started: Vec<_> = events
+        .iter()
+        .filter(|e| e.what == StallWhat::Started as u8)
+        .collect();
+    assert_eq!(started.len(), 1, "{events:?}");
+    assert_eq!(started[0].hole, 1001 + 8 * 400);
+    let (key, flow) = &ks.flows[0];
+    let headend = usize::from(key.port[1] == server.port());
+    assert!(
+        flow.half[headend].events[event::ACKED_UNSEEN] > 0,
+        "the headend's ACKs of unseen data: {:?}",
+        flow.half[headend].events
+    );
 }

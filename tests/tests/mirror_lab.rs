@@ -4,7 +4,7 @@
 //! an agent with --mirror on each (--mirror-drop on the VXLAN one) beside an inline
 //! agent on the gateway, in one run of a stalling cTCP flow and real TCP uploads
 //! under 2% random loss. Then `ackwatch analyze --mirror` on captures of both kinds
-//! of copies. Needs root.
+//! of copies, against the agents and against tshark. Needs root.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use ackwatch_tests::lossy::{STALLED_CTCP_PORT, T, UPLOAD_PORT, random_loss};
 use ackwatch_tests::mirror_lab::{Collector, Copies, PORT, mirror_g0};
 use ackwatch_tests::observe::metric;
 use ackwatch_tests::stall_lab::{HOLE, ISN, ctcp_from, drop_holes_at_headend};
+use ackwatch_tests::tshark;
 use serde_json::Value;
 
 /// A flow's counts that do not depend on where (or when) it was seen: the packets,
@@ -214,5 +215,69 @@ fn span_and_vxlan_copies_give_the_gateways_answers() {
         let file = capture.finish();
         let offline = by_flow(&analyze(&file));
         assert_eq!(offline, flows[0], "analyze of the {what} capture");
+        let (want, got) = (
+            tshark::inner_counts(&file),
+            tshark::mirror_analyze_counts(&file),
+        );
+        assert_eq!(
+            got, want,
+            "the {what} capture: analyze --mirror against tshark"
+        );
     }
+}
+
+/// The XDP program attached to the collector's port, by the name the kernel keeps
+/// (15 characters), or "" when none is.
+fn attached(collector: &Collector) -> String {
+    let out = std::process::Command::new("ip")
+        .args(["-d", "-n", &collector.ns, "link", "show", PORT])
+        .output()
+        .expect("ip link show");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(xdp) = text.split("prog/xdp").nth(1) else {
+        return String::new();
+    };
+    let mut words = xdp.split_whitespace();
+    words
+        .find(|w| *w == "name")
+        .and(words.next())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// A mirror agent killed and restarted finds its program still attached and keeps it;
+/// an inline agent on the same pins (other settings) detaches it and attaches its own;
+/// SIGTERM leaves nothing.
+#[test]
+fn restarts_keep_the_mirror_program_and_inline_replaces_it() {
+    use ackwatch_tests::live::BpfFs;
+    let lab = Lab::new();
+    let span = Collector::new(&lab, Copies::Span, 0);
+    let bpffs = BpfFs::mount();
+    let pin = bpffs.pin_path();
+    let inline = ["--iface", PORT, "--listen", AGENT_ADDR, "--pin-path", &pin];
+    let mirror = [&inline[..], &["--mirror"]].concat();
+    drop(Agent::start(&span.ns, &mirror)); // SIGKILL
+    assert_eq!(
+        attached(&span),
+        "ackwatch_xdp_mi",
+        "the mirror program stays"
+    );
+    let second = Agent::start(&span.ns, &mirror);
+    let kept = second
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("still attached"));
+    assert!(kept, "{:?}", second.logs.lock().unwrap());
+    drop(second);
+    let third = Agent::start(&span.ns, &inline);
+    assert_eq!(
+        attached(&span),
+        "ackwatch_xdp",
+        "the inline program replaces it"
+    );
+    assert_eq!(third.stop(), Some(0));
+    assert_eq!(attached(&span), "", "SIGTERM detaches");
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use aya::programs::xdp::XdpMode;
 use ebpf_probe::abi::{FlowKey, StallRecord, StallWhat, event, half_flag};
+use ebpf_probe::parse::LinkKind;
 use ebpf_probe::verdict::Config;
 use tokio::io::unix::AsyncFd;
 
@@ -84,9 +85,9 @@ impl Shared {
             .is_some_and(|e| e.iter().any(|e| e.is_open() && e.stuck_index == r.stuck))
     }
 
-    /// Segments of the stuck sender that its receiver acknowledged and the probe never
-    /// saw (the receiver's ACKed-unseen count): on a mirror port, copies the mirror
-    /// lost, so that an `unanswered` stall may rest on a retransmission it missed.
+    /// The receiver's ACKs of the stuck sender's data that the probe never saw (its
+    /// ACKed-unseen count): on a mirror port, copies the mirror lost, so that an
+    /// `unanswered` stall may rest on a retransmission it missed.
     fn unseen_segments(&self, r: &StallRecord) -> Option<u32> {
         let probe = self.probe.lock().unwrap();
         let table = probe.table();
@@ -161,6 +162,14 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
             ports,
             drop: args.mirror_drop,
         });
+    if mirror.is_some() {
+        for i in &args.ifaces {
+            if !matches!(crate::attach::link_kind(i), Ok(LinkKind::Ethernet)) {
+                let why = format!("{i} is not an Ethernet interface: a mirror port must be");
+                return Err(RunError::Input(why));
+            }
+        }
+    }
     let mut settings = Settings {
         max_flows: args.max_flows,
         max_pending: (args.max_flows / 4).max(1024),

@@ -3,7 +3,8 @@
 //! for an episode already reported.
 //!
 //! Everything lives in a folder named after the map layout and the load-time settings
-//! (`v1-<sizes>-k<K>-t<T>-<scope>-m<max flows>`): pins of another layout or other
+//! (`v<ABI>-<sizes>-k<K>-t<T>-<scope>-m<max flows>-r<ring>`, and on mirror ports
+//! `-x<drop|pass>-v<VXLAN ports>-g<GENEVE ports>`): pins of another layout or other
 //! settings belong to an older ackwatch, or another configuration, and are discarded
 //! (their links unpinned, which detaches their programs) rather than misread.
 
@@ -49,10 +50,13 @@ pub fn layout(s: &Settings) -> String {
     // bpffs refuses them in names).
     let mirror = match s.mirror {
         Some(m) => {
-            let ports = m.ports.vxlan.iter().chain(&m.ports.geneve);
-            let ports: Vec<String> = ports.filter(|p| **p != 0).map(u16::to_string).collect();
+            let list = |ports: &[u16]| {
+                let ports = ports.iter().filter(|p| **p != 0).map(u16::to_string);
+                ports.collect::<Vec<_>>().join("_")
+            };
             let action = if m.drop { "drop" } else { "pass" };
-            format!("-x{action}-{}", ports.join("_"))
+            let (vxlan, geneve) = (list(&m.ports.vxlan), list(&m.ports.geneve));
+            format!("-x{action}-v{vxlan}-g{geneve}")
         }
         None => String::new(),
     };
