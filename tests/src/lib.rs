@@ -1,6 +1,7 @@
 //! What ackwatch's kernel and integration tests share: frame builders, a harness
 //! around the loaded probe, and generators of TCP conversations.
 
+pub mod alerting;
 pub mod conversation;
 pub mod corpus;
 pub mod ctcp;

@@ -248,6 +248,9 @@ fn alertmanager_and_prometheus() {
             AGENT_ADDR,
             "--alertmanager-url",
             "http://127.0.0.1:9093",
+            // Pushed at once: this stall lasts 4 s (the default waits 10).
+            "--alert-after",
+            "1s",
         ],
     );
     let (client, server): (SocketAddr, SocketAddr) = (

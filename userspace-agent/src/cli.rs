@@ -72,7 +72,12 @@ pub struct RunArgs {
         env = "ACKWATCH_ALERTMANAGER_URL",
         value_delimiter = ','
     )]
-    pub alertmanager_urls: Vec<crate::alert::Endpoint>,
+    pub alertmanager_urls: Vec<crate::alerting::Endpoint>,
+    /// Push a stall to Alertmanager once it has lasted this long, from its hole's first
+    /// duplicate ACK (events and metrics report it at T): a healthy sender whose
+    /// retransmissions are lost for a while recovers before, a cTCP stall never does.
+    #[arg(long, default_value = "10s", value_parser = duration, env = "ACKWATCH_ALERT_AFTER")]
+    pub alert_after: Duration,
     /// At most this many ackwatch_stalled_flow_info series (one per stalled flow).
     #[arg(long, default_value_t = 100)]
     pub max_stalled_series: usize,

@@ -12,7 +12,7 @@ use ebpf_probe::abi::{FlowKey, StallRecord, StallWhat, half_flag};
 use ebpf_probe::verdict::Config;
 use tokio::io::unix::AsyncFd;
 
-use crate::alert::Alerter;
+use crate::alerting::Alerter;
 use crate::caps;
 use crate::cli::{RunArgs, XdpModeArg};
 use crate::events::event_json;
@@ -252,6 +252,7 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
         );
         let _ = shared.alerter.set(Alerter::start(
             args.alertmanager_urls.clone(),
+            args.alert_after,
             errors,
             dropped,
         ));
