@@ -222,3 +222,31 @@ pub fn upload_held_at_a_hole(lab: &Lab, held: Duration) -> SocketAddr {
         local
     })
 }
+
+/// Joins the headends of two labs with a veth pair `m0` (a management network):
+/// 10.78.0.1 in `a`'s, 10.78.0.2 in `b`'s. Removed with their namespaces.
+pub fn management_link(a: &Lab, b: &Lab) -> (&'static str, &'static str) {
+    let (ha, hb) = (&a.headend, &b.headend);
+    sh(&format!(
+        "ip link add m0 netns {ha} type veth peer name m0 netns {hb}"
+    ));
+    for (ns, addr) in [(ha, "10.78.0.1/24"), (hb, "10.78.0.2/24")] {
+        sh(&format!("ip -n {ns} addr add {addr} dev m0"));
+        sh(&format!("ip -n {ns} link set m0 up"));
+    }
+    ("10.78.0.1", "10.78.0.2")
+}
+
+/// Waits up to `d` until Alertmanager at `addr` sees `n` cluster members.
+pub fn wait_for_cluster(ns: &str, addr: &str, n: usize, d: Duration) -> bool {
+    let deadline = Instant::now() + d;
+    while Instant::now() < deadline {
+        let (_, body) = http_get(ns, addr, "/api/v2/status");
+        let status: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if status["cluster"]["peers"].as_array().map(Vec::len) == Some(n) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}

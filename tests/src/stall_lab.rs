@@ -65,6 +65,16 @@ pub struct CtcpRun {
 
 /// `ctcp` with the client's initial sequence number `isn`.
 pub fn ctcp_from(lab: &Lab, port: u16, isn: u32, more: usize) -> CtcpRun {
+    ctcp_session(lab, port, isn, more, false)
+}
+
+/// `ctcp` whose client, after its `more` segments, answers the hole at last (a resend
+/// one byte longer, which the lab lets through): the stall recovers.
+pub fn ctcp_answered_after(lab: &Lab, port: u16, more: usize) -> CtcpRun {
+    ctcp_session(lab, port, ISN, more, true)
+}
+
+fn ctcp_session(lab: &Lab, port: u16, isn: u32, more: usize, answer: bool) -> CtcpRun {
     let (client, server): (SocketAddr, SocketAddr) = (
         format!("{CLIENT4}:{port}").parse().unwrap(),
         format!("{HEADEND4}:10000").parse().unwrap(),
@@ -83,6 +93,10 @@ pub fn ctcp_from(lab: &Lab, port: u16, isn: u32, more: usize) -> CtcpRun {
         for _ in 0..more {
             c.send_data(LEN).unwrap();
             acked = c.ignore_for(Duration::from_millis(100)).unwrap().or(acked);
+        }
+        if answer {
+            c.resend(hole(isn), LEN + 1).unwrap();
+            c.ignore_for(Duration::from_millis(500)).unwrap();
         }
         CtcpRun { after_hole, acked }
     })

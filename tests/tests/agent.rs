@@ -1,16 +1,14 @@
 //! `ackwatch run`, the daemon, in the lab: its JSON events, its sweep, its HTTP side,
 //! its exit codes, and a clean detach.
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ackwatch_tests::ctcp::CtcpClient;
-use ackwatch_tests::lab::{CLIENT4, HEADEND4, Lab, in_ns};
+use ackwatch_tests::lab::{CLIENT4, Lab};
 use ackwatch_tests::live::{AGENT_ADDR, Agent, Tcpdump, http_get};
 use ackwatch_tests::observe::metric;
 use ackwatch_tests::stall_lab::{
-    HOLE, ISN, LEN, ctcp, ctcp_from, hole, lab_with_loss, lab_with_loss_of,
+    HOLE, ISN, LEN, ctcp, ctcp_answered_after, ctcp_from, hole, lab_with_loss, lab_with_loss_of,
 };
 
 #[test]
@@ -253,27 +251,9 @@ fn alertmanager_and_prometheus() {
             "1s",
         ],
     );
-    let (client, server): (SocketAddr, SocketAddr) = (
-        format!("{CLIENT4}:50300").parse().unwrap(),
-        format!("{HEADEND4}:10000").parse().unwrap(),
-    );
     std::thread::scope(|s| {
-        s.spawn(|| {
-            in_ns(&lab.client, || {
-                let mut c = CtcpClient::connect(client, server, ISN).expect("handshake");
-                for _ in 0..20 {
-                    c.send_data(LEN).unwrap();
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                // Keep the flow going, stalled, long enough to see the alert; then answer.
-                for _ in 0..40 {
-                    c.send_data(LEN).unwrap();
-                    c.ignore_for(Duration::from_millis(100)).unwrap();
-                }
-                c.resend(HOLE, LEN + 1).unwrap();
-                c.ignore_for(Duration::from_millis(500)).unwrap();
-            })
-        });
+        // Stalled long enough to see the alert; then answered.
+        s.spawn(|| ctcp_answered_after(&lab, 50_300, 40));
         let e = agent
             .next_event(Duration::from_secs(4))
             .expect("stall_started");

@@ -1,14 +1,16 @@
-//! The agent's pushes to real Alertmanagers: alerts that do not flap (`--alert-after`).
+//! The agent's pushes to real Alertmanagers: alerts that do not flap (`--alert-after`),
+//! and a cluster of two replicas (every alert to each).
 
 use std::time::{Duration, Instant};
 
 use ackwatch_tests::Scratch;
 use ackwatch_tests::alerting::{
-    Replica, STORE_ONLY, active_alerts, alertmanager, received, upload_held_at_a_hole,
+    Replica, STORE_ONLY, Webhook, active_alerts, alertmanager, management_link, notify_config,
+    received, upload_held_at_a_hole, wait_for_cluster,
 };
 use ackwatch_tests::lab::CLIENT4;
 use ackwatch_tests::live::{AGENT_ADDR, Agent};
-use ackwatch_tests::stall_lab::{ISN, ctcp_from, lab_with_loss};
+use ackwatch_tests::stall_lab::{ISN, ctcp_answered_after, ctcp_from, lab_with_loss};
 
 /// The agent's default `--alert-after`.
 const ALERT_AFTER: Duration = Duration::from_secs(10);
@@ -91,4 +93,110 @@ fn a_held_healthy_flow_never_alerts_a_ctcp_stall_alerts_after_alert_after() {
     assert_eq!(received(&lab.headend, &am.web, "firing"), 1.0);
     assert_eq!(received(&lab.headend, &am.web, "resolved"), 0.0);
     assert!(active_alerts(&lab.headend, &am.web, &healthy).is_empty());
+}
+
+/// Two headends (two labs, an agent on each one's h0, with its own pins), joined by a
+/// management link; an Alertmanager cluster of two replicas gossiping over it, one on
+/// each headend, both notifying one webhook. Each agent pushes every alert to both
+/// replicas: each stalled flow is notified once. With the first replica killed and its
+/// address black-holed (each push to it then waits out its timeouts), a new stall still
+/// reaches the survivor at once, is notified and resolves.
+#[test]
+fn two_replicas_notify_each_stall_once_and_the_survivor_carries_on() {
+    let (lab_a, _headend_a) = lab_with_loss();
+    let (lab_b, _headend_b) = lab_with_loss();
+    let (ip_a, ip_b) = management_link(&lab_a, &lab_b);
+    let dir = Scratch::new("am-cluster");
+    let hook = Webhook::start(&lab_a.headend, format!("{ip_a}:9099").parse().unwrap());
+    let config = notify_config(hook.addr);
+    let (am_a, am_b) = (
+        Replica {
+            web: format!("{ip_a}:9093"),
+            cluster: Some(format!("{ip_a}:9094")),
+        },
+        Replica {
+            web: format!("{ip_b}:9093"),
+            cluster: Some(format!("{ip_b}:9094")),
+        },
+    );
+    let peer_b = am_b.cluster.as_deref().unwrap();
+    let replica_a = alertmanager(&lab_a.headend, &dir, &am_a, &[peer_b], &config);
+    let _replica_b = alertmanager(
+        &lab_b.headend,
+        &dir,
+        &am_b,
+        &[am_a.cluster.as_deref().unwrap()],
+        &config,
+    );
+    assert!(
+        wait_for_cluster(&lab_a.headend, &am_a.web, 2, Duration::from_secs(15)),
+        "the replicas did not form a cluster"
+    );
+    let urls = format!("http://{},http://{}", am_a.web, am_b.web);
+    let start = |lab: &ackwatch_tests::lab::Lab| {
+        let args = [
+            "--iface",
+            "h0",
+            "--listen",
+            AGENT_ADDR,
+            "--alert-after",
+            "1s",
+        ];
+        Agent::start(
+            &lab.headend,
+            &[&args[..], &["--alertmanager-url", &urls]].concat(),
+        )
+    };
+    let (_agent_a, _agent_b) = (start(&lab_a), start(&lab_b));
+
+    // A stall on each headend, both replicas up: each notified once.
+    let (on_a, on_b) = (format!("{CLIENT4}:50320"), format!("{CLIENT4}:50321"));
+    std::thread::scope(|s| {
+        s.spawn(|| ctcp_answered_after(&lab_a, 50_320, 60));
+        s.spawn(|| ctcp_answered_after(&lab_b, 50_321, 60));
+        for client in [&on_a, &on_b] {
+            assert!(
+                hook.wait_for(client, "firing", Duration::from_secs(10)),
+                "{client} not notified: {:?}",
+                hook.notified(client)
+            );
+        }
+        // Past the second replica's wait (--cluster.peer-timeout=2s) and more.
+        std::thread::sleep(Duration::from_secs(4));
+        for client in [&on_a, &on_b] {
+            let firing = hook.notified(client);
+            let firing: Vec<_> = firing.iter().filter(|(s, _)| s == "firing").collect();
+            assert_eq!(firing.len(), 1, "{client} notified {firing:?}");
+        }
+    });
+    for client in [&on_a, &on_b] {
+        assert!(
+            hook.wait_for(client, "resolved", Duration::from_secs(10)),
+            "{client} not resolved: {:?}",
+            hook.notified(client)
+        );
+    }
+
+    // The first replica down, its address silent: a new stall reaches the survivor.
+    drop(replica_a);
+    for lab in [&lab_a, &lab_b] {
+        lab.nft_rule(
+            &lab.headend,
+            "ackwatch_replica_down",
+            "output",
+            &format!("ip daddr {ip_a} tcp dport 9093 drop"),
+        );
+    }
+    let later = format!("{CLIENT4}:50322");
+    std::thread::scope(|s| {
+        s.spawn(|| ctcp_answered_after(&lab_b, 50_322, 40));
+        assert!(
+            hook.wait_for(&later, "firing", Duration::from_secs(10)),
+            "{later} not notified by the survivor"
+        );
+    });
+    assert!(
+        hook.wait_for(&later, "resolved", Duration::from_secs(10)),
+        "{later} not resolved by the survivor"
+    );
 }
