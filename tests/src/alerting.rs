@@ -1,6 +1,6 @@
-//! Pieces of the alerting tests: real Alertmanagers (one, or a gossiping cluster) in a
-//! lab namespace, a webhook receiver that records their notifications, and a real TCP
-//! upload held at a hole for a while.
+//! Pieces of the alerting tests: real Alertmanagers (one, or a gossiping cluster) and a
+//! real Prometheus in a lab namespace, a webhook receiver that records the
+//! notifications, and a real TCP upload held at a hole for a while.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -23,6 +23,18 @@ pub struct Replica {
 /// Starts Alertmanager `r` in `ns` with `config` (YAML), its state under `dir`; in a
 /// cluster, peered with `peers` (gossip addresses).
 pub fn alertmanager(ns: &str, dir: &Scratch, r: &Replica, peers: &[&str], config: &str) -> Service {
+    alertmanager_flags(ns, dir, r, peers, config, &[])
+}
+
+/// `alertmanager` with `extra` flags.
+pub fn alertmanager_flags(
+    ns: &str,
+    dir: &Scratch,
+    r: &Replica,
+    peers: &[&str],
+    config: &str,
+    extra: &[String],
+) -> Service {
     let name = r.web.replace([':', '.'], "_");
     let file = dir.join(&format!("{name}.yml"));
     std::fs::write(&file, config).unwrap();
@@ -49,7 +61,21 @@ pub fn alertmanager(ns: &str, dir: &Scratch, r: &Replica, peers: &[&str], config
         ]);
         args.extend(peers.iter().map(|p| format!("--cluster.peer={p}")));
     }
+    args.extend_from_slice(extra);
     Service::start(ns, "prometheus-alertmanager", &args, &r.web)
+}
+
+/// A real Prometheus in `ns` on 127.0.0.1:9090 with `config` (YAML), its data under
+/// `dir`.
+pub fn prometheus(ns: &str, dir: &Scratch, config: &str) -> Service {
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, config).unwrap();
+    let args = [
+        format!("--config.file={}", file.display()),
+        format!("--storage.tsdb.path={}", dir.join("prometheus").display()),
+        "--web.listen-address=127.0.0.1:9090".into(),
+    ];
+    Service::start(ns, "prometheus", &args, "127.0.0.1:9090")
 }
 
 /// A route with no receiver: alerts are only stored.

@@ -16,6 +16,7 @@ pub mod pcap;
 pub mod prefill;
 pub mod scenario;
 pub mod stall_lab;
+pub mod tls_lab;
 pub mod tshark;
 
 /// The `ackwatch` binary of this build (target/<profile>/ackwatch), which

@@ -202,40 +202,26 @@ fn bad_input_gets_one_line_and_exit_code_2() {
 #[test]
 fn alertmanager_and_prometheus() {
     use ackwatch_tests::Scratch;
-    use ackwatch_tests::live::{Service, poll_json};
+    use ackwatch_tests::alerting::{Replica, STORE_ONLY, alertmanager, prometheus};
+    use ackwatch_tests::live::poll_json;
     let (lab, _headend) = lab_with_loss();
     let dir = Scratch::new("agent-services");
-    std::fs::write(
-        dir.join("am.yml"),
-        "route:\n  receiver: none\nreceivers:\n  - name: none\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("prom.yml"),
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ackwatch\n    static_configs:\n      - targets: ['{AGENT_ADDR}']\n"),
-    )
-    .unwrap();
-    let path = |f: &str| dir.join(f).display().to_string();
-    let _am = Service::start(
+    let _am = alertmanager(
         &lab.headend,
-        "prometheus-alertmanager",
-        &[
-            format!("--config.file={}", path("am.yml")),
-            format!("--storage.path={}", path("am")),
-            "--web.listen-address=127.0.0.1:9093".into(),
-            "--cluster.listen-address=".into(),
-        ],
-        "127.0.0.1:9093",
+        &dir,
+        &Replica {
+            web: "127.0.0.1:9093".into(),
+            cluster: None,
+        },
+        &[],
+        STORE_ONLY,
     );
-    let _prom = Service::start(
+    let _prom = prometheus(
         &lab.headend,
-        "prometheus",
-        &[
-            format!("--config.file={}", path("prom.yml")),
-            format!("--storage.tsdb.path={}", path("prom")),
-            "--web.listen-address=127.0.0.1:9090".into(),
-        ],
-        "127.0.0.1:9090",
+        &dir,
+        &format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ackwatch\n    static_configs:\n      - targets: ['{AGENT_ADDR}']\n"
+        ),
     );
     let agent = Agent::start(
         &lab.headend,

@@ -20,3 +20,5 @@ pub mod pins;
 pub mod probe;
 pub mod report;
 pub mod sweep;
+pub mod tls;
+pub mod web_config;

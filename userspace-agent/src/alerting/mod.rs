@@ -9,10 +9,12 @@
 //! queue (`replica`). A task of its own with a bounded queue: event handling never
 //! waits for it.
 
+mod client;
 mod payload;
 mod replica;
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ebpf_probe::abi::{FlowKey, StallRecord, StallWhat};
@@ -21,7 +23,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-pub use replica::{Endpoint, REASONS};
+pub use client::{AlertmanagerArgs, Endpoint, REASONS};
 
 use crate::flows::{monotonic_now, rfc3339};
 
@@ -45,27 +47,43 @@ pub struct Alerter {
     tx: mpsc::Sender<Change>,
     alert_after: Duration,
     dropped: IntCounter,
+    /// What `spawn` starts: the replicas' senders and the receiving end.
+    idle: Mutex<Option<(Vec<replica::Replica>, mpsc::Receiver<Change>)>>,
 }
 
 impl Alerter {
-    /// Starts the alerting task and one sender per replica; `errors` counts failed
-    /// pushes by reason, `dropped` alerts that found a queue full.
-    pub fn start(
-        endpoints: Vec<Endpoint>,
-        alert_after: Duration,
+    /// Reads the flags' files (an error names the one that cannot be used); `errors`
+    /// counts failed pushes by reason, `dropped` alerts that found a queue full.
+    /// Alerts are queued from now on, and sent once `spawn` is called.
+    pub fn new(
+        args: &AlertmanagerArgs,
         errors: IntCounterVec,
         dropped: IntCounter,
-    ) -> Alerter {
-        let replicas = endpoints
-            .into_iter()
-            .map(|e| replica::Replica::start(e, errors.clone(), dropped.clone()))
+    ) -> Result<Alerter, String> {
+        let client = Arc::new(client::Client::new(args)?);
+        let replicas = args
+            .urls
+            .iter()
+            .map(|e| {
+                replica::Replica::new(client.clone(), e.clone(), errors.clone(), dropped.clone())
+            })
             .collect();
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(replicas, rx));
-        Alerter {
+        Ok(Alerter {
             tx,
-            alert_after,
+            alert_after: args.alert_after,
             dropped,
+            idle: Mutex::new(Some((replicas, rx))),
+        })
+    }
+
+    /// Starts the alerting task and the replicas' senders (on the current runtime).
+    pub fn spawn(&self) {
+        if let Some((replicas, rx)) = self.idle.lock().unwrap().take() {
+            for r in &replicas {
+                r.spawn();
+            }
+            tokio::spawn(run(replicas, rx));
         }
     }
 
@@ -162,7 +180,7 @@ async fn run(replicas: Vec<replica::Replica>, mut rx: mpsc::Receiver<Change>) {
         if batch.is_empty() {
             continue;
         }
-        let batch = std::sync::Arc::new(batch);
+        let batch = Arc::new(batch);
         for r in &replicas {
             r.send(batch.clone());
         }

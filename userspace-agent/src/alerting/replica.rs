@@ -3,89 +3,63 @@
 //! go out together in the next one. Failures are counted by reason and logged at most
 //! once a minute per replica.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prometheus::{IntCounter, IntCounterVec};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+
+use super::client::{Client, Endpoint, Failure};
 
 /// Batches waiting for one replica.
 const QUEUE: usize = 1024;
-/// Tries per push, the wait before the second (doubled for each next one), and how
-/// long one try may take.
+/// Tries per push, and the wait before the second (doubled for each next one).
 const TRIES: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
-const TRY_TIMEOUT: Duration = Duration::from_secs(5);
 const LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// Why a push failed: the `reason` label of `ackwatch_alertmanager_errors_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Reason {
-    Connect,
-    Auth,
-    HttpStatus,
-    Timeout,
-}
-
-pub const REASONS: [&str; 4] = ["connect", "auth", "http_status", "timeout"];
-
-impl Reason {
-    fn label(self) -> &'static str {
-        match self {
-            Reason::Connect => REASONS[0],
-            Reason::Auth => REASONS[1],
-            Reason::HttpStatus => REASONS[2],
-            Reason::Timeout => REASONS[3],
-        }
-    }
-}
-
-struct Failure {
-    reason: Reason,
-    detail: String,
-}
-
-/// An Alertmanager endpoint: host:port and path prefix, from an `http://` URL.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    pub authority: String,
-    pub prefix: String,
-}
-
-impl std::str::FromStr for Endpoint {
-    type Err = String;
-    fn from_str(url: &str) -> Result<Self, String> {
-        let rest = url
-            .strip_prefix("http://")
-            .ok_or_else(|| format!("{url}: only http:// Alertmanager URLs are supported"))?;
-        let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
-        if authority.is_empty() {
-            return Err(format!("{url}: no host"));
-        }
-        let authority = if authority.contains(':') {
-            authority.to_string()
-        } else {
-            format!("{authority}:80")
-        };
-        Ok(Endpoint {
-            authority,
-            prefix: format!("/{}", path.trim_end_matches('/')).replace("//", "/"),
-        })
-    }
-}
 
 pub struct Replica {
     tx: mpsc::Sender<Arc<Vec<Value>>>,
     dropped: IntCounter,
+    /// What `spawn` starts.
+    idle: Mutex<Option<Sender>>,
+}
+
+/// The sending task's part.
+struct Sender {
+    client: Arc<Client>,
+    endpoint: Endpoint,
+    rx: mpsc::Receiver<Arc<Vec<Value>>>,
+    errors: IntCounterVec,
 }
 
 impl Replica {
-    pub fn start(endpoint: Endpoint, errors: IntCounterVec, dropped: IntCounter) -> Replica {
+    pub fn new(
+        client: Arc<Client>,
+        endpoint: Endpoint,
+        errors: IntCounterVec,
+        dropped: IntCounter,
+    ) -> Replica {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(endpoint, rx, errors));
-        Replica { tx, dropped }
+        let idle = Sender {
+            client,
+            endpoint,
+            rx,
+            errors,
+        };
+        Replica {
+            tx,
+            dropped,
+            idle: Mutex::new(Some(idle)),
+        }
+    }
+
+    /// Starts its sending task (on the current runtime).
+    pub fn spawn(&self) {
+        if let Some(s) = self.idle.lock().unwrap().take() {
+            tokio::spawn(run(s));
+        }
     }
 
     /// Queues alerts for this replica; counted as dropped if its queue is full.
@@ -96,7 +70,13 @@ impl Replica {
     }
 }
 
-async fn run(ep: Endpoint, mut rx: mpsc::Receiver<Arc<Vec<Value>>>, errors: IntCounterVec) {
+async fn run(s: Sender) {
+    let Sender {
+        client,
+        endpoint: ep,
+        mut rx,
+        errors,
+    } = s;
     let mut last_log = None::<Instant>;
     while let Some(first) = rx.recv().await {
         let mut alerts = first.to_vec();
@@ -104,12 +84,12 @@ async fn run(ep: Endpoint, mut rx: mpsc::Receiver<Arc<Vec<Value>>>, errors: IntC
             alerts.extend(more.iter().cloned());
         }
         let body = Value::Array(latest_of_each(alerts)).to_string();
-        if let Err(f) = post_with_retries(&ep, &body).await {
+        if let Err(f) = post_with_retries(&client, &ep, body).await {
             errors.with_label_values(&[f.reason.label()]).inc();
             if last_log.is_none_or(|t| t.elapsed() >= LOG_EVERY) {
                 log::warn!(
                     "Alertmanager {}: {} ({}; further failures counted in ackwatch_alertmanager_errors_total)",
-                    ep.authority,
+                    ep,
                     f.detail,
                     f.reason.label()
                 );
@@ -132,17 +112,13 @@ fn latest_of_each(alerts: Vec<Value>) -> Vec<Value> {
     latest
 }
 
-async fn post_with_retries(ep: &Endpoint, body: &str) -> Result<(), Failure> {
+async fn post_with_retries(client: &Client, ep: &Endpoint, body: String) -> Result<(), Failure> {
     let mut wait = FIRST_BACKOFF;
     let mut tries = 0;
     loop {
-        let failure = match tokio::time::timeout(TRY_TIMEOUT, post(ep, body)).await {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(f)) => f,
-            Err(_) => Failure {
-                reason: Reason::Timeout,
-                detail: format!("no answer within {TRY_TIMEOUT:?}"),
-            },
+        let failure = match client.post(ep, body.clone()).await {
+            Ok(()) => return Ok(()),
+            Err(f) => f,
         };
         tries += 1;
         if tries == TRIES {
@@ -153,64 +129,10 @@ async fn post_with_retries(ep: &Endpoint, body: &str) -> Result<(), Failure> {
     }
 }
 
-async fn post(ep: &Endpoint, body: &str) -> Result<(), Failure> {
-    let io = |e: std::io::Error| Failure {
-        reason: Reason::Connect,
-        detail: e.to_string(),
-    };
-    let mut s = tokio::net::TcpStream::connect(&ep.authority)
-        .await
-        .map_err(io)?;
-    let path = format!("{}/api/v2/alerts", ep.prefix.trim_end_matches('/'));
-    let req = format!(
-        "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        ep.authority,
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.map_err(io)?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.map_err(io)?;
-    let head = String::from_utf8_lossy(&resp[..resp.len().min(64)]).to_string();
-    let status = head.lines().next().unwrap_or("nothing").to_string();
-    match status.split_whitespace().nth(1) {
-        Some(code) if code.starts_with('2') => Ok(()),
-        Some("401" | "403") => Err(Failure {
-            reason: Reason::Auth,
-            detail: format!("answered {status}"),
-        }),
-        _ => Err(Failure {
-            reason: Reason::HttpStatus,
-            detail: format!("answered {status}"),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn endpoints_from_urls() {
-        let e: Endpoint = "http://127.0.0.1:9093".parse().unwrap();
-        assert_eq!(
-            e,
-            Endpoint {
-                authority: "127.0.0.1:9093".into(),
-                prefix: "/".into()
-            }
-        );
-        let e: Endpoint = "http://am.example/prefix/".parse().unwrap();
-        assert_eq!(
-            e,
-            Endpoint {
-                authority: "am.example:80".into(),
-                prefix: "/prefix".into()
-            }
-        );
-        assert!("https://am:9093".parse::<Endpoint>().is_err());
-        assert!("http://".parse::<Endpoint>().is_err());
-    }
 
     #[test]
     fn a_batch_keeps_the_last_version_of_each_alert() {
