@@ -255,6 +255,96 @@ mod tests {
         assert!("http://".parse::<Endpoint>().is_err());
     }
 
+    fn args(url: &str) -> AlertmanagerArgs {
+        AlertmanagerArgs {
+            urls: vec![url.parse().unwrap()],
+            alert_after: Duration::from_secs(1),
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            basic_auth_user: None,
+            password_file: None,
+            bearer_token_file: None,
+        }
+    }
+
+    /// A one-request server on loopback that answers `status` (or nothing, when
+    /// `None`); the request it read comes back through the handle.
+    async fn server(status: Option<&'static str>) -> (String, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", l.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            let (mut c, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 64 * 1024];
+            let n = c.read(&mut buf).await.unwrap();
+            match status {
+                Some(s) => {
+                    let resp = format!("HTTP/1.1 {s}\r\nContent-Length: 0\r\n\r\n");
+                    c.write_all(resp.as_bytes()).await.unwrap();
+                }
+                None => tokio::time::sleep(TIMEOUT * 2).await,
+            }
+            String::from_utf8_lossy(&buf[..n]).to_lowercase()
+        });
+        (url, task)
+    }
+
+    async fn push(a: &AlertmanagerArgs) -> Result<(), Reason> {
+        let c = Client::new(a).unwrap();
+        c.post(&a.urls[0], "[]".into()).await.map_err(|f| f.reason)
+    }
+
+    #[tokio::test]
+    async fn each_failure_has_its_reason() {
+        for (status, want) in [
+            ("200 OK", Ok(())),
+            ("401 Unauthorized", Err(Reason::Auth)),
+            ("403 Forbidden", Err(Reason::Auth)),
+            ("500 Internal Server Error", Err(Reason::HttpStatus)),
+        ] {
+            let (url, _server) = server(Some(status)).await;
+            assert_eq!(push(&args(&url)).await, want, "{status}");
+        }
+        // A port just closed: refused.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let refused = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        assert_eq!(push(&args(&refused)).await, Err(Reason::Connect));
+        let (url, _server) = server(None).await;
+        assert_eq!(push(&args(&url)).await, Err(Reason::Timeout));
+    }
+
+    #[tokio::test]
+    async fn basic_auth_and_bearer_token_from_files() {
+        let dir = std::env::temp_dir().join(format!("ackwatch-client-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (pw, token) = (dir.join("password"), dir.join("token"));
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        std::fs::write(&token, "t0ken\n").unwrap();
+
+        let (url, seen) = server(Some("200 OK")).await;
+        let mut a = args(&url);
+        a.basic_auth_user = Some("ackwatch".into());
+        a.password_file = Some(pw);
+        assert_eq!(push(&a).await, Ok(()));
+        // base64("ackwatch:s3cret")
+        assert!(
+            seen.await
+                .unwrap()
+                .contains("authorization: basic ywnrd2f0y2g6cznjcmv0")
+        );
+
+        let (url, seen) = server(Some("200 OK")).await;
+        let mut a = args(&url);
+        a.bearer_token_file = Some(token);
+        assert_eq!(push(&a).await, Ok(()));
+        let request = seen.await.unwrap();
+        assert!(request.contains("authorization: bearer t0ken"), "{request}");
+        assert!(request.starts_with("post /api/v2/alerts "), "{request}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn reasons_are_labelled() {
         for (r, l) in [
