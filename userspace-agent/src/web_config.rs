@@ -96,7 +96,11 @@ fn acceptor(t: &TlsFile, dir: &Path) -> Result<tokio_rustls::TlsAcceptor, String
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
     let builder = match (&t.client_auth_type, &t.client_ca_file) {
-        (ClientAuth::NoClientCert, _) => builder.with_no_client_auth(),
+        (ClientAuth::NoClientCert, None) => builder.with_no_client_auth(),
+        // As exporter-toolkit: a CA that would verify nothing is a mistake.
+        (ClientAuth::NoClientCert, Some(_)) => {
+            return Err("tls_server_config: client_ca_file without a client_auth_type that verifies (VerifyClientCertIfGiven or RequireAndVerifyClientCert)".into());
+        }
         (_, None) => {
             return Err("tls_server_config: this client_auth_type needs client_ca_file".into());
         }
@@ -189,6 +193,10 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("nosuch.pem"), "{e}");
+        let e = load("tls_server_config:\n  cert_file: c\n  key_file: k\n  client_auth_type: RequestClientCert\n")
+            .err()
+            .unwrap();
+        assert!(e.contains("unknown variant `RequestClientCert`"), "{e}");
         let e = load("basic_auth: {}\n").err().unwrap();
         assert!(e.contains("unknown field"), "{e}");
         assert!(load("").is_ok_and(|w| w.tls.is_none() && w.users.is_none()));
