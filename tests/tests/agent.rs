@@ -263,6 +263,13 @@ fn alertmanager_and_prometheus() {
         assert_eq!(alert["labels"]["class"], "ctcp");
         assert_eq!(alert["labels"]["iface"], "h0");
         assert_eq!(alert["labels"]["severity"], "critical");
+        assert_eq!(
+            alert["labels"]["headend"].as_str(),
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .as_deref()
+                .map(str::trim)
+        );
         assert!(
             alert["annotations"]["tcp_state_bypass"]
                 .as_str()

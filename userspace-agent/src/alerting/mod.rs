@@ -47,6 +47,8 @@ pub struct Alerter {
     tx: mpsc::Sender<Change>,
     alert_after: Duration,
     dropped: IntCounter,
+    /// The `headend` label: this machine's host name.
+    headend: String,
     /// What `spawn` starts: the replicas' senders and the receiving end.
     idle: Mutex<Option<(Vec<replica::Replica>, mpsc::Receiver<Change>)>>,
 }
@@ -73,6 +75,7 @@ impl Alerter {
             tx,
             alert_after: args.alert_after,
             dropped,
+            headend: payload::hostname(),
             idle: Mutex::new(Some((replicas, rx))),
         })
     }
@@ -90,7 +93,7 @@ impl Alerter {
     /// Fires (once the stall has lasted `alert_after`) or resolves the alert of `r`'s
     /// flow.
     pub fn record(&self, r: &StallRecord, iface: &str, offset: u64) {
-        let (key, mut alert) = (r.key, payload::alert_json(r, iface, offset));
+        let (key, mut alert) = (r.key, payload::alert_json(r, iface, offset, &self.headend));
         let change = if r.what == StallWhat::Started as u8 {
             let lasted = Duration::from_nanos(monotonic_now().saturating_sub(r.since));
             Change::Started {

@@ -7,8 +7,9 @@ use crate::events::event_json;
 use crate::flows::rfc3339;
 use crate::report::{host, port};
 
-/// The alert of `r`'s flow; it starts when the hole opened (`r.since`).
-pub fn alert_json(r: &StallRecord, iface: &str, offset: u64) -> Value {
+/// The alert of `r`'s flow; it starts when the hole opened (`r.since`). `headend`
+/// names the machine, so that alerts of a fleet say where they come from.
+pub fn alert_json(r: &StallRecord, iface: &str, offset: u64, headend: &str) -> Value {
     let e = event_json(r, iface, offset);
     let (client, server) = (
         e["client"].as_str().unwrap_or(""),
@@ -27,6 +28,7 @@ pub fn alert_json(r: &StallRecord, iface: &str, offset: u64) -> Value {
             "server": server,
             "class": e["class"],
             "iface": iface,
+            "headend": headend,
             "severity": "critical",
         },
         "annotations": {
@@ -40,4 +42,15 @@ pub fn alert_json(r: &StallRecord, iface: &str, offset: u64) -> Value {
         },
         "startsAt": rfc3339(r.since + offset),
     })
+}
+
+/// This machine's host name (the `headend` label).
+pub fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into our buffer.
+    if unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } != 0 {
+        return "unknown".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
 }
