@@ -1,6 +1,7 @@
 //! What ackwatch's kernel and integration tests share: frame builders, a harness
 //! around the loaded probe, and generators of TCP conversations.
 
+pub mod alerting;
 pub mod conversation;
 pub mod corpus;
 pub mod ctcp;
@@ -18,6 +19,7 @@ pub mod prefill;
 pub mod prom;
 pub mod scenario;
 pub mod stall_lab;
+pub mod tls_lab;
 pub mod tshark;
 
 /// The `ackwatch` binary of this build (target/<profile>/ackwatch), which

@@ -65,6 +65,16 @@ pub struct CtcpRun {
 
 /// `ctcp` with the client's initial sequence number `isn`.
 pub fn ctcp_from(lab: &Lab, port: u16, isn: u32, more: usize) -> CtcpRun {
+    ctcp_session(lab, port, isn, more, false)
+}
+
+/// `ctcp` whose client, after its `more` segments, answers the hole at last (a resend
+/// one byte longer, which the lab lets through): the stall recovers.
+pub fn ctcp_answered_after(lab: &Lab, port: u16, more: usize) -> CtcpRun {
+    ctcp_session(lab, port, ISN, more, true)
+}
+
+fn ctcp_session(lab: &Lab, port: u16, isn: u32, more: usize, answer: bool) -> CtcpRun {
     let (client, server): (SocketAddr, SocketAddr) = (
         format!("{CLIENT4}:{port}").parse().unwrap(),
         format!("{HEADEND4}:10000").parse().unwrap(),
@@ -84,29 +94,11 @@ pub fn ctcp_from(lab: &Lab, port: u16, isn: u32, more: usize) -> CtcpRun {
             c.send_data(LEN).unwrap();
             acked = c.ignore_for(Duration::from_millis(100)).unwrap().or(acked);
         }
+        if answer {
+            c.resend(hole(isn), LEN + 1).unwrap();
+            c.ignore_for(Duration::from_millis(500)).unwrap();
+        }
         CtcpRun { after_hole, acked }
     })
 }
 
-/// A cTCP client from `port` whose ninth segment is lost: it keeps sending, stalled, for
-/// `rounds` × 100 ms, then resends the hole (one byte longer, so that it passes) and
-/// listens for 500 ms: a stall that recovers.
-pub fn ctcp_recovering(lab: &Lab, port: u16, rounds: usize) {
-    let (client, server): (SocketAddr, SocketAddr) = (
-        format!("{CLIENT4}:{port}").parse().unwrap(),
-        format!("{HEADEND4}:10000").parse().unwrap(),
-    );
-    in_ns(&lab.client, || {
-        let mut c = CtcpClient::connect(client, server, ISN).expect("handshake");
-        for _ in 0..20 {
-            c.send_data(LEN).unwrap();
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        for _ in 0..rounds {
-            c.send_data(LEN).unwrap();
-            c.ignore_for(Duration::from_millis(100)).unwrap();
-        }
-        c.resend(HOLE, LEN + 1).unwrap();
-        c.ignore_for(Duration::from_millis(500)).unwrap();
-    })
-}

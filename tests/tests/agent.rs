@@ -8,7 +8,7 @@ use ackwatch_tests::lab::{CLIENT4, Lab};
 use ackwatch_tests::live::{AGENT_ADDR, Agent, Tcpdump, http_get};
 use ackwatch_tests::observe::metric;
 use ackwatch_tests::stall_lab::{
-    HOLE, ISN, LEN, ctcp, ctcp_from, ctcp_recovering, hole, lab_with_loss, lab_with_loss_of,
+    HOLE, ISN, LEN, ctcp, ctcp_answered_after, ctcp_from, hole, lab_with_loss, lab_with_loss_of,
 };
 
 #[test]
@@ -202,40 +202,26 @@ fn bad_input_gets_one_line_and_exit_code_2() {
 #[test]
 fn alertmanager_and_prometheus() {
     use ackwatch_tests::Scratch;
-    use ackwatch_tests::live::{Service, poll_json};
+    use ackwatch_tests::alerting::{Replica, STORE_ONLY, alertmanager, prometheus};
+    use ackwatch_tests::live::poll_json;
     let (lab, _headend) = lab_with_loss();
     let dir = Scratch::new("agent-services");
-    std::fs::write(
-        dir.join("am.yml"),
-        "route:\n  receiver: none\nreceivers:\n  - name: none\n",
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("prom.yml"),
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ackwatch\n    static_configs:\n      - targets: ['{AGENT_ADDR}']\n"),
-    )
-    .unwrap();
-    let path = |f: &str| dir.join(f).display().to_string();
-    let _am = Service::start(
+    let _am = alertmanager(
         &lab.headend,
-        "prometheus-alertmanager",
-        &[
-            format!("--config.file={}", path("am.yml")),
-            format!("--storage.path={}", path("am")),
-            "--web.listen-address=127.0.0.1:9093".into(),
-            "--cluster.listen-address=".into(),
-        ],
-        "127.0.0.1:9093",
+        &dir,
+        &Replica {
+            web: "127.0.0.1:9093".into(),
+            cluster: None,
+        },
+        &[],
+        STORE_ONLY,
     );
-    let _prom = Service::start(
+    let _prom = prometheus(
         &lab.headend,
-        "prometheus",
-        &[
-            format!("--config.file={}", path("prom.yml")),
-            format!("--storage.tsdb.path={}", path("prom")),
-            "--web.listen-address=127.0.0.1:9090".into(),
-        ],
-        "127.0.0.1:9090",
+        &dir,
+        &format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ackwatch\n    static_configs:\n      - targets: ['{AGENT_ADDR}']\n"
+        ),
     );
     let agent = Agent::start(
         &lab.headend,
@@ -246,11 +232,14 @@ fn alertmanager_and_prometheus() {
             AGENT_ADDR,
             "--alertmanager-url",
             "http://127.0.0.1:9093",
+            // Pushed at once: this stall lasts 4 s (the default waits 10).
+            "--alert-after",
+            "1s",
         ],
     );
     std::thread::scope(|s| {
-        // Keep the flow going, stalled, long enough to see the alert; then answer.
-        s.spawn(|| ctcp_recovering(&lab, 50_300, 40));
+        // Stalled long enough to see the alert; then answered.
+        s.spawn(|| ctcp_answered_after(&lab, 50_300, 40));
         let e = agent
             .next_event(Duration::from_secs(4))
             .expect("stall_started");
@@ -274,6 +263,13 @@ fn alertmanager_and_prometheus() {
         assert_eq!(alert["labels"]["class"], "ctcp");
         assert_eq!(alert["labels"]["iface"], "h0");
         assert_eq!(alert["labels"]["severity"], "critical");
+        assert_eq!(
+            alert["labels"]["headend"].as_str(),
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .as_deref()
+                .map(str::trim)
+        );
         assert!(
             alert["annotations"]["tcp_state_bypass"]
                 .as_str()

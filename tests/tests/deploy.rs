@@ -61,8 +61,7 @@ fn rule_field(rules: &str, name: &str, key: &str) -> Option<String> {
 }
 
 /// AckwatchFlowStalled holds a stall for the agent's --alert-after before firing, as the
-/// agent does before pushing to Alertmanager (5 s, or the agent's default once it has
-/// the flag).
+/// agent does before pushing to Alertmanager (its default, from its help).
 #[test]
 fn stall_alert_holds_as_long_as_the_agent() {
     let rules = std::fs::read_to_string(deploy().join("prometheus/ackwatch-rules.yml")).unwrap();
@@ -73,23 +72,20 @@ fn stall_alert_holds_as_long_as_the_agent() {
         .output()
         .expect("ackwatch run --help");
     let help = String::from_utf8_lossy(&help.stdout);
-    let default = match help.split_once("--alert-after") {
-        // An agent without the flag yet: the 5 s it is to have.
-        None => "5s",
-        Some((_, rest)) => {
-            // Its own paragraph: up to the next flag.
-            let end = [rest.find("\n  -"), rest.find("\n      --")]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(rest.len());
-            rest[..end]
-                .split("[default: ")
-                .nth(1)
-                .and_then(|d| d.split(']').next())
-                .unwrap_or_else(|| panic!("--alert-after has no default: {}", &rest[..end]))
-        }
-    };
+    let (_, rest) = help
+        .split_once("--alert-after")
+        .expect("ackwatch run has --alert-after");
+    // Its own paragraph: up to the next flag.
+    let end = [rest.find("\n  -"), rest.find("\n      --")]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(rest.len());
+    let default = rest[..end]
+        .split("[default: ")
+        .nth(1)
+        .and_then(|d| d.split(']').next())
+        .unwrap_or_else(|| panic!("--alert-after has no default: {}", &rest[..end]));
     let parse = |d: &str| humantime::parse_duration(d).unwrap_or_else(|e| panic!("{d}: {e}"));
     assert_eq!(
         parse(&hold),

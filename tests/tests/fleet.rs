@@ -135,7 +135,7 @@ fn dashboards_query_a_real_prometheus_after_a_stall() {
             .expect("a stall_started event");
         assert_eq!(e["event"], "stall_started", "{}: {e}", agent.ns);
     }
-    // Not firing yet: AckwatchFlowStalled holds a stall for 5 s, as --alert-after.
+    // Not firing yet: AckwatchFlowStalled holds a stall for 10 s, as --alert-after.
     let firing = "ALERTS{alertname=\"AckwatchFlowStalled\",alertstate=\"firing\"}";
     let early = prom.query(firing);
     assert_eq!(
@@ -314,7 +314,7 @@ fn series_count_bounded_at_1m_flows_and_100_stalls() {
 #[test]
 fn a_recovered_stall_leaves_no_info_series_on_a_gateway() {
     use ackwatch_tests::live::http_get;
-    use ackwatch_tests::stall_lab::ctcp_recovering;
+    use ackwatch_tests::stall_lab::ctcp_answered_after;
     let (lab, _headend) = lab_with_loss();
     let agent = Agent::start(
         &lab.gateway,
@@ -329,7 +329,7 @@ fn a_recovered_stall_leaves_no_info_series_on_a_gateway() {
             .collect::<Vec<_>>()
     };
     std::thread::scope(|s| {
-        s.spawn(|| ctcp_recovering(&lab, 50_500, 25));
+        s.spawn(|| ctcp_answered_after(&lab, 50_500, 25));
         let e = agent
             .next_event(Duration::from_secs(4))
             .expect("stall_started");

@@ -18,6 +18,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// RunArgs is the large one; parsed once at start, so never boxed.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 pub enum Command {
     /// Attach the probe to interfaces and report stuck flows (the daemon).
@@ -67,13 +69,12 @@ pub struct RunArgs {
     /// Address of /metrics, /healthz and /flows (a headend faces the Internet: loopback by default).
     #[arg(long, default_value = "127.0.0.1:9977", env = "ACKWATCH_LISTEN")]
     pub listen: std::net::SocketAddr,
-    /// Alertmanager to push stalls to (repeatable), e.g. http://127.0.0.1:9093.
-    #[arg(
-        long = "alertmanager-url",
-        env = "ACKWATCH_ALERTMANAGER_URL",
-        value_delimiter = ','
-    )]
-    pub alertmanager_urls: Vec<crate::alert::Endpoint>,
+    /// TLS and basic auth of /metrics, /healthz and /flows: a file in the Prometheus
+    /// exporter-toolkit web config format (tls_server_config, basic_auth_users).
+    #[arg(long, env = "ACKWATCH_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub alertmanager: crate::alerting::AlertmanagerArgs,
     /// At most this many ackwatch_stalled_flow_info series (one per stalled flow).
     #[arg(long, default_value_t = 100)]
     pub max_stalled_series: usize,
@@ -203,7 +204,7 @@ impl VerdictArgs {
     }
 }
 
-fn duration(s: &str) -> Result<Duration, String> {
+pub fn duration(s: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 1s, 5m)"))?;
     if d.is_zero() {
         return Err("must be more than zero".into());

@@ -13,7 +13,7 @@ use ebpf_probe::parse::LinkKind;
 use ebpf_probe::verdict::Config;
 use tokio::io::unix::AsyncFd;
 
-use crate::alert::Alerter;
+use crate::alerting::Alerter;
 use crate::caps;
 use crate::cli::{RunArgs, XdpModeArg};
 use crate::events::event_json;
@@ -22,6 +22,7 @@ use crate::metrics::Metrics;
 use crate::pins::{PinError, Pins};
 use crate::probe::{self, Mirror, Probe, ProbeError, Settings};
 use crate::sweep::{LostStarts, Pass, Sweeper, stalled_sides};
+use crate::web_config::WebConfig;
 
 /// Why `run` stopped before starting: bad input (exit 2) or a failure (exit 1).
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,8 @@ pub struct Shared {
     pub offset: u64,
     ifnames: HashMap<u32, String>,
     alerter: std::sync::OnceLock<Alerter>,
+    /// TLS and basic auth of the HTTP side (--web-config-file).
+    pub web: Option<Arc<WebConfig>>,
     pins: Pins,
     cfg: Config,
 }
@@ -147,6 +150,23 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
             return Err(RunError::Input(format!("unknown interface {i}")));
         }
     }
+    // Files first: a bad one is named before anything is attached.
+    let web = args
+        .web_config_file
+        .as_deref()
+        .map(WebConfig::load)
+        .transpose()
+        .map_err(RunError::Input)?;
+    let metrics = Metrics::new(args.max_flows, args.max_stalled_series);
+    let alerter = std::sync::OnceLock::new();
+    if !args.alertmanager.urls.is_empty() {
+        let (errors, dropped) = (
+            metrics.alertmanager_errors.clone(),
+            metrics.alerts_dropped.clone(),
+        );
+        let a = Alerter::new(&args.alertmanager, errors, dropped).map_err(RunError::Input)?;
+        let _ = alerter.set(a);
+    }
     let missing = caps::missing_capabilities();
     if !missing.is_empty() {
         return Err(RunError::Input(format!(
@@ -238,10 +258,11 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
         probe: Mutex::new(probe),
         episodes: Mutex::new(HashMap::new()),
         candidates: Mutex::new(Default::default()),
-        metrics: Metrics::new(args.max_flows, args.max_stalled_series),
+        metrics,
         offset: flows::monotonic_to_wall(),
         ifnames,
-        alerter: std::sync::OnceLock::new(),
+        alerter,
+        web: web.map(Arc::new),
         pins,
         cfg: args.verdict.config(),
     }))
@@ -268,21 +289,17 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| RunError::Input(format!("cannot listen on {}: {e}", args.listen)))?;
+    let scheme = match shared.web.as_deref() {
+        Some(w) if w.tls.is_some() => "https",
+        _ => "http",
+    };
     log::info!(
-        "serving /metrics, /healthz and /flows on http://{}",
+        "serving /metrics, /healthz and /flows on {scheme}://{}",
         args.listen
     );
     let http = tokio::spawn(crate::http::serve(listener, shared.clone()));
-    if !args.alertmanager_urls.is_empty() {
-        let (errors, dropped) = (
-            shared.metrics.alertmanager_errors.clone(),
-            shared.metrics.alerts_dropped.clone(),
-        );
-        let _ = shared.alerter.set(Alerter::start(
-            args.alertmanager_urls.clone(),
-            errors,
-            dropped,
-        ));
+    if let Some(a) = shared.alerter.get() {
+        a.spawn();
     }
     shared.resume_open_stalls();
 

@@ -1,5 +1,6 @@
 //! The HTTP side: GET /metrics (Prometheus), /healthz, /flows (JSON; `?state=stalled`,
-//! `?class=ctcp`, `?limit=N`, default 1,000, at most 100,000).
+//! `?class=ctcp`, `?limit=N`, default 1,000, at most 100,000); over TLS and behind
+//! basic auth when the web config says so.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use tokio::sync::Semaphore;
 use crate::daemon::Shared;
 use crate::flows::{FlowReport, class_name, state_name};
 use crate::metrics::{CLASSES, STATES};
+use crate::web_config::BasicAuth;
 
 /// Connections served at once; more are closed as they are accepted, so clients that
 /// open many and send nothing cannot use up the agent's descriptors.
@@ -25,11 +27,16 @@ const MAX_CONNECTIONS: usize = 256;
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/flows", get(flows))
         .with_state(shared.clone());
+    let web = shared.web.clone();
+    if let Some(users) = web.as_ref().and_then(|w| w.users.clone()) {
+        app = app.layer(axum::middleware::from_fn_with_state(users, basic_auth));
+    }
+    let tls = web.and_then(|w| w.tls.clone());
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let stream = match listener.accept().await {
@@ -45,16 +52,50 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
             shared.metrics.http_refused.inc();
             continue; // dropped: closed
         };
-        let service = TowerToHyperService::new(app.clone());
+        let (app, tls) = (app.clone(), tls.clone());
         tokio::spawn(async move {
-            let _ = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            match tls {
+                // The handshake is bounded like a request's head.
+                Some(tls) => {
+                    if let Ok(Ok(stream)) =
+                        tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream)).await
+                    {
+                        serve_connection(stream, app).await;
+                    }
+                }
+                None => serve_connection(stream, app).await,
+            }
             drop(slot);
         });
     }
+}
+
+async fn serve_connection<S>(stream: S, app: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let _ = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(app))
+        .await;
+}
+
+/// Every path needs a user of the web config: 401 with a Basic challenge otherwise.
+async fn basic_auth(
+    State(users): State<Arc<BasicAuth>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if users.allows(req.headers().get(header::AUTHORIZATION)).await {
+        return next.run(req).await;
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Basic realm=\"ackwatch\"")],
+        "Unauthorized\n",
+    )
+        .into_response()
 }
 
 async fn metrics(State(s): State<Arc<Shared>>) -> impl IntoResponse {

@@ -2,7 +2,7 @@
 //! captures and analysing them offline, and the flow reports both produce. The
 //! `ackwatch` binary, the integration tests and the xtasks build on it.
 
-pub mod alert;
+pub mod alerting;
 pub mod analyze;
 pub mod attach;
 pub mod batch;
@@ -20,3 +20,5 @@ pub mod pins;
 pub mod probe;
 pub mod report;
 pub mod sweep;
+pub mod tls;
+pub mod web_config;

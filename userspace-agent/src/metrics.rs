@@ -47,7 +47,7 @@ pub struct Metrics {
     pub evictions: prometheus::IntCounter,
     /// How long the last sweep of the flow table took.
     pub sweep_seconds: prometheus::Gauge,
-    pub alertmanager_errors: prometheus::IntCounter,
+    pub alertmanager_errors: IntCounterVec,
     pub alerts_dropped: prometheus::IntCounter,
     /// Kernel counters at the last mirror, to add only what is new.
     last: std::sync::Mutex<Vec<u64>>,
@@ -241,10 +241,12 @@ impl Metrics {
                 r.register(Box::new(g.clone())).unwrap();
                 g
             },
-            alertmanager_errors: plain_counter(
+            alertmanager_errors: counter_vec(
                 &r,
                 "ackwatch_alertmanager_errors_total",
-                "Pushes to Alertmanager that failed after retries",
+                "Pushes to an Alertmanager replica that failed after retries, by reason",
+                "reason",
+                &crate::alerting::REASONS,
             ),
             alerts_dropped: plain_counter(
                 &r,

@@ -18,6 +18,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus",
     "prometheus-alertmanager",
     "libcap2-bin",
+    // The TLS tests: their certificates, and HTTPS requests to the agent.
+    "openssl",
+    "curl",
     // GNU time: the benchmarks' peak RSS of a command.
     "time",
     // cargo xtask package: dpkg-shlibdeps, and strip; its test runs lintian and
