@@ -101,4 +101,3 @@ fn ctcp_session(lab: &Lab, port: u16, isn: u32, more: usize, answer: bool) -> Ct
         CtcpRun { after_hole, acked }
     })
 }
-

@@ -186,15 +186,13 @@ fn in_order_segments(src: &str) -> Vec<Vec<u8>> {
 }
 
 /// The client's first segment (`SEGMENT` bytes from sequence number 1) and the
-/// server's ACK of it.
-fn establish(probe: &mut Probe, client: &str, server: &str) {
+/// server's ACK of it, through program `prog`.
+fn establish(probe: &mut Probe, prog: &'static str, client: &str, server: &str) {
     for f in [
         data(client, server, 1, ctcp_payload(SEGMENT)),
         ack(server, client, 1 + SEGMENT as u32),
     ] {
-        probe
-            .xdp_run_time("ackwatch_xdp", &f, 1)
-            .expect("establish");
+        probe.xdp_run_time(prog, &f, 1).expect("establish");
     }
 }
 
@@ -215,7 +213,7 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
         ("10.0.0.1:40001", "10.0.0.2:10000"),
         ("10.0.0.1:40005", "10.0.0.2:10000"),
     ] {
-        establish(&mut probe, client, server);
+        establish(&mut probe, "ackwatch_xdp", client, server);
     }
     // A flow with the client's data outstanding, so the server's ACKs below it repeat.
     probe
@@ -313,7 +311,7 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
         Some(300.0),
     );
     prefill(&mut probe, prefilled + INSERTS + 64, true);
-    let refused = data("10.0.0.9:40009", "10.0.0.2:10000", 1, ctcp_payload(1000));
+    let refused = data("10.0.0.9:40009", "10.0.0.2:10000", 1, ctcp_payload(SEGMENT));
     let (t, pass) = hot_loop(&mut probe, "ackwatch_xdp", &refused);
     push(
         figures,
@@ -390,11 +388,18 @@ fn mirror(figures: &mut Vec<Figure>, zero: &mut Vec<(String, f64)>) {
         ..Settings::default()
     })
     .expect("load the probe");
+    // An established flow, as for the inline figures.
+    establish(
+        &mut probe,
+        MIRROR_PROGRAM,
+        "10.0.0.1:40000",
+        "10.0.0.2:10000",
+    );
     println!("mirror program, plain and VXLAN copies of the same frames:");
     for (name, inner) in [
         (
             "tracked",
-            data("10.0.0.1:40000", "10.0.0.2:10000", 1, ctcp_payload(1000)),
+            data("10.0.0.1:40000", "10.0.0.2:10000", 1, ctcp_payload(SEGMENT)),
         ),
         (
             "out_of_scope",
