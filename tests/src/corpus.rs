@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ackwatch::capture::{Capture, Link};
+use ackwatch::offline::capture::{Capture, Link};
 use ebpf_probe::parse::LinkKind;
 
 /// `$ACKWATCH_PCAPS`, else tests/captures.

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ackwatch::probe::{Probe, Settings};
+use ackwatch::kernel::probe::{Probe, Settings};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
 use aya_obj::programs::XdpAttachType;
 use ebpf_probe::abi::{Flow, FlowKey, StallRecord, counter};

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use ackwatch::probe::{Probe, Settings};
+use ackwatch::kernel::probe::{Probe, Settings};
 use aya::programs::xdp::XdpMode;
 use ebpf_probe::abi::{StallRecord, StallWhat};
 
@@ -447,7 +447,7 @@ pub fn compare_with_tshark(probe: &Probe, capture: &std::path::Path) -> usize {
 /// `GET path` from inside namespace `ns`: (status, body).
 pub fn http_get(ns: &str, addr: &str, path: &str) -> (u16, String) {
     in_ns(ns, || {
-        ackwatch::client::http_get(addr, path).expect("GET from the agent")
+        ackwatch::serve::client::http_get(addr, path).expect("GET from the agent")
     })
 }
 

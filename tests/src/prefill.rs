@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use ackwatch::flow_table::FlowTable;
+use ackwatch::kernel::flow_table::FlowTable;
 use ebpf_probe::abi::{Flow, FlowClass, FlowKey};
 
 /// The key of filled flow `i`: distinct IPv4 clients (172.16/12) of one cTCP server.

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use ackwatch::analyze::{Analyzer, Options};
-use ackwatch::capture::Capture;
 use ackwatch::flows::FlowReport;
+use ackwatch::offline::analyze::{Analyzer, Options};
+use ackwatch::offline::capture::Capture;
 use ebpf_probe::decap::TunnelPorts;
 use ebpf_probe::verdict::Config;
 use std::path::Path;

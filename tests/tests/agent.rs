@@ -385,11 +385,11 @@ fn pins_of_another_layout_are_discarded() {
     let old = std::path::Path::new(&pin).join("v0-older-layout");
     std::fs::create_dir_all(&old).unwrap();
     // An older agent's leftovers: its maps, pinned.
-    let settings = ackwatch::probe::Settings {
+    let settings = ackwatch::kernel::probe::Settings {
         pin_dir: Some(old.clone()),
         ..Default::default()
     };
-    drop(ackwatch::probe::Probe::load(&settings).expect("pin an old layout"));
+    drop(ackwatch::kernel::probe::Probe::load(&settings).expect("pin an old layout"));
     assert!(old.join("FLOWS").exists());
     let agent = Agent::start(
         &lab.headend,

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use ackwatch::probe::Settings;
+use ackwatch::kernel::probe::Settings;
 use ackwatch_tests::conversation::Generator;
 use ackwatch_tests::corpus;
 use ackwatch_tests::harness::{Hook, Host, Kernel};
@@ -336,7 +336,7 @@ fn differential_fuzz_kernel_and_host() {
 /// run.
 #[test]
 fn differential_fuzz_mirror_copies() {
-    use ackwatch::probe::Mirror;
+    use ackwatch::kernel::probe::Mirror;
     use ackwatch_tests::encap::{TUNNELS, wrap};
     use ebpf_probe::decap::TunnelPorts;
     let seed = seed();

@@ -2,7 +2,7 @@
 //! through BPF_PROG_TEST_RUN; its maps read back and compared with the host's copy of
 //! the same state machine. Needs root (CAP_BPF, CAP_NET_ADMIN).
 
-use ackwatch::probe::{PROGRAMS, Settings};
+use ackwatch::kernel::probe::{PROGRAMS, Settings};
 use ackwatch_tests::conversation::Generator;
 use ackwatch_tests::harness::{Host, Kernel};
 use ebpf_probe::verdict::Config;

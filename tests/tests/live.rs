@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ackwatch::probe::Settings;
+use ackwatch::kernel::probe::Settings;
 use ackwatch_tests::Scratch;
 use ackwatch_tests::ctcp::CtcpClient;
 use ackwatch_tests::lab::{CLIENT4, CLIENT6, HEADEND4, HEADEND6, Lab, in_ns};
@@ -282,7 +282,7 @@ fn real_tcp_under_loss(
     dump: bool,
 ) -> (
     Vec<StallRecord>,
-    ackwatch::probe::Probe,
+    ackwatch::kernel::probe::Probe,
     Option<(Scratch, std::path::PathBuf)>,
 ) {
     let lab = Lab::new();

@@ -3,7 +3,7 @@
 //! The verdict is always pass, the right reason counter moves (the same one the host
 //! parser names), and no flow's state changes.
 
-use ackwatch::probe::Settings;
+use ackwatch::kernel::probe::Settings;
 use ackwatch_tests::frames::{L2, segment};
 use ackwatch_tests::harness::{Hook, Kernel};
 use ackwatch_tests::scenario::ctcp_flow;

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use ackwatch::probe::{Mirror, Settings};
+use ackwatch::kernel::probe::{Mirror, Settings};
 use ackwatch_tests::encap::{TUNNELS, Tunnel, inner_offset, wrap};
 use ackwatch_tests::frames::{L2, segment};
 use ackwatch_tests::harness::{Host, Kernel};

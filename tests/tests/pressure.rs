@@ -4,9 +4,9 @@
 
 use std::net::SocketAddr;
 
-use ackwatch::metrics::Metrics;
-use ackwatch::probe::Settings;
-use ackwatch::sweep::sweep;
+use ackwatch::kernel::probe::Settings;
+use ackwatch::kernel::sweep::sweep;
+use ackwatch::serve::metrics::Metrics;
 use ackwatch_tests::conversation::Step;
 use ackwatch_tests::frames::{L2, TH_ACK, TH_FIN, TH_PSH, TH_SYN, Tcp, frame};
 use ackwatch_tests::harness::{Hook, Kernel};
@@ -288,7 +288,7 @@ fn lost_stall_records_are_found_in_the_table() {
     };
     let cfg = ebpf_probe::verdict::Config::default();
     let now = steps.last().unwrap().at_ns + SEC;
-    let mut lost_starts = ackwatch::sweep::LostStarts::default();
+    let mut lost_starts = ackwatch::kernel::sweep::LostStarts::default();
     let mut found = Vec::new();
     for sweep_no in 0..2 {
         let (t, _) = sweep(&k.probe, &cfg, IDLE_NS, now + sweep_no * SEC);

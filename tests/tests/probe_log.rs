@@ -3,7 +3,7 @@
 
 use std::sync::Mutex;
 
-use ackwatch::probe::Settings;
+use ackwatch::kernel::probe::Settings;
 use ackwatch_tests::harness::Kernel;
 use ackwatch_tests::scenario::ctcp_flow;
 

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ackwatch::probe::Settings;
+use ackwatch::kernel::probe::Settings;
 use ackwatch_tests::frames::{L2, TH_ACK, TH_FIN, TH_PSH, Tcp, ctcp_payload, frame};
 use ackwatch_tests::harness::{Hook, Host, Kernel, Runner};
 use ackwatch_tests::invariants::{describe, record_faults, what};

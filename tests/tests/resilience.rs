@@ -72,7 +72,8 @@ fn http_under_load_with_bad_and_slow_clients() {
                         let path = ["/metrics", "/flows", "/healthz", "/flows?state=stalled"]
                             [((i + t) % 4) as usize];
                         let started = Instant::now();
-                        let (status, _) = ackwatch::client::http_get(AGENT_ADDR, path).unwrap();
+                        let (status, _) =
+                            ackwatch::serve::client::http_get(AGENT_ADDR, path).unwrap();
                         worst.fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                         if status == 200 {
                             ok.fetch_add(1, Ordering::Relaxed);

@@ -74,7 +74,7 @@ pub struct RunArgs {
     #[arg(long, env = "ACKWATCH_WEB_CONFIG_FILE")]
     pub web_config_file: Option<PathBuf>,
     #[command(flatten)]
-    pub alertmanager: crate::alerting::AlertmanagerArgs,
+    pub alertmanager: crate::serve::alerting::AlertmanagerArgs,
     /// At most this many ackwatch_stalled_flow_info series (one per stalled flow).
     #[arg(long, default_value_t = 100)]
     pub max_stalled_series: usize,

@@ -13,16 +13,16 @@ use ebpf_probe::parse::LinkKind;
 use ebpf_probe::verdict::Config;
 use tokio::io::unix::AsyncFd;
 
-use crate::alerting::Alerter;
-use crate::caps;
 use crate::cli::{RunArgs, XdpModeArg};
-use crate::events::event_json;
 use crate::flows::{self, Episode};
-use crate::metrics::Metrics;
-use crate::pins::{PinError, Pins};
-use crate::probe::{self, Mirror, Probe, ProbeError, Settings};
-use crate::sweep::{LostStarts, Pass, Sweeper, stalled_sides};
-use crate::web_config::WebConfig;
+use crate::kernel::caps;
+use crate::kernel::pins::{PinError, Pins};
+use crate::kernel::probe::{self, Mirror, Probe, ProbeError, Settings};
+use crate::kernel::sweep::{LostStarts, Pass, Sweeper, stalled_sides};
+use crate::serve::alerting::Alerter;
+use crate::serve::events::event_json;
+use crate::serve::metrics::Metrics;
+use crate::serve::web_config::WebConfig;
 
 /// Why `run` stopped before starting: bad input (exit 2) or a failure (exit 1).
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +184,7 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
         });
     if mirror.is_some() {
         for i in &args.ifaces {
-            if !matches!(crate::attach::link_kind(i), Ok(LinkKind::Ethernet)) {
+            if !matches!(crate::kernel::attach::link_kind(i), Ok(LinkKind::Ethernet)) {
                 let why = format!("{i} is not an Ethernet interface: a mirror port must be");
                 return Err(RunError::Input(why));
             }
@@ -297,7 +297,7 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
         "serving /metrics, /healthz and /flows on {scheme}://{}",
         args.listen
     );
-    let http = tokio::spawn(crate::http::serve(listener, shared.clone()));
+    let http = tokio::spawn(crate::serve::http::serve(listener, shared.clone()));
     if let Some(a) = shared.alerter.get() {
         a.spawn();
     }

@@ -3,13 +3,13 @@
 use std::io::Write;
 use std::process::ExitCode;
 
-use ackwatch::analyze::{Analyzer, Options};
-use ackwatch::capture::{Capture, CaptureError};
 use ackwatch::cli::{AnalyzeArgs, Cli, Command, FlowsArgs, LogFormat, RunArgs};
-use ackwatch::client;
 use ackwatch::daemon::{self, RunError};
 use ackwatch::flows::FlowReport;
-use ackwatch::report;
+use ackwatch::offline::analyze::{Analyzer, Options};
+use ackwatch::offline::capture::{Capture, CaptureError};
+use ackwatch::offline::report;
+use ackwatch::serve::client;
 use clap::Parser;
 
 fn main() -> ExitCode {

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use ackwatch::flows::monotonic_now;
-use ackwatch::probe::{Probe, Settings};
+use ackwatch::kernel::probe::{Probe, Settings};
 use ackwatch_tests::lab::{Lab, in_ns};
 use ackwatch_tests::live::{AGENT_ADDR, Agent, BpfFs};
 use ackwatch_tests::observe::{self, cpu_seconds, rss_kib};
@@ -25,7 +25,7 @@ fn timed_get(ns: &str, path: &str) -> (f64, usize) {
         let mut len = 0;
         for _ in 0..REQUESTS {
             let t = Instant::now();
-            let (status, body) = ackwatch::client::http_get(AGENT_ADDR, path).expect("GET");
+            let (status, body) = ackwatch::serve::client::http_get(AGENT_ADDR, path).expect("GET");
             times.push(t.elapsed().as_secs_f64() * 1000.0);
             assert_eq!(status, 200, "GET {path}: {body}");
             len = body.len();
@@ -37,7 +37,7 @@ fn timed_get(ns: &str, path: &str) -> (f64, usize) {
 
 fn metric(ns: &str, name: &str) -> f64 {
     let (_, body) = in_ns(ns, || {
-        ackwatch::client::http_get(AGENT_ADDR, "/metrics").unwrap()
+        ackwatch::serve::client::http_get(AGENT_ADDR, "/metrics").unwrap()
     });
     observe::metric(&body, name).unwrap_or(f64::NAN)
 }
@@ -61,7 +61,7 @@ pub fn full_pass(sizes: &[u32], figures: &mut Vec<Figure>) {
         let mut best = f64::MAX;
         for _ in 0..3 {
             let t = Instant::now();
-            let (_, pass) = ackwatch::sweep::sweep(&probe, &cfg, u64::MAX, monotonic_now());
+            let (_, pass) = ackwatch::kernel::sweep::sweep(&probe, &cfg, u64::MAX, monotonic_now());
             assert_eq!(pass.entries, n as usize);
             best = best.min(t.elapsed().as_secs_f64() * 1000.0);
         }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use ackwatch::probe::Settings;
+use ackwatch::kernel::probe::Settings;
 use ackwatch_tests::lab::{HEADEND4, Lab, enter};
 use ackwatch_tests::live::{Headend, Placement, attach};
 

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use ackwatch::probe::{MIRROR_PROGRAM, Mirror, Probe, Settings};
+use ackwatch::kernel::probe::{MIRROR_PROGRAM, Mirror, Probe, Settings};
 use ackwatch_tests::encap::{Tunnel, wrap};
 use ackwatch_tests::frames::{L2, TH_ACK, TH_PSH, TH_SYN, Tcp, ctcp_payload, frame};
 use ackwatch_tests::prefill;

@@ -23,7 +23,7 @@ use base64::Engine;
 use rustls::server::WebPkiClientVerifier;
 use serde::Deserialize;
 
-use crate::tls;
+use crate::serve::tls;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -4,7 +4,7 @@ use ebpf_probe::abi::{StallRecord, StallWhat};
 use serde_json::{Value, json};
 
 use crate::flows::{class_name, endpoint, kind_name, loss_name, rfc3339};
-use crate::report::advice_for;
+use crate::offline::report::advice_for;
 
 /// `iface` names the interface the record's flow was last seen on; `offset` turns the
 /// probe's monotonic clock into wall-clock time.

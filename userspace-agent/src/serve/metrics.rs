@@ -246,7 +246,7 @@ impl Metrics {
                 "ackwatch_alertmanager_errors_total",
                 "Pushes to an Alertmanager replica that failed after retries, by reason",
                 "reason",
-                &crate::alerting::REASONS,
+                &crate::serve::alerting::REASONS,
             ),
             alerts_dropped: plain_counter(
                 &r,

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::tls;
+use crate::serve::tls;
 
 /// How long one push may take, connecting included.
 const TIMEOUT: Duration = Duration::from_secs(5);

@@ -3,9 +3,9 @@
 use ebpf_probe::abi::StallRecord;
 use serde_json::{Value, json};
 
-use crate::events::event_json;
 use crate::flows::rfc3339;
-use crate::report::{host, port};
+use crate::offline::report::{host, port};
+use crate::serve::events::event_json;
 
 /// The alert of `r`'s flow; it starts when the hole opened (`r.since`). `headend`
 /// names the machine, so that alerts of a fleet say where they come from.

@@ -17,8 +17,8 @@ use tokio::sync::Semaphore;
 
 use crate::daemon::Shared;
 use crate::flows::{FlowReport, class_name, state_name};
-use crate::metrics::{CLASSES, STATES};
-use crate::web_config::BasicAuth;
+use crate::serve::metrics::{CLASSES, STATES};
+use crate::serve::web_config::BasicAuth;
 
 /// Connections served at once; more are closed as they are accepted, so clients that
 /// open many and send nothing cannot use up the agent's descriptors.

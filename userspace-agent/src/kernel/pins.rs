@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use aya::programs::links::PinnedLink;
 use ebpf_probe::abi::{Flow, FlowKey, StallRecord};
 
-use crate::probe::Settings;
+use crate::kernel::probe::Settings;
 
 /// Maps that carry state across restarts.
 pub const PINNED_MAPS: [&str; 9] = [

@@ -12,8 +12,8 @@ use ebpf_probe::parse::{LinkKind, Snapped};
 use ebpf_probe::table::Seed;
 use ebpf_probe::verdict::{Config, end_stalls};
 
-use crate::capture::{Frame, Link};
 use crate::flows::{self, Episode, FlowReport};
+use crate::offline::capture::{Frame, Link};
 
 /// Settings that change the verdict, as for `ackwatch run`.
 #[derive(Clone, Debug)]

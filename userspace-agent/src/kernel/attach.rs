@@ -10,7 +10,7 @@ use aya::programs::tc::{self, TcAttachType};
 use aya::programs::xdp::XdpMode;
 use ebpf_probe::parse::LinkKind;
 
-use crate::probe::{Probe, ProbeError};
+use crate::kernel::probe::{Probe, ProbeError};
 
 /// The link layer of `ifname` in this thread's network namespace: Ethernet, or none
 /// (tun, WireGuard, PPP and the like start at the IP header).

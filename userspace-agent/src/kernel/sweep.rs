@@ -16,8 +16,8 @@ use ebpf_probe::abi::{Flow, FlowKey, FlowState, StallRecord, StallWhat, event, h
 use ebpf_probe::host::Records;
 use ebpf_probe::verdict::{self, Config, end_stalls};
 
-use crate::flow_table::Free;
-use crate::probe::Probe;
+use crate::kernel::flow_table::Free;
+use crate::kernel::probe::Probe;
 
 /// Closed flows stay this long, so late packets of the close find their entry.
 const CLOSED_GRACE_NS: u64 = 10_000_000_000;

@@ -12,8 +12,8 @@ use ebpf_probe::parse::LinkKind;
 use ebpf_probe::table::{self, Seed, WAYS};
 use ebpf_probe::verdict::Config;
 
-use crate::batch::Cursor;
-use crate::flow_table::FlowTable;
+use crate::kernel::batch::Cursor;
+use crate::kernel::flow_table::FlowTable;
 
 /// The probe object, built by build.rs.
 static PROBE_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackwatch-probe"));
@@ -148,7 +148,7 @@ impl Probe {
         let clock = s.clock_from_map as u8;
         let mut loader = EbpfLoader::new();
         if let Some(dir) = &s.pin_dir {
-            for name in crate::pins::PINNED_MAPS {
+            for name in crate::kernel::pins::PINNED_MAPS {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
@@ -393,7 +393,7 @@ impl Probe {
             true
         };
         if let aya::maps::Map::LruHashMap(data) = map
-            && crate::batch::walk(data, &mut Cursor::default(), usize::MAX, &mut each)
+            && crate::kernel::batch::walk(data, &mut Cursor::default(), usize::MAX, &mut each)
                 .map_err(|e| ProbeError::Batch(name, e))?
                 .is_some()
         {
