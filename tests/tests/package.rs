@@ -1,7 +1,7 @@
 //! The Debian package (`cargo xtask package`): built from this build's `ackwatch`, its
-//! fields and contents read back with `dpkg-deb`, checked by lintian, then installed into a scratch root
-//! with `dpkg --root` (the test machine's own dpkg database is not touched), run from
-//! there, verified and purged.
+//! fields and contents read back with `dpkg-deb`, checked by lintian, installed into a
+//! scratch root with `dpkg --root` (maintainer scripts under DPKG_ROOT), run from there,
+//! verified and purged; and installed on this machine with `dpkg -i`, run, and purged.
 
 use std::path::Path;
 use std::process::Command;
@@ -29,8 +29,9 @@ fn dpkg(root: &Path, args: &[&str]) -> String {
         .args(args))
 }
 
-#[test]
-fn package_builds_installs_into_a_scratch_root_and_purges() {
+/// `cargo xtask package` of this build's binary: the folder holding it, the package's
+/// path and its version.
+fn build() -> (Scratch, String, String) {
     let binary = ackwatch_tests::ackwatch_binary();
     let out = Scratch::new("package");
     run(Command::new(env!("CARGO"))
@@ -41,10 +42,69 @@ fn package_builds_installs_into_a_scratch_root_and_purges() {
         .env("DEBFULLNAME", "ackwatch tests")
         .env("DEBEMAIL", "tests@example.org"));
     let version = run(Command::new(&binary).arg("--version"));
-    let version = version.trim().strip_prefix("ackwatch ").unwrap();
+    let version = version
+        .trim()
+        .strip_prefix("ackwatch ")
+        .unwrap()
+        .to_string();
     let deb = out.join(&format!("ackwatch_{version}_amd64.deb"));
     assert!(deb.exists(), "no {}", deb.display());
     let deb = deb.display().to_string();
+    (out, deb, version)
+}
+
+/// Whether dpkg on this machine knows the package as installed.
+fn installed_here() -> bool {
+    Command::new("dpkg")
+        .args(["-s", "ackwatch"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Purges the package from this machine when dropped (pass or fail).
+struct PurgeOnDrop;
+
+impl Drop for PurgeOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("dpkg").args(["--purge", "ackwatch"]).output();
+    }
+}
+
+/// The package as an operator installs it: `dpkg -i` on this machine, the installed
+/// binary run, then `dpkg --purge`. Refuses to run where ackwatch is already installed
+/// (a real deployment is not the test's to replace).
+#[test]
+fn package_installs_with_dpkg_on_this_machine_and_purges() {
+    assert!(
+        !installed_here(),
+        "ackwatch is installed on this machine: this test installs and purges the package, run it elsewhere"
+    );
+    let (_out, deb, version) = build();
+    let purge = PurgeOnDrop;
+    run(Command::new("dpkg").args(["-i", &deb]));
+    assert!(installed_here());
+    assert_eq!(
+        run(Command::new("/usr/bin/ackwatch").arg("--version")).trim(),
+        format!("ackwatch {version}")
+    );
+    assert_eq!(run(Command::new("dpkg").args(["--verify", "ackwatch"])), "");
+    run(Command::new("dpkg").args(["--purge", "ackwatch"]));
+    drop(purge);
+    assert!(!installed_here(), "still known to dpkg after purge");
+    for gone in [
+        "/usr/bin/ackwatch",
+        "/etc/default/ackwatch",
+        "/usr/lib/systemd/system/ackwatch.service",
+        "/usr/share/ackwatch",
+    ] {
+        assert!(!Path::new(gone).exists(), "{gone} left after purge");
+    }
+}
+
+#[test]
+fn package_builds_installs_into_a_scratch_root_and_purges() {
+    let (_out, deb, version) = build();
+    let version = version.as_str();
 
     // Its fields.
     let field = |f: &str| run(Command::new("dpkg-deb").args(["-f", &deb, f]));

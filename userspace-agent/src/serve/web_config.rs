@@ -62,7 +62,7 @@ impl WebConfig {
     pub fn load(path: &Path) -> Result<WebConfig, String> {
         let at = |e: &dyn std::fmt::Display| format!("--web-config-file {}: {e}", path.display());
         let text = std::fs::read_to_string(path).map_err(|e| at(&e))?;
-        let file: File = serde_yaml_ng::from_str(&text).map_err(|e| at(&e))?;
+        let file: File = serde_saphyr::from_str(&text).map_err(|e| at(&e))?;
         let dir = path.parent().unwrap_or(Path::new("."));
         let tls = file
             .tls_server_config
