@@ -232,15 +232,20 @@ pub fn upload_held_at_a_hole(lab: &Lab, held: Duration) -> SocketAddr {
         pace(&c);
         let local = c.local_addr().unwrap();
         c.write_all(&[0x42; 256 * 1024]).expect("upload");
-        c.write_all(&[MARK; 4 * 1024]).expect("upload");
-        let marked = Instant::now();
-        // Data after the hole: the headend's duplicate ACKs.
-        c.write_all(&[0x42; 256 * 1024]).expect("upload");
-        std::thread::sleep(held.saturating_sub(marked.elapsed()));
-        sh(&format!(
-            "ip netns exec {} nft delete table inet ackwatch_held",
-            lab.headend
-        ));
+        std::thread::scope(|s| {
+            // The hold ends on its own clock: the writes below can block on a full
+            // send buffer until the hole is answered, which only this ends.
+            s.spawn(|| {
+                std::thread::sleep(held);
+                sh(&format!(
+                    "ip netns exec {} nft delete table inet ackwatch_held",
+                    lab.headend
+                ));
+            });
+            c.write_all(&[MARK; 4 * 1024]).expect("upload");
+            // Data after the hole: the headend's duplicate ACKs.
+            c.write_all(&[0x42; 256 * 1024]).expect("upload");
+        });
         c.shutdown(std::net::Shutdown::Write).expect("shutdown");
         let mut rest = Vec::new();
         c.read_to_end(&mut rest)
