@@ -345,26 +345,74 @@ impl Tcpdump {
             still = if now == last { still + 1 } else { 0 };
             last = now;
         }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        // Then until tcpdump has written every packet the kernel handed it (its counts,
+        // asked for with SIGUSR1), for at most 10 s: a loaded machine can leave it
+        // behind for longer than the file stays unchanged.
+        for _ in 0..50 {
+            if self.counts(libc::SIGUSR1).is_some_and(|c| c.all_written()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let _ = self.counts(libc::SIGTERM);
         let _ = self.child.wait();
         // A capture that missed packets cannot be compared.
         let mut stats = String::new();
         let _ = std::io::Read::read_to_string(&mut self.stderr, &mut stats);
-        let dropped = stats
-            .lines()
-            .find(|l| l.contains("dropped by kernel"))
-            .unwrap_or("");
-        let count = |what: &str| {
-            let line = stats.lines().find(|l| l.contains(what))?;
-            line.split(' ').next()?.parse::<u64>().ok()
-        };
-        let (captured, received) = (count("captured"), count("received by filter"));
         assert!(
-            dropped.starts_with("0 ") && captured == received,
+            Counts::parse(&stats).is_some_and(|c| c.all_written()),
             "tcpdump missed packets: {stats}"
         );
         self.file.clone()
+    }
+
+    /// Sends `signal` to tcpdump (SIGUSR1: print the counts; SIGTERM: print them and
+    /// stop) and, for SIGUSR1, reads the counts it prints.
+    fn counts(&mut self, signal: i32) -> Option<Counts> {
+        use std::io::BufRead;
+        // SAFETY: signalling our own child (ip netns exec execs into tcpdump).
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+        if signal != libc::SIGUSR1 {
+            return None;
+        }
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            if self.stderr.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            text.push_str(&line);
+            if line.contains("dropped by kernel") {
+                return Counts::parse(&text);
+            }
+        }
+    }
+}
+
+/// tcpdump's own counts, as it prints them.
+struct Counts {
+    captured: u64,
+    received: u64,
+    dropped: u64,
+}
+
+impl Counts {
+    /// From "N packets captured" lines at exit, or one line "tcpdump: N packets
+    /// captured, N packets received by filter, ..." on SIGUSR1; the last counts given.
+    fn parse(text: &str) -> Option<Counts> {
+        let count = |what: &str| {
+            let before = &text[..text.rfind(what)?];
+            before.split_whitespace().last()?.parse::<u64>().ok()
+        };
+        Some(Counts {
+            captured: count("packets captured")?,
+            received: count("packets received by filter")?,
+            dropped: count("packets dropped by kernel")?,
+        })
+    }
+
+    fn all_written(&self) -> bool {
+        self.dropped == 0 && self.captured == self.received
     }
 }
 
