@@ -335,8 +335,9 @@ impl Tcpdump {
     pub fn finish(mut self) -> std::path::PathBuf {
         // tcpdump may lag behind the traffic; packets still in its socket buffer at
         // SIGTERM are lost. Stop once the file has not grown for three checks in a
-        // row, 0.9 s: with one check (0.3 s), a CI run's capture lost its last packet
-        // (73 captured of 74 received).
+        // row (0.9 s), and tcpdump says it wrote every packet the kernel handed it (its
+        // counts, asked for with SIGUSR1; at most 10 s): the file's size alone let CI
+        // runs lose a capture's last packet (73 of 74, 147 of 148).
         let size = |f: &std::path::Path| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0);
         let (mut last, mut still) = (u64::MAX, 0);
         while still < 3 {
@@ -345,16 +346,13 @@ impl Tcpdump {
             still = if now == last { still + 1 } else { 0 };
             last = now;
         }
-        // Then until tcpdump has written every packet the kernel handed it (its counts,
-        // asked for with SIGUSR1), for at most 10 s: a loaded machine can leave it
-        // behind for longer than the file stays unchanged.
         for _ in 0..50 {
-            if self.counts(libc::SIGUSR1).is_some_and(|c| c.all_written()) {
+            if self.counts().is_some_and(|c| c.all_written()) {
                 break;
             }
             std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        let _ = self.counts(libc::SIGTERM);
+        self.signal(libc::SIGTERM);
         let _ = self.child.wait();
         // A capture that missed packets cannot be compared.
         let mut stats = String::new();
@@ -366,15 +364,15 @@ impl Tcpdump {
         self.file.clone()
     }
 
-    /// Sends `signal` to tcpdump (SIGUSR1: print the counts; SIGTERM: print them and
-    /// stop) and, for SIGUSR1, reads the counts it prints.
-    fn counts(&mut self, signal: i32) -> Option<Counts> {
-        use std::io::BufRead;
+    fn signal(&self, signal: i32) {
         // SAFETY: signalling our own child (ip netns exec execs into tcpdump).
         unsafe { libc::kill(self.child.id() as i32, signal) };
-        if signal != libc::SIGUSR1 {
-            return None;
-        }
+    }
+
+    /// tcpdump's counts now: SIGUSR1 makes it print them.
+    fn counts(&mut self) -> Option<Counts> {
+        use std::io::BufRead;
+        self.signal(libc::SIGUSR1);
         let mut text = String::new();
         loop {
             let mut line = String::new();
