@@ -498,6 +498,7 @@ impl Ports for LoadedPorts {
 /// only, so the inline programs pay nothing for it. Copies pass, or are dropped after
 /// analysis when the agent set MIRROR_DROP (the port's own ARP and ICMPv6 excepted).
 #[xdp]
+#[inline(always)]
 pub fn ackwatch_xdp_mirror(ctx: XdpContext) -> u32 {
     let frame = xdp_frame(&ctx);
     let keep = match decap::copy_start(&frame, &LoadedPorts) {
