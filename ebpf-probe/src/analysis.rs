@@ -70,7 +70,7 @@ pub fn analyze<C: Clock>(
     }
     a |= retransmission_kind(fwd, rev, seg, now, clock, irtt, a);
     a = opaque(&mut fwd.last_analysis, a);
-    advance(fwd, seg, now, clock, a);
+    advance(fwd, seg, now, clock, irtt, a);
     count(fwd, a);
     opaque(&mut fwd.last_analysis, a)
 }
@@ -144,18 +144,52 @@ fn retransmission_kind<C: Clock>(
     {
         return mark | A_FAST_RETRANSMISSION;
     }
-    let ooo_window = if irtt != 0 { irtt } else { OOO_DEFAULT_NS };
     let next = end.wrapping_add(syn_fin as u32);
-    // `nextseqtime` is precise: the window is one initial RTT, microseconds on a LAN.
-    if fwd.nextseq != next && clock.precise().wrapping_sub(fwd.nextseqtime) < ooo_window {
+    if fwd.nextseq != next && since_advance(fwd, clock) < ooo_window(irtt) {
         return mark | A_OUT_OF_ORDER;
     }
     mark | A_RETRANSMISSION
 }
 
+/// The out-of-order window: one initial RTT, 3 ms when unknown.
+#[inline(always)]
+fn ooo_window(irtt: u64) -> u64 {
+    if irtt != 0 { irtt } else { OOO_DEFAULT_NS }
+}
+
+/// Windows of at least this many ticks of the coarse clock are timed on it.
+const COARSE_WINDOW_TICKS: u64 = 8;
+
+/// `nextseqtime` for a segment that moves `nextseq` at coarse time `now`: the coarse
+/// time when the out-of-order window spans `COARSE_WINDOW_TICKS` ticks (the coarse
+/// clock is within half a tick of the precise one, 1/16 of such a window: a WAN
+/// client's), so in-order data reads no clock helper; else the precise time (a LAN's
+/// window is microseconds).
+#[inline(always)]
+fn stamp<C: Clock>(now: u64, clock: &mut C, irtt: u64) -> u64 {
+    if ooo_window(irtt) >= COARSE_WINDOW_TICKS * clock.tick() {
+        now
+    } else {
+        clock.precise()
+    }
+}
+
+/// Time since `nextseq` last moved. Wireshark's difference is unsigned (a capture's
+/// clock may step back: then the segment is no out-of-order one); in the kernel, a
+/// coarse stamp may lie up to half a tick after the precise time, which is 0.
+#[inline(always)]
+fn since_advance<C: Clock>(fwd: &Half, clock: &mut C) -> u64 {
+    let now = clock.precise();
+    match now.checked_sub(fwd.nextseqtime) {
+        Some(d) => d,
+        None if clock.tick() != 0 => 0,
+        None => now.wrapping_sub(fwd.nextseqtime),
+    }
+}
+
 /// Moves `nextseq`, `maxseqtobeacked`, window and ACK after the flags are known.
 #[inline(always)]
-fn advance<C: Clock>(fwd: &mut Half, seg: &Segment, now: u64, clock: &mut C, a: u32) {
+fn advance<C: Clock>(fwd: &mut Half, seg: &Segment, now: u64, clock: &mut C, irtt: u64, a: u32) {
     let mut next = seg.seq.wrapping_add(seg.seglen);
     if seg.has(TH_SYN | TH_FIN) {
         next = next.wrapping_add(1);
@@ -163,7 +197,7 @@ fn advance<C: Clock>(fwd: &mut Half, seg: &Segment, now: u64, clock: &mut C, a: 
     let probe = a & A_ZERO_WINDOW_PROBE != 0;
     if (gt(next, fwd.nextseq) || fwd.nextseq == 0) && !probe {
         fwd.nextseq = next;
-        fwd.nextseqtime = clock.precise();
+        fwd.nextseqtime = stamp(now, clock, irtt);
     }
     if (seg.seq == fwd.maxseqtobeacked || fwd.maxseqtobeacked == 0) && !probe {
         fwd.maxseqtobeacked = fwd.nextseq;

@@ -98,6 +98,8 @@ fn bump(index: u32) {
 struct KernelClock {
     coarse: u64,
     precise: u64,
+    /// `ns_per_jiffy` once `coarse` was read (0 with the map's time).
+    tick: u64,
 }
 
 impl Clock for KernelClock {
@@ -110,6 +112,7 @@ impl Clock for KernelClock {
             } else {
                 // SAFETY: helper without arguments; the verifier inlines it into a load.
                 let j = unsafe { bpf_jiffies64() };
+                self.tick = c.ns_per_jiffy;
                 j.wrapping_mul(c.ns_per_jiffy).wrapping_add(c.offset)
             };
         }
@@ -127,6 +130,11 @@ impl Clock for KernelClock {
             };
         }
         self.precise
+    }
+
+    #[inline(always)]
+    fn tick(&mut self) -> u64 {
+        self.tick
     }
 }
 
@@ -392,6 +400,7 @@ fn parse_and_track<C: EbpfContext>(
     let mut clock = KernelClock {
         coarse: 0,
         precise: 0,
+        tick: 0,
     };
     let tracked = track(&mut Maps, &mut ring, &cfg, pkt, ports, &mut clock, ifindex);
     // A stall transition, not a packet: rare enough to log (one call site keeps the

@@ -283,6 +283,99 @@ fn wireshark_analysis_rules() {
     assert!(failed.is_empty(), "cases failed:\n{}", failed.join("\n"));
 }
 
+/// The kernel's two clocks: a coarse one in ticks of 4 ms, and a precise one, `lag` ns
+/// behind it (the coarse clock is calibrated to within half a tick); counts the
+/// precise reads (a helper call each in the kernel).
+struct TwoClocks {
+    coarse: u64,
+    lag: u64,
+    precise_reads: u32,
+}
+
+impl crate::clock::Clock for TwoClocks {
+    fn coarse(&mut self) -> u64 {
+        self.coarse
+    }
+    fn precise(&mut self) -> u64 {
+        self.precise_reads += 1;
+        self.coarse - self.lag
+    }
+    fn tick(&mut self) -> u64 {
+        4 * MS
+    }
+}
+
+/// Runs `ps` on `TwoClocks` (coarse time from each packet, the precise time `lag` ns
+/// earlier) and returns the flow, each packet's tshark-visible bits and precise reads.
+fn run_two_clocks(ps: &[P], lag: u64) -> (Flow, Vec<(u32, u32)>) {
+    let mut flow = Flow::default();
+    let mut sink = Records::default();
+    let mut out = Vec::new();
+    for x in ps {
+        let mut clock = TwoClocks {
+            coarse: 1_000 * MS + x.t * MS,
+            lag,
+            precise_reads: 0,
+        };
+        let now = clock.coarse;
+        flow.update(
+            x.from,
+            &x.seg,
+            now,
+            &mut clock,
+            &Config::default(),
+            &mut sink,
+        );
+        out.push((flow.half[x.from].last_analysis & SHOWN, clock.precise_reads));
+    }
+    (flow, out)
+}
+
+/// A handshake with an initial RTT of `irtt_ms`, then 100 client bytes.
+fn handshake_then_data(irtt_ms: u64) -> Vec<P> {
+    vec![
+        p(C, 1000, 0, TH_SYN, 64240, 0, 1),
+        p(S, 5000, 1001, TH_SYN | A, 65160, 0, 1 + irtt_ms / 2),
+        p(C, 1001, 5001, A, 502, 0, 1 + irtt_ms),
+        p(C, 1001, 5001, A, 502, 100, 10 + irtt_ms),
+    ]
+}
+
+#[test]
+fn in_order_data_reads_the_precise_clock_only_for_windows_shorter_than_8_ticks() {
+    // A WAN client (initial RTT 100 ms, 25 ticks): the data segment reads no precise time.
+    let (flow, out) = run_two_clocks(&handshake_then_data(100), MS);
+    assert_eq!(flow.irtt, 100 * MS);
+    assert_eq!(out[3], (0, 0), "in-order data on a 100 ms window");
+    // A LAN (2 ms), and a window of just under 8 ticks: it is read.
+    for irtt in [2, 31] {
+        let (_, out) = run_two_clocks(&handshake_then_data(irtt), MS);
+        assert_eq!(out[3], (0, 1), "in-order data on a {irtt} ms window");
+    }
+    // Unknown initial RTT (a flow picked up mid-stream): the 3 ms default, precise.
+    let (_, out) = run_two_clocks(&[p(C, 1001, 5001, A, 502, 100, 10)], MS);
+    assert_eq!(out[0].1, 1);
+}
+
+#[test]
+fn out_of_order_window_on_the_coarse_stamp() {
+    // nextseq moves at 199 ms (coarse stamp, 100 ms window), a segment behind it comes
+    // at `at` ms (coarse), its precise time `lag` earlier.
+    let case = |at: u64, lag: u64| {
+        let more = [
+            p(C, 1201, 5001, A, 502, 100, 199),
+            p(C, 1101, 5001, A, 502, 100, at),
+        ];
+        run_two_clocks(&with(handshake_then_data(100), &more), lag).1[5]
+    };
+    // 1 ms after: out-of-order, and a segment behind nextseq reads the precise time.
+    assert_eq!(case(200, 0), (A_OUT_OF_ORDER, 1));
+    // The precise time 2 ms behind the coarse one: before the stamp, which counts as 0.
+    assert_eq!(case(200, 2 * MS), (A_OUT_OF_ORDER, 1));
+    // 150 ms after: past the window, a retransmission.
+    assert_eq!(case(349, MS), (A_RETRANSMISSION, 1));
+}
+
 #[test]
 fn syn_and_fin_count_one_sequence_number() {
     let r = run(

@@ -48,6 +48,26 @@ pub fn frame(src: SocketAddr, dst: SocketAddr, tcp: &Tcp, l2: &L2) -> Vec<u8> {
     out
 }
 
+/// An Ethernet frame of a TCP segment: `len` bytes of filler payload, window 500.
+pub fn tcp_frame(
+    from: SocketAddr,
+    to: SocketAddr,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    len: usize,
+) -> Vec<u8> {
+    let tcp = Tcp {
+        seq,
+        ack,
+        flags,
+        window: 500,
+        payload: vec![9; len],
+        ..Default::default()
+    };
+    frame(from, to, &tcp, &L2::Ethernet)
+}
+
 /// A cTCP segment from `src` to `dst` (socket addresses) with `payload` bytes, or a
 /// pure ACK for 0, Linux's timestamps on.
 pub fn segment(src: &str, dst: &str, l2: &L2, payload: usize) -> Vec<u8> {

@@ -64,6 +64,8 @@ pub struct Snapshot {
 /// The probe loaded with the map clock, fed through BPF_PROG_TEST_RUN.
 pub struct Kernel {
     pub probe: Probe,
+    /// The probe reads the time from its map (`feed` sets it), not the kernel's clocks.
+    map_clock: bool,
 }
 
 impl Kernel {
@@ -82,7 +84,10 @@ impl Kernel {
     fn load_as_is(mut settings: Settings) -> Self {
         settings.table_seed.get_or_insert(TEST_SEED);
         let probe = Probe::load(&settings).unwrap_or_else(|e| panic!("loading the probe: {e}"));
-        Kernel { probe }
+        Kernel {
+            probe,
+            map_clock: settings.clock_from_map,
+        }
     }
 
     /// Runs one frame at time `now_ns`; returns the program's verdict.
@@ -95,9 +100,7 @@ impl Kernel {
     /// rejects some frames (EINVAL) before the program runs, for example an IPv4
     /// ethertype without a whole IPv4 header.
     pub fn try_feed(&mut self, hook: Hook, frame: &[u8], now_ns: u64) -> Result<u32, String> {
-        self.probe
-            .set_clock(Duration::from_nanos(now_ns))
-            .expect("set clock");
+        self.set_clock(now_ns);
         match hook {
             Hook::Xdp(l) => test_run(self.probe.xdp(l).expect("xdp program"), frame, 1),
             Hook::Tc(l) => test_run(self.probe.tc(l).expect("tc program"), frame, 1),
@@ -106,12 +109,19 @@ impl Kernel {
 
     /// Runs one frame through the mirror program at time `now_ns`; returns its verdict.
     pub fn feed_mirror(&mut self, frame: &[u8], now_ns: u64) -> u32 {
-        self.probe
-            .set_clock(Duration::from_nanos(now_ns))
-            .expect("set clock");
+        self.set_clock(now_ns);
         let prog = self.probe.xdp_mirror().expect("mirror program");
         test_run(prog, frame, 1)
             .unwrap_or_else(|e| panic!("test run of {} byte copy: {e}", frame.len()))
+    }
+
+    /// Sets the map's time; with the kernel's clocks, leaves their calibration alone.
+    fn set_clock(&mut self, now_ns: u64) {
+        if self.map_clock {
+            self.probe
+                .set_clock(Duration::from_nanos(now_ns))
+                .expect("set clock");
+        }
     }
 
     /// The program of `hook` as a handle of its own (a second descriptor of the same

@@ -191,3 +191,81 @@ fn kernel_reports_unanswered_ctcp_stall() {
         "reported {delay} ns after the first duplicate ACK (T = 1 s)"
     );
 }
+
+/// The out-of-order window on the kernel's own clocks. A LAN flow's window (5 ms here,
+/// microseconds on a real LAN) is timed on the precise clock; a WAN client's (one
+/// initial RTT, 60 ms here) on the coarse one, so its in-order data reads no clock
+/// helper: its `nextseqtime` then lies on the coarse clock's grid. Either way a segment
+/// resent at once is out-of-order, and one resent past the window a retransmission.
+#[test]
+fn out_of_order_window_on_the_kernel_clocks() {
+    use ackwatch_tests::frames::{TH_ACK, TH_SYN, tcp_frame};
+    use ackwatch_tests::harness::Hook;
+    use ebpf_probe::abi::event;
+    use ebpf_probe::parse::LinkKind;
+    use std::time::Duration;
+    let mut k = Kernel::load_with_kernel_clock(Settings::default());
+    let server: std::net::SocketAddr = "198.51.100.1:10000".parse().unwrap();
+    let ms = Duration::from_millis;
+    let cases = [
+        ("192.0.2.10:40001", ms(5), ms(20)),
+        ("192.0.2.10:40002", ms(60), ms(120)),
+    ];
+    for (client, irtt, late) in cases {
+        let client: std::net::SocketAddr = client.parse().unwrap();
+        let mut send = |from_client: bool, seq: u32, ack: u32, flags: u8, len: usize| {
+            let (src, dst) = if from_client {
+                (client, server)
+            } else {
+                (server, client)
+            };
+            k.feed(
+                Hook::Xdp(LinkKind::Ethernet),
+                &tcp_frame(src, dst, seq, ack, flags, len),
+                0,
+            );
+        };
+        send(true, 0, 0, TH_SYN, 0);
+        send(false, 0, 1, TH_SYN | TH_ACK, 0);
+        std::thread::sleep(irtt);
+        send(true, 1, 1, TH_ACK, 0);
+        send(true, 1, 1, TH_ACK, 100);
+        send(true, 101, 1, TH_ACK, 100);
+        // Resent at once, then after the window.
+        send(true, 1, 1, TH_ACK, 100);
+        std::thread::sleep(late);
+        send(true, 1, 1, TH_ACK, 100);
+    }
+    let clock = k.probe.clock().expect("read CLOCK");
+    assert!(clock.ns_per_jiffy > 0, "calibrated: {clock:?}");
+    let flows = k.probe.flows().expect("read FLOWS");
+    assert_eq!(flows.len(), 2);
+    for (key, flow) in &flows {
+        let port = key.port[0].max(key.port[1]);
+        let c = flow.client as usize;
+        let half = &flow.half[c];
+        let want_irtt = cases
+            .iter()
+            .find(|x| x.0.ends_with(&port.to_string()))
+            .unwrap()
+            .1;
+        assert!(
+            flow.irtt >= want_irtt.as_nanos() as u64,
+            "{port}: initial RTT {} ns",
+            flow.irtt
+        );
+        assert_eq!(half.events[event::OUT_OF_ORDER], 1, "{port}: out-of-order");
+        assert_eq!(
+            half.events[event::RETRANSMISSION],
+            1,
+            "{port}: retransmission"
+        );
+        let on_grid = half.nextseqtime.wrapping_sub(clock.offset) % clock.ns_per_jiffy == 0;
+        assert_eq!(
+            on_grid,
+            port == 40002,
+            "{port}: nextseqtime {} on the coarse clock's grid",
+            half.nextseqtime
+        );
+    }
+}

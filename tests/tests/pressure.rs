@@ -8,7 +8,7 @@ use ackwatch::kernel::probe::Settings;
 use ackwatch::kernel::sweep::sweep;
 use ackwatch::serve::metrics::Metrics;
 use ackwatch_tests::conversation::Step;
-use ackwatch_tests::frames::{L2, TH_ACK, TH_FIN, TH_PSH, TH_SYN, Tcp, frame};
+use ackwatch_tests::frames::{TH_ACK, TH_FIN, TH_PSH, TH_SYN, tcp_frame};
 use ackwatch_tests::harness::{Hook, Kernel};
 use ackwatch_tests::observe;
 use ackwatch_tests::scenario::{MS, ctcp_flow};
@@ -28,27 +28,15 @@ fn client(i: u32, port: u16) -> SocketAddr {
     SocketAddr::new(std::net::Ipv4Addr::from(0x0a00_0000 + i).into(), port)
 }
 
-fn seg(from: SocketAddr, to: SocketAddr, seq: u32, ack: u32, flags: u8, len: usize) -> Vec<u8> {
-    let tcp = Tcp {
-        seq,
-        ack,
-        flags,
-        window: 500,
-        payload: vec![9; len],
-        ..Default::default()
-    };
-    frame(from, to, &tcp, &L2::Ethernet)
-}
-
 /// A short cTCP connection: handshake, one data segment, FIN both ways.
 fn short_flow(c: SocketAddr, at: u64) -> Vec<Step> {
     let s = server();
     let steps = [
-        (XDP, seg(c, s, 100, 0, TH_SYN, 0)),
-        (TC, seg(s, c, 500, 101, TH_SYN | TH_ACK, 0)),
-        (XDP, seg(c, s, 101, 501, TH_ACK | TH_PSH, 200)),
-        (XDP, seg(c, s, 301, 501, TH_ACK | TH_FIN, 0)),
-        (TC, seg(s, c, 501, 302, TH_ACK | TH_FIN, 0)),
+        (XDP, tcp_frame(c, s, 100, 0, TH_SYN, 0)),
+        (TC, tcp_frame(s, c, 500, 101, TH_SYN | TH_ACK, 0)),
+        (XDP, tcp_frame(c, s, 101, 501, TH_ACK | TH_PSH, 200)),
+        (XDP, tcp_frame(c, s, 301, 501, TH_ACK | TH_FIN, 0)),
+        (TC, tcp_frame(s, c, 501, 302, TH_ACK | TH_FIN, 0)),
     ];
     steps
         .into_iter()
@@ -193,7 +181,7 @@ fn flood_during_a_stall(
         let src = client(1_000_000 + i, 1024 + (i % 60_000) as u16);
         steps.push(Step {
             hook: XDP,
-            frame: seg(src, server(), i, i.wrapping_mul(7919), flags, 0),
+            frame: tcp_frame(src, server(), i, i.wrapping_mul(7919), flags, 0),
             at_ns: flood_at + i as u64 * 2 * SEC / count as u64,
         });
     }

@@ -309,6 +309,17 @@ impl Probe {
         })
     }
 
+    /// The clock's calibration (or the map's time).
+    pub fn clock(&self) -> Result<ClockParams, ProbeError> {
+        let map = self
+            .ebpf
+            .map("CLOCK")
+            .ok_or(ProbeError::MissingMap("CLOCK"))?;
+        let clock: Array<&MapData, ClockParams> =
+            Array::try_from(map).map_err(|e| ProbeError::Map("CLOCK", e))?;
+        clock.get(&0, 0).map_err(|e| ProbeError::Map("CLOCK", e))
+    }
+
     fn write_clock(&mut self, params: ClockParams) -> Result<(), ProbeError> {
         let mut clock: Array<&mut MapData, ClockParams> = map_mut(&mut self.ebpf, "CLOCK")?;
         clock
@@ -336,13 +347,7 @@ impl Probe {
         let mut offset = u64::MAX;
         while start.elapsed().as_nanos() < 2 * tick as u128 + 1_000_000 {
             self.xdp_run_time(CLOCK_PROGRAM, &[0u8; 64], 1)?;
-            let map = self
-                .ebpf
-                .map("CLOCK")
-                .ok_or(ProbeError::MissingMap("CLOCK"))?;
-            let clock: Array<&MapData, ClockParams> =
-                Array::try_from(map).map_err(|e| ProbeError::Map("CLOCK", e))?;
-            let c = clock.get(&0, 0).map_err(|e| ProbeError::Map("CLOCK", e))?;
+            let c = self.clock()?;
             offset = offset.min(
                 c.sample_ns
                     .wrapping_sub(c.sample_jiffies.wrapping_mul(tick)),

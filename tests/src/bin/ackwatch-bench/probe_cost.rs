@@ -21,6 +21,8 @@ const ROUNDS: usize = 5;
 const INSERTS: u32 = 20_000;
 /// Payload bytes of the data segments.
 const SEGMENT: usize = 1000;
+/// Initial RTT of the WAN client's flow (`in_order_segments_wan`).
+const WAN_RTT: std::time::Duration = std::time::Duration::from_millis(50);
 
 #[derive(Default)]
 struct Seg<'a> {
@@ -196,6 +198,38 @@ fn establish(probe: &mut Probe, prog: &'static str, client: &str, server: &str) 
     }
 }
 
+/// A handshake whose initial RTT is `irtt` (SYN, SYN-ACK, then the client's ACK), then
+/// `establish`: a flow as a client across a WAN opens it.
+fn establish_after_handshake(
+    probe: &mut Probe,
+    prog: &'static str,
+    client: &str,
+    server: &str,
+    irtt: std::time::Duration,
+) {
+    let syn = |src, dst, flags, ack| {
+        build(Seg {
+            src,
+            dst,
+            seq: 0,
+            ack,
+            flags,
+            ..Default::default()
+        })
+    };
+    probe
+        .xdp_run_time(prog, &syn(client, server, TH_SYN, 0), 1)
+        .expect("SYN");
+    probe
+        .xdp_run_time(prog, &syn(server, client, TH_SYN | TH_ACK, 1), 1)
+        .expect("SYN-ACK");
+    std::thread::sleep(irtt);
+    probe
+        .xdp_run_time(prog, &ack(client, server, 1), 1)
+        .expect("ACK");
+    establish(probe, prog, client, server);
+}
+
 /// Every figure at one table size.
 fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f64)>) {
     let mut probe = Probe::load(&Settings {
@@ -215,6 +249,15 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
     ] {
         establish(&mut probe, "ackwatch_xdp", client, server);
     }
+    // A WAN client's flow: its out-of-order window (one initial RTT) is long enough
+    // for the coarse clock.
+    establish_after_handshake(
+        &mut probe,
+        "ackwatch_xdp",
+        "10.0.0.1:40006",
+        "10.0.0.2:10000",
+        WAN_RTT,
+    );
     // A flow with the client's data outstanding, so the server's ACKs below it repeat.
     probe
         .xdp_run_time(
@@ -286,6 +329,16 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
         zero,
         prefilled,
         "in_order_segments",
+        t,
+        p,
+        Some(60.0),
+    );
+    let (t, p) = per_frame(&mut probe, &in_order_segments("10.0.0.1:40006"));
+    push(
+        figures,
+        zero,
+        prefilled,
+        "in_order_segments_wan",
         t,
         p,
         Some(60.0),
