@@ -19,11 +19,7 @@ const TRAILER: usize = 16;
 
 #[inline(always)]
 pub fn payload<F: Frame>(f: &F, start: usize, len: usize) -> PayloadClass {
-    // Integer compares: byte-array equality may become a bcmp call, which BPF lacks.
-    if let Some(h) = f.read::<6>(start)
-        && u32::from_be_bytes([h[0], h[1], h[2], h[3]]) == u32::from_be_bytes(*b"IKET")
-        && u16::from_be_bytes([h[4], h[5]]) == u16::from_be_bytes(*b"CP")
-    {
+    if prefix(f, start) == PayloadClass::Rfc9329 {
         return PayloadClass::Rfc9329;
     }
     if len <= 24 || start + len > 0x3fff {
@@ -41,6 +37,20 @@ pub fn payload<F: Frame>(f: &F, start: usize, len: usize) -> PayloadClass {
             PayloadClass::Ctcp
         }
         _ => PayloadClass::None,
+    }
+}
+
+/// What the first bytes show: an RFC 9329 stream's `IKETCP`, or nothing.
+#[inline(always)]
+pub fn prefix<F: Frame>(f: &F, start: usize) -> PayloadClass {
+    // Integer compares: byte-array equality may become a bcmp call, which BPF lacks.
+    if let Some(h) = f.read::<6>(start)
+        && u32::from_be_bytes([h[0], h[1], h[2], h[3]]) == u32::from_be_bytes(*b"IKET")
+        && u16::from_be_bytes([h[4], h[5]]) == u16::from_be_bytes(*b"CP")
+    {
+        PayloadClass::Rfc9329
+    } else {
+        PayloadClass::None
     }
 }
 

@@ -95,7 +95,6 @@ pub struct Packet {
     /// Index in `key` of the sender.
     pub dir: usize,
     pub seg: Segment,
-    pub payload: PayloadClass,
 }
 
 impl Packet {
@@ -343,13 +342,16 @@ pub fn locate<F: Frame>(f: &F, kind: LinkKind) -> Result<Located, Reason> {
     })
 }
 
-/// What the payload carries (cTCP trailer, `IKETCP` prefix), if anything.
+/// What the payload carries (`IKETCP` prefix, and the cTCP trailer if `trailer`), if
+/// anything.
 #[inline(always)]
-pub fn payload_class<F: Frame>(f: &F, at: &Located) -> PayloadClass {
-    if at.seglen > 0 {
+pub fn payload_class<F: Frame>(f: &F, at: &Located, trailer: bool) -> PayloadClass {
+    if at.seglen == 0 {
+        PayloadClass::None
+    } else if trailer {
         classify::payload(f, at.payload, at.seglen)
     } else {
-        PayloadClass::None
+        classify::prefix(f, at.payload)
     }
 }
 
@@ -397,7 +399,6 @@ pub fn parse_located<F: Frame>(f: &F, at: &Located, out: &mut Packet) -> Result<
         seg.has_sack = true;
         seg.sack = sack;
     }
-    out.payload = payload_class(f, at);
     // Endpoint 0 is the lower (address, port); dir is the sender's index.
     let k = &mut out.key;
     out.dir = usize::from(endpoint_lt(&k.addr[1], k.port[1], &k.addr[0], k.port[0]));

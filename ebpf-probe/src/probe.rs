@@ -388,7 +388,7 @@ fn parse_and_track<C: EbpfContext>(
     };
     // Untracked traffic leaves here, after a handful of loads.
     let at = parse::locate(frame, link)?;
-    let ports = scope(&Maps, &cfg, frame, &at)?;
+    let ports = scope(&mut Maps, &cfg, frame, &at)?;
     let pkt = SCRATCH.get_ptr_mut(0).ok_or(counter::MAP_ERROR)?;
     // SAFETY: this CPU's slot; nothing else runs on this CPU during the program.
     let pkt = unsafe { &mut *pkt };

@@ -44,34 +44,44 @@ pub trait Store: Slots {
     fn count(&mut self, index: u32);
 }
 
-/// The `port_flag`s of a packet's source and destination ports.
+/// What `scope` found: the `port_flag`s of a packet's source and destination ports,
+/// and what its payload showed.
 #[derive(Clone, Copy, Debug)]
 pub struct PortFlags {
     src: u8,
     dst: u8,
+    payload: PayloadClass,
 }
 
 /// The scope decision, from the headers alone, before the packet is parsed: a packet
 /// is out of scope unless everything is tracked, one of its ports is a cTCP port or
-/// one where the cTCP signature was seen, or its payload carries the signature.
+/// one where the cTCP signature was seen, or its payload carries the signature. The
+/// payload is read here once for the whole packet; on a cTCP port only its first
+/// bytes (the port already says cTCP: only `IKETCP` can add to it), which spares the
+/// trailer's read on nearly every tracked packet.
 #[inline(always)]
 pub fn scope<S: Store, F: Frame>(
-    store: &S,
+    store: &mut S,
     cfg: &Config,
     f: &F,
     at: &Located,
 ) -> Result<PortFlags, Reason> {
     let (sport, dport) = at.ports();
-    let flags = PortFlags {
-        src: store.port_flags(sport),
-        dst: store.port_flags(dport),
-    };
-    let any = flags.src | flags.dst;
+    let (src, dst) = (store.port_flags(sport), store.port_flags(dport));
+    let any = src | dst;
+    let payload = payload_class(f, at, any & port_flag::CTCP == 0);
     if cfg.track_all
         || any & (port_flag::CTCP | port_flag::SIGNATURE) != 0
-        || payload_class(f, at) == PayloadClass::Ctcp
+        || payload == PayloadClass::Ctcp
     {
-        Ok(flags)
+        // Opaque to the verifier: a known value on each path would have it check the
+        // tracker once per value.
+        let payload = match store.launder(payload as u32) {
+            1 => PayloadClass::Ctcp,
+            2 => PayloadClass::Rfc9329,
+            _ => PayloadClass::None,
+        };
+        Ok(PortFlags { src, dst, payload })
     } else {
         Err(counter::OUT_OF_SCOPE)
     }
@@ -90,11 +100,12 @@ pub fn track<S: Store, K: StallSink, C: Clock>(
     clock: &mut C,
     ifindex: u32,
 ) -> Result<(), Reason> {
-    let (src, dst) = (ports.src, ports.dst);
-    let ports = src | dst;
-    let signature = pkt.payload == PayloadClass::Ctcp;
-    let may_create = cfg.track_all || ports & port_flag::CTCP != 0 || signature;
-    if signature && ports & port_flag::CTCP == 0 {
+    let (src, dst, payload) = (ports.src, ports.dst, ports.payload);
+    let on_port = (src | dst) & port_flag::CTCP != 0;
+    // Off the cTCP ports only: there `scope` read the trailer.
+    let signature = payload == PayloadClass::Ctcp;
+    let may_create = cfg.track_all || on_port || signature;
+    if signature {
         store.mark_signature_port(pkt.src_port());
         store.mark_signature_port(pkt.dst_port());
     }
@@ -105,9 +116,9 @@ pub fn track<S: Store, K: StallSink, C: Clock>(
     let now = clock.coarse();
     // A fresh entry is all zeros; clocks (boot time, capture time) never read 0.
     if flow.first_ts == 0 {
-        init(flow, pkt, src, dst, now);
+        init(flow, pkt, src, dst, on_port || signature, now);
     }
-    classify(flow, pkt);
+    classify(flow, pkt, payload, on_port);
     flow.ifindex = ifindex;
     flow.update(pkt.dir, &pkt.seg, now, clock, cfg, sink);
     table::unlock(held);
@@ -196,13 +207,12 @@ fn promote<S: Store>(
     Ok((&mut slot.flow, slot_held))
 }
 
-/// A new entry: first time, class from the port, and which side is the client: the
-/// SYN sender, else the side not on a configured port, else the first sender.
+/// A new entry: first time, class (cTCP by its port or its signature), and which side
+/// is the client: the SYN sender, else the side not on a configured port, else the
+/// first sender.
 #[inline(always)]
-fn init(flow: &mut Flow, pkt: &Packet, src: u8, dst: u8, now: u64) {
+fn init(flow: &mut Flow, pkt: &Packet, src: u8, dst: u8, ctcp: bool, now: u64) {
     flow.first_ts = now;
-    let on_port = (src | dst) & port_flag::CTCP != 0;
-    let ctcp = on_port || pkt.payload == PayloadClass::Ctcp;
     flow.class = if ctcp {
         FlowClass::Ctcp as u8
     } else {
@@ -221,15 +231,16 @@ fn init(flow: &mut Flow, pkt: &Packet, src: u8, dst: u8, now: u64) {
     };
 }
 
-/// Upgrades the class from what the payload shows: `IKETCP` opens an RFC 9329 stream,
-/// the cTCP trailer marks cTCP on any port.
+/// Upgrades the class: `IKETCP` opens an RFC 9329 stream; the cTCP trailer, or a cTCP
+/// port (a flow that began before the port was configured), marks a TCP flow cTCP.
 #[inline(always)]
-fn classify(flow: &mut Flow, pkt: &Packet) {
-    match pkt.payload {
+fn classify(flow: &mut Flow, pkt: &Packet, payload: PayloadClass, on_port: bool) {
+    let tcp = flow.class == FlowClass::Tcp as u8;
+    match payload {
         PayloadClass::Rfc9329 if flow.half[pkt.dir & 1].bytes == 0 => {
             flow.class = FlowClass::Rfc9329 as u8
         }
-        PayloadClass::Ctcp if flow.class == FlowClass::Tcp as u8 => {
+        _ if tcp && (on_port || payload == PayloadClass::Ctcp) => {
             flow.class = FlowClass::Ctcp as u8
         }
         _ => {}

@@ -186,3 +186,52 @@ fn scope_class_and_client() {
         "{classes:?}"
     );
 }
+
+/// On a cTCP port the probe reads only the payload's first bytes: `IKETCP` still opens
+/// an RFC 9329 stream there, and a TCP flow that began before its port was made a cTCP
+/// port (tracking all TCP) is cTCP from its next packet, as a new flow there would be.
+/// The host takes the same steps.
+#[test]
+fn class_on_a_ctcp_port() {
+    let all = Settings {
+        verdict: Config {
+            track_all: true,
+            ..Config::default()
+        },
+        ..Settings::default()
+    };
+    let mut k = Kernel::load(all.clone());
+    let mut h = Host::new(all);
+    let (early, late) = (addr(7, 41_000), addr(8, 42_000));
+    let steps = [
+        (data(early, addr(6, 7000), vec![1; 100]), false),
+        (data(early, addr(6, 7000), vec![1; 100]), true),
+        (
+            data(late, addr(5, 10_000), b"IKETCP\x00\x20rest-of-ike".to_vec()),
+            true,
+        ),
+    ];
+    let mut marked = false;
+    for (i, (frame, on_port)) in steps.iter().enumerate() {
+        if *on_port && !marked {
+            k.probe
+                .set_port_flags(7000, ebpf_probe::abi::port_flag::CTCP)
+                .expect("mark port 7000");
+            h.store.ports[7000] |= ebpf_probe::abi::port_flag::CTCP;
+            marked = true;
+        }
+        let t = 1_000_000_000 + i as u64 * 1_000_000;
+        k.feed(XDP, frame, t);
+        h.feed(XDP, frame, t);
+    }
+    let class_of = |flows: &[(ebpf_probe::abi::FlowKey, ebpf_probe::abi::Flow)], port: u16| {
+        flows
+            .iter()
+            .find(|(key, _)| key.port.contains(&port))
+            .map(|(_, f)| f.class)
+    };
+    let pending = k.snapshot().pending;
+    assert_eq!(class_of(&pending, 7000), Some(FlowClass::Ctcp as u8));
+    assert_eq!(class_of(&pending, 10_000), Some(FlowClass::Rfc9329 as u8));
+    assert_eq!(k.snapshot(), h.snapshot(), "kernel and host agree");
+}
