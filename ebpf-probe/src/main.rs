@@ -23,6 +23,8 @@
 //! are read-only globals fixed at load: K, T, track-all, and a clock taken from the
 //! CLOCK map instead of the kernel's (deterministic tests and replays).
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
+// `asm!` for BPF (`probe::hide`).
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {}
