@@ -74,13 +74,6 @@ pub fn scope<S: Store, F: Frame>(
         || any & (port_flag::CTCP | port_flag::SIGNATURE) != 0
         || payload == PayloadClass::Ctcp
     {
-        // Opaque to the verifier: a known value on each path would have it check the
-        // tracker once per value.
-        let payload = match store.launder(payload as u32) {
-            1 => PayloadClass::Ctcp,
-            2 => PayloadClass::Rfc9329,
-            _ => PayloadClass::None,
-        };
         Ok(PortFlags { src, dst, payload })
     } else {
         Err(counter::OUT_OF_SCOPE)
