@@ -66,46 +66,52 @@ pub mod half_flag {
     pub const CANDIDATE: u32 = 64;
 }
 
-/// State of one direction: the packets this side sends. The first block is Wireshark's
-/// `tcp_analyze_seq_info`; then counters; then the stall verdict, where this side plays
-/// R (the receiver that sends duplicate ACKs) and the peer plays D.
+/// State of one direction: the packets this side sends. Wireshark's
+/// `tcp_analyze_seq_info`, counters, and the stall verdict, where this side plays R
+/// (the receiver that sends duplicate ACKs) and the peer plays D. The fields before
+/// `maxseqtobeacked` are all the agent's whole pass reads of a side (the stall rule's
+/// test and the totals: `SWEEP_HALF_BYTES`), so it reads them, and not the slot's other
+/// cache lines.
 #[repr(C)]
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct Half {
     pub nextseq: u32,
+    pub flags: u32,
+    /// Verdict, this side as R: highest ACK sent (the hole H while a run lasts).
+    pub hole: u32,
+    /// Duplicate ACKs for `hole` by the verdict's definition (RFC 5681 plus SACK).
+    pub dup_run: u32,
+    pub packets: u64,
+    pub events: [u32; event::COUNT],
     pub maxseqtobeacked: u32,
     pub lastack: u32,
     pub window: u32,
     pub dupacknum: u32,
     /// Analysis bits (`analysis::A_*`) of this side's last segment.
     pub last_analysis: u32,
-    pub lastacktime: u64,
-    pub nextseqtime: u64,
-    pub packets: u64,
-    /// TCP payload bytes.
-    pub bytes: u64,
-    pub events: [u32; event::COUNT],
-    pub flags: u32,
     /// Sequence number of the first segment seen from this side.
     pub first_seq: u32,
+    pub lastacktime: u64,
+    pub nextseqtime: u64,
+    /// TCP payload bytes.
+    pub bytes: u64,
+    /// Time of the first duplicate ACK of the run, 0 when no run is open.
+    pub hole_since: u64,
     /// Lowest gap this side's data skipped at the monitor (lost upstream), [lo, hi).
     pub gap: [u32; 2],
     /// Latest span this side retransmitted, [lo, hi).
     pub retx: [u32; 2],
-    /// Verdict, this side as R: highest ACK sent (the hole H while a run lasts).
-    pub hole: u32,
-    /// Duplicate ACKs for `hole` by the verdict's definition (RFC 5681 plus SACK).
-    pub dup_run: u32,
     /// First SACK block of the last ACK: new SACK information is a change of it.
     pub sack: [u32; 2],
-    /// Time of the first duplicate ACK of the run, 0 when no run is open.
-    pub hole_since: u64,
     /// Number of stall episodes with this side as R.
     pub stalls: u32,
     /// Per-packet working bits (see `opaque`).
     pub scratch: u32,
 }
 const _: () = assert!(size_of::<Half>() == 160);
+/// The leading bytes of a `Half` that the agent's whole pass reads.
+pub const SWEEP_HALF_BYTES: usize = core::mem::offset_of!(Half, maxseqtobeacked);
+const _: () = assert!(SWEEP_HALF_BYTES.is_multiple_of(8));
 
 /// Flow states (`Flow::state`).
 #[repr(u8)]
@@ -146,10 +152,11 @@ try_from_u8!(FlowState {
 try_from_u8!(FlowClass { Tcp, Ctcp, Rfc9329 });
 
 /// One connection, both directions. `half[i]` is what endpoint `key.addr[i]` sends.
+/// The flow's own fields come first, beside the slot's lock and key: the agent's whole
+/// pass reads them and the leading bytes of each half.
 #[repr(C)]
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct Flow {
-    pub half: [Half; 2],
     pub first_ts: u64,
     pub last_ts: u64,
     /// Time of the most recent SYN (without ACK): Wireshark's `ts_mru_syn`.
@@ -164,6 +171,7 @@ pub struct Flow {
     /// configured port, else the first sender.
     pub client: u8,
     pub _pad: u8,
+    pub half: [Half; 2],
 }
 const _: () = assert!(size_of::<Flow>() == 2 * 160 + 40);
 const _: () = assert!(align_of::<Flow>() == 8);

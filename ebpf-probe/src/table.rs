@@ -424,6 +424,54 @@ pub fn tag<S: Slots>(s: &mut S, idx: u32) -> u64 {
 /// # Safety
 /// `slot` points to a slot of a live table (its memory stays mapped for the call).
 pub unsafe fn read(slot: *const Slot) -> Option<(FlowKey, Flow)> {
+    // SAFETY: as the caller promised; a torn copy is detected by `consistent`.
+    unsafe { consistent(slot, |s| core::ptr::read_volatile(s)) }.map(|c| (c.key, c.flow))
+}
+
+#[cfg(not(target_arch = "bpf"))]
+/// Byte ranges of a slot that `read_sweep` reads: the lock, the key and the flow's own
+/// fields, then each half's leading `SWEEP_HALF_BYTES`.
+pub const SWEEP_RANGES: [(usize, usize); 2] = {
+    use crate::abi::{Half, SWEEP_HALF_BYTES};
+    use core::mem::offset_of;
+    let half0 = offset_of!(Slot, flow) + offset_of!(Flow, half);
+    let half1 = half0 + size_of::<Half>();
+    [
+        (0, half0 + SWEEP_HALF_BYTES),
+        (half1, half1 + SWEEP_HALF_BYTES),
+    ]
+};
+
+#[cfg(not(target_arch = "bpf"))]
+/// As `read`, but only what the agent's whole pass looks at: the key, the flow's own
+/// fields and each half's leading `SWEEP_HALF_BYTES` (the rest of the copy is zero).
+/// Three or four cache lines of the slot's seven.
+///
+/// # Safety
+/// As `read`.
+pub unsafe fn read_sweep(slot: *const Slot) -> Option<(FlowKey, Flow)> {
+    let copy = |s: *const Slot| {
+        let mut out = Slot::default();
+        let (from, to) = (s as *const u64, &mut out as *mut Slot as *mut u64);
+        for (lo, hi) in SWEEP_RANGES {
+            for w in lo / 8..hi / 8 {
+                // SAFETY: whole words inside both slots.
+                unsafe { to.add(w).write(core::ptr::read_volatile(from.add(w))) }
+            }
+        }
+        out
+    };
+    // SAFETY: as the caller promised.
+    unsafe { consistent(slot, copy) }.map(|c| (c.key, c.flow))
+}
+
+#[cfg(not(target_arch = "bpf"))]
+/// `copy(slot)` taken between two equal even values of its sequence lock, or None if
+/// writers kept it busy through `SPINS` tries.
+///
+/// # Safety
+/// `slot` points to a slot of a live table.
+unsafe fn consistent(slot: *const Slot, copy: impl Fn(*const Slot) -> Slot) -> Option<Slot> {
     let seq = slot as *mut u64;
     for _ in 0..SPINS {
         let before = atomic::load(seq);
@@ -431,11 +479,10 @@ pub unsafe fn read(slot: *const Slot) -> Option<(FlowKey, Flow)> {
             core::hint::spin_loop();
             continue;
         }
-        // SAFETY: a live slot; a torn copy is detected by the sequence check below.
-        let copy = unsafe { core::ptr::read_volatile(slot) };
+        let c = copy(slot);
         core::sync::atomic::fence(core::sync::atomic::Ordering::Acquire);
         if atomic::load(seq) == before {
-            return Some((copy.key, copy.flow));
+            return Some(c);
         }
     }
     None

@@ -55,6 +55,14 @@ impl Drop for Mapping {
     }
 }
 
+/// What a reader copies of a slot: all of it, or what the sweep's whole pass reads
+/// (`table::read_sweep`: the rest of the flow is zero).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Part {
+    Whole,
+    Sweep,
+}
+
 /// Whether `FlowTable::with_locked` frees the slot after its call.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Free {
@@ -155,11 +163,20 @@ impl FlowTable {
         table::find(&mut View(self), key, &at)
     }
 
-    /// Asks the CPU to start loading slot `i` (a walk's slot a few steps ahead): a
-    /// slot is seven cache lines, and a walk over a large table waits on memory.
-    pub fn prefetch_slot(&self, i: u32) {
+    /// Asks the CPU to start loading `part` of slot `i` (a walk's slot a few steps
+    /// ahead): a slot is seven cache lines, and a walk over a large table waits on
+    /// memory.
+    pub fn prefetch_slot(&self, i: u32, part: Part) {
         if let Some(p) = View(self).slot(i) {
-            prefetch(p as *const u8, size_of::<Slot>());
+            let p = p as *const u8;
+            match part {
+                Part::Whole => prefetch(p, size_of::<Slot>()),
+                Part::Sweep => {
+                    for (lo, hi) in table::SWEEP_RANGES {
+                        prefetch(p.wrapping_add(lo), hi - lo);
+                    }
+                }
+            }
         }
     }
 
@@ -182,12 +199,23 @@ impl FlowTable {
     /// A consistent copy of slot `i`, if it holds a flow (None while the probe keeps it
     /// busy, which a bounded wait makes very rare).
     pub fn read(&self, i: u32) -> Option<(FlowKey, Flow)> {
+        self.read_part(i, Part::Whole)
+    }
+
+    /// As `read`, of `part` of the slot.
+    pub fn read_part(&self, i: u32, part: Part) -> Option<(FlowKey, Flow)> {
         let v = &mut View(self);
         if table::tag(v, i) <= table::RESERVED {
             return None;
         }
+        let slot = v.slot(i)?;
         // SAFETY: a slot of the mapping, which lives as long as `self`.
-        let copy = unsafe { table::read(v.slot(i)?)? };
+        let copy = unsafe {
+            match part {
+                Part::Whole => table::read(slot)?,
+                Part::Sweep => table::read_sweep(slot)?,
+            }
+        };
         // Freed while we copied.
         (table::tag(v, i) > table::RESERVED).then_some(copy)
     }
@@ -240,13 +268,13 @@ impl FlowTable {
 /// Asks the CPU to start loading the `len` bytes at `p` into its caches (x86-64 only;
 /// elsewhere nothing).
 fn prefetch(p: *const u8, len: usize) {
+    // Every line the bytes touch (slots are not line-aligned).
     #[cfg(target_arch = "x86_64")]
-    for line in (0..len).step_by(64) {
+    for line in (0..(p as usize % 64 + len).div_ceil(64)).map(|l| l * 64) {
+        let at = p.wrapping_sub(p as usize % 64).wrapping_add(line);
         // SAFETY: a prefetch never faults, whatever the address.
         unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
-                p.wrapping_add(line) as *const i8,
-            )
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at as *const i8)
         };
     }
     #[cfg(not(target_arch = "x86_64"))]

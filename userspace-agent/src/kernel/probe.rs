@@ -13,7 +13,7 @@ use ebpf_probe::table::{self, Seed, WAYS};
 use ebpf_probe::verdict::Config;
 
 use crate::kernel::batch::Cursor;
-use crate::kernel::flow_table::FlowTable;
+use crate::kernel::flow_table::{FlowTable, Part};
 
 /// The probe object, built by build.rs.
 static PROBE_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackwatch-probe"));
@@ -417,17 +417,18 @@ impl Probe {
     /// false.
     pub fn for_each_flow(&self, mut each: impl FnMut(&FlowKey, &Flow) -> bool) {
         let mut at = 0;
-        self.walk_flows(&mut at, usize::MAX, |_, k, f| each(k, f));
+        self.walk_flows(&mut at, usize::MAX, Part::Whole, |_, k, f| each(k, f));
     }
 
     /// Continues a walk of the established table at slot `cursor` for `max` flows
     /// (free slots cost a tag check and do not count), calling `each(slot, key, flow)`
-    /// for each flow until it returns false; true when it reached the end of the table
-    /// (the cursor starts over).
+    /// with `part` of each flow until it returns false; true when it reached the end of
+    /// the table (the cursor starts over).
     pub fn walk_flows(
         &self,
         cursor: &mut u32,
         max: usize,
+        part: Part,
         mut each: impl FnMut(u32, &FlowKey, &Flow) -> bool,
     ) -> bool {
         let end = self.table.slots();
@@ -442,9 +443,9 @@ impl Probe {
                     continue;
                 }
             }
-            self.table.prefetch_slot(i + PREFETCH_AHEAD);
+            self.table.prefetch_slot(i + PREFETCH_AHEAD, part);
             *cursor += 1;
-            if let Some((k, f)) = self.table.read(i) {
+            if let Some((k, f)) = self.table.read_part(i, part) {
                 seen += 1;
                 if !each(i, &k, &f) {
                     return false;

@@ -16,7 +16,7 @@ use ebpf_probe::abi::{Flow, FlowKey, FlowState, StallRecord, StallWhat, event, h
 use ebpf_probe::host::Records;
 use ebpf_probe::verdict::{self, Config, end_stalls};
 
-use crate::kernel::flow_table::Free;
+use crate::kernel::flow_table::{Free, Part};
 use crate::kernel::probe::Probe;
 
 /// Closed flows stay this long, so late packets of the close find their entry.
@@ -122,9 +122,22 @@ impl Sweeper {
         // slice (the walk borrows the probe); they are few.
         let mut due = Vec::new();
         let (cfg, idle_ns, pass) = (&self.cfg, self.idle_ns, &mut self.pass);
-        let complete = probe.walk_flows(&mut self.cursor, slice, |i, key, flow| {
-            // The rule on a copy says whether the live entry needs it (most flows have
-            // no run of duplicate ACKs: no copy).
+        let table = probe.table();
+        // The pass reads what the stall rule's test, eviction and the totals need (3-4
+        // of a slot's 7 cache lines), and all of a flow only when one of them may
+        // concern it.
+        let complete = probe.walk_flows(&mut self.cursor, slice, Part::Sweep, |i, _, part| {
+            let applies = (0..2).any(|r| verdict::stall_rule_applies(part, r, cfg));
+            if !applies && part.stalled_sides() == 0 && !evictable(part, now, idle_ns) {
+                pass.count(part);
+                return true;
+            }
+            // Gone since: nothing to do; busy: the next pass sees it.
+            let Some((key, flow)) = table.read(i) else {
+                return true;
+            };
+            let (key, flow) = (&key, &flow);
+            // The rule on a copy says whether the live entry needs it.
             let due_now = (0..2).any(|r| verdict::stall_rule_applies(flow, r, cfg)) && {
                 let mut trial = *flow;
                 let mut sink = Records::new(*key);
@@ -139,7 +152,6 @@ impl Sweeper {
             }
             true
         });
-        let table = probe.table();
         for (i, key, seen) in due {
             let mut sink = Records::new(key);
             // Decided again on the live entry: a packet may have come since the copy.
@@ -263,5 +275,61 @@ fn add_totals(into: &mut [u64; 5], flow: &Flow) {
         for (i, e) in EVENT_TOTALS.iter().enumerate() {
             into[i + 1] += h.events[*e] as u64;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ebpf_probe::table::{Slot, read, read_sweep};
+
+    /// The whole pass decides on `table::read_sweep`'s part of a flow: every test it
+    /// makes there must come out as on the whole flow, whatever the flow holds.
+    #[test]
+    fn the_sweep_part_of_a_flow_decides_as_the_whole_flow() {
+        let cfg = Config::default();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let (mut applies, mut evicts) = (0, 0);
+        for _ in 0..10_000 {
+            let mut slot = Slot::default();
+            let words = size_of::<Slot>() / 8;
+            let p = &mut slot as *mut Slot as *mut u64;
+            for w in 1..words {
+                // SAFETY: whole words of the slot (the lock word stays 0: unlocked).
+                unsafe { p.add(w).write(next()) };
+            }
+            let f = &mut slot.flow;
+            f.state = (next() % 4) as u8;
+            f.class = (next() % 3) as u8;
+            f.last_ts = next() % 2_000;
+            for h in &mut f.half {
+                h.dup_run = (next() % 6) as u32;
+                h.flags = (next() & 0x7f) as u32;
+                h.packets = next() % 1_000_000;
+            }
+            // SAFETY: a live slot on this stack.
+            let (_, whole) = unsafe { read(&slot) }.expect("unlocked");
+            let (_, part) = unsafe { read_sweep(&slot) }.expect("unlocked");
+            for r in 0..2 {
+                let a = verdict::stall_rule_applies(&whole, r, &cfg);
+                assert_eq!(verdict::stall_rule_applies(&part, r, &cfg), a);
+                applies += a as u32;
+            }
+            assert_eq!(part.stalled_sides(), whole.stalled_sides());
+            let evict = evictable(&whole, 1_000, 500);
+            assert_eq!(evictable(&part, 1_000, 500), evict);
+            evicts += evict as u32;
+            let (mut a, mut b) = (Pass::default(), Pass::default());
+            a.count(&whole);
+            b.count(&part);
+            assert_eq!((a.flows, a.live), (b.flows, b.live));
+        }
+        assert!(applies > 1_000 && evicts > 1_000, "{applies} {evicts}");
     }
 }
