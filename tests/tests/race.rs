@@ -740,9 +740,9 @@ fn host_lock_keeps_the_other_cpu_out() {
     let t = UPTIME + 21_000 * US;
     let ack = from_headend(2600, &[(3000, 3400)]);
     let pkt = ebpf_probe::parse::parse(&ack.as_slice(), LinkKind::Ethernet).expect("a TCP frame");
-    let at = h.store.place(&pkt.key).expect("place");
-    let i = table::find(&mut h.store, &pkt.key, &at).expect("established");
-    let slot = h.store.slot(i).expect("slot");
+    let at = h.store.place(&pkt.key).expect("place").established;
+    let i = table::find(&mut h.store.established, &pkt.key, &at).expect("established");
+    let slot = h.store.established.slot(i).expect("slot");
     // SAFETY: a live slot of the host's table.
     let held = table::lock(unsafe { &raw mut (*slot).seq }).expect("free");
     let before = *h.store.flow_mut(&pkt.key).unwrap();
