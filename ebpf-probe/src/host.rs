@@ -12,8 +12,8 @@ use crate::abi::{Flow, FlowKey, StallRecord, StallWhat, counter, port_flag};
 use crate::clock::Fixed;
 use crate::decap::{self, Inner, TunnelPorts};
 use crate::parse::{Frame, LinkKind, Packet, Reason, locate, parse_located};
-use crate::table::{self, Bucket, Fill, Place, Seed, Slot, Slots, WAYS};
-use crate::tracker::{Places, Store, scope, track};
+use crate::table::{self, Bucket, Fill, Hash, Place, Seed, Slot, Slots, WAYS};
+use crate::tracker::{Store, scope, track};
 use crate::verdict::{Config, StallSink};
 
 /// `n` zeroed values of a type for which all-zero bytes are a valid value.
@@ -205,18 +205,23 @@ impl HostStore {
         }
     }
 
+    /// Where `key` lives in the pending table (true) or the established table.
+    pub fn place(&self, key: &FlowKey, pending: bool) -> Place {
+        table::hash(key, &self.seed).place(self.buckets(pending))
+    }
+
     /// The established flow of `key`.
     pub fn flow_mut(&mut self, key: &FlowKey) -> Option<&mut Flow> {
-        let at = self.place(key).ok()?;
-        self.established.flow_mut(key, &at.established)
+        let at = self.place(key, false);
+        self.established.flow_mut(key, &at)
     }
 
     /// Removes `key`'s flow from either table, and returns it.
     pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
-        let at = self.place(key).ok()?;
+        let (pending, established) = (self.place(key, true), self.place(key, false));
         self.pending
-            .remove(key, &at.pending)
-            .or_else(|| self.established.remove(key, &at.established))
+            .remove(key, &pending)
+            .or_else(|| self.established.remove(key, &established))
     }
 }
 
@@ -240,12 +245,16 @@ impl Store for HostStore {
         self.ports[port as usize] |= port_flag::SIGNATURE;
     }
 
-    fn place(&mut self, key: &FlowKey) -> Result<Places, Reason> {
-        let h = table::hash(key, &self.seed);
-        Ok(Places {
-            established: h.place(self.established.buckets()),
-            pending: h.place(self.pending.buckets()),
-        })
+    fn hash(&mut self, key: &FlowKey) -> Result<Hash, Reason> {
+        Ok(table::hash(key, &self.seed))
+    }
+
+    fn buckets(&self, pending: bool) -> u32 {
+        if pending {
+            self.pending.buckets()
+        } else {
+            self.established.buckets()
+        }
     }
 
     fn count(&mut self, index: u32) {

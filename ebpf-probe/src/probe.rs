@@ -15,8 +15,8 @@ use ebpf_probe::abi::{
 use ebpf_probe::clock::Clock;
 use ebpf_probe::decap::{self, Ports, TunnelPorts};
 use ebpf_probe::parse::{self, Frame, LinkKind, Reason};
-use ebpf_probe::table::{self, Bucket, Fill, Held, Seed, Slot, Slots, WAYS};
-use ebpf_probe::tracker::{Places, Store, scope, track};
+use ebpf_probe::table::{self, Bucket, Fill, Hash, Held, Seed, Slot, Slots, WAYS};
+use ebpf_probe::tracker::{Store, scope, track};
 use ebpf_probe::verdict::{Config, StallSink};
 
 /// Default capacities; the agent sets the real ones at load time.
@@ -315,13 +315,18 @@ impl Store for Maps {
     }
 
     #[inline(always)]
-    fn place(&mut self, key: &FlowKey) -> Result<Places, Reason> {
+    fn hash(&mut self, key: &FlowKey) -> Result<Hash, Reason> {
         let seed = SEED.get(0).ok_or(counter::MAP_ERROR)?;
-        let h = table::hash(key, seed);
-        Ok(Places {
-            established: h.place(global!(FLOW_BUCKETS)),
-            pending: h.place(global!(PENDING_TABLE_BUCKETS)),
-        })
+        Ok(table::hash(key, seed))
+    }
+
+    #[inline(always)]
+    fn buckets(&self, pending: bool) -> u32 {
+        if pending {
+            global!(PENDING_TABLE_BUCKETS)
+        } else {
+            global!(FLOW_BUCKETS)
+        }
     }
 
     #[inline(always)]

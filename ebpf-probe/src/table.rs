@@ -336,7 +336,7 @@ pub fn try_lock(seq: *mut u64) -> Option<Held> {
 }
 
 /// Releases a lock by storing the next even value (not by adding one: if the memory
-/// was handed to another key meanwhile, as an LRU map may do, the word ends unlocked).
+/// was handed to another key meanwhile, the word ends unlocked).
 #[inline(always)]
 pub fn unlock(held: Held) {
     atomic::swap(held.seq, held.value.wrapping_add(1));
@@ -439,6 +439,24 @@ fn claim_slot<S: Slots>(s: &mut S, key: &FlowKey, at: &Place) -> Option<(u32, *m
         }
     }
     None
+}
+
+/// Loads the tags of `at`'s two buckets and the first word of each bucket's slots, all
+/// at once, before a lookup and a claim read them one after the other: the lines (and
+/// the pages, whose translations are dear in a VM) of a table too large for the caches
+/// then arrive together. BPF has no prefetch instruction: loads whose values go unused
+/// are the next best thing.
+#[inline(always)]
+pub fn prefetch<S: Slots>(s: &mut S, at: &Place) {
+    for b in at.bucket {
+        if let Some(bucket) = s.bucket(b) {
+            atomic::load(tag_of(bucket, 0));
+        }
+        if let Some(slot) = s.slot(b * WAYS) {
+            // SAFETY: a live slot; the word is only read, atomically.
+            atomic::load(unsafe { &raw mut (*slot).seq });
+        }
+    }
 }
 
 /// Makes a claimed slot findable under `at.tag`.

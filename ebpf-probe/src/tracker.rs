@@ -20,15 +20,8 @@ use crate::abi::{Flow, FlowClass, FlowKey, StallRecord, StallWhat, counter, half
 use crate::classify::PayloadClass;
 use crate::clock::Clock;
 use crate::parse::{Frame, Located, Packet, Reason, TH_ACK, TH_RST, TH_SYN, payload_class};
-use crate::table::{self, Held, Place, Slot, Slots};
+use crate::table::{self, Hash, Held, Place, Slot, Slots};
 use crate::verdict::{self, Config, StallSink};
-
-/// Where a key lives in each table (one hash, two sizes: `table::Hash::place`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Places {
-    pub established: Place,
-    pub pending: Place,
-}
 
 /// Where flows live: BPF maps in the kernel, memory on the host. Entries are handed
 /// out as pointers (a map value in the kernel): `track` holds one only while it makes
@@ -44,8 +37,10 @@ pub trait Store {
     fn port_flags(&self, port: u16) -> u8;
     /// Marks a port on which a cTCP payload signature was seen.
     fn mark_signature_port(&mut self, port: u16);
-    /// Where `key` lives in the two tables (their hash key and sizes).
-    fn place(&mut self, key: &FlowKey) -> Result<Places, Reason>;
+    /// `key`'s hash under the tables' hash key (`Hash::place` then places it in either).
+    fn hash(&mut self, key: &FlowKey) -> Result<Hash, Reason>;
+    /// How many buckets the pending table (true) or the established table has.
+    fn buckets(&self, pending: bool) -> u32;
     /// Bumps a counter (`abi::counter`).
     fn count(&mut self, index: u32);
 }
@@ -127,23 +122,27 @@ fn entry<S: Store>(
     pkt: &Packet,
     may_create: bool,
 ) -> Result<(*mut Flow, Held), Reason> {
-    let at = store.place(&pkt.key)?;
-    if let Some(found) = established(store, pkt, &at.established)? {
+    let hash = store.hash(&pkt.key)?;
+    let at = hash.place(store.buckets(false));
+    if let Some(found) = established(store, pkt, &at)? {
         return Ok(found);
     }
-    let (idx, slot, held) = match table::find(store.pending(), &pkt.key, &at.pending) {
-        Some(idx) => match table::lock_found(store.pending(), idx, &pkt.key, &at.pending) {
+    // Placed in the pending table only now: an established flow's packet pays nothing.
+    let pending_at = hash.place(store.buckets(true));
+    table::prefetch(store.pending(), &pending_at);
+    let (idx, slot, held) = match table::find(store.pending(), &pkt.key, &pending_at) {
+        Some(idx) => match table::lock_found(store.pending(), idx, &pkt.key, &pending_at) {
             Ok((slot, held)) => (idx, slot, held),
             Err(true) => return Err(counter::FLOW_BUSY),
             // Moved to the established table while we waited (or evicted: counted as
             // a map error, as an entry that moved and is not found).
             Err(false) => {
-                return established(store, pkt, &at.established)?.ok_or(counter::MAP_ERROR);
+                return established(store, pkt, &at)?.ok_or(counter::MAP_ERROR);
             }
         },
         None if !may_create => return Err(counter::OUT_OF_SCOPE),
         None if pkt.seg.has(TH_RST) => return Err(counter::NO_FLOW),
-        None => create(store, &pkt.key, &at.pending)?,
+        None => create(store, &pkt.key, &pending_at, &at)?,
     };
     // SAFETY: a live pending slot, locked by us.
     let flow = unsafe { &mut (*slot).flow };
@@ -151,17 +150,22 @@ fn entry<S: Store>(
     if pkt.seg.has(TH_SYN) || !other_seen {
         return Ok((flow, held));
     }
-    promote(store, pkt, &at.established, idx, flow, held)
+    promote(store, pkt, &at, idx, flow, held)
 }
 
 /// A new pending entry for `key`, zeroed and locked: a free slot, else the place of the
-/// oldest entry of its ways (counted). Two CPUs that insert the same key at once: the
-/// later to look gives its slot up, and its packet passes untracked (`flow_busy`).
+/// oldest entry of its ways (counted). Gives its slot up, and its packet passes
+/// untracked (`flow_busy`), when it finds after publishing that another CPU inserted
+/// the same key at once (the later to look gives up), or promoted it meanwhile: a
+/// promotion publishes the established entry before it frees the pending one, so a
+/// lookup that missed both (the established one before, the pending one after) sees
+/// the established one now.
 #[inline(always)]
 fn create<S: Store>(
     store: &mut S,
     key: &FlowKey,
     at: &Place,
+    established: &Place,
 ) -> Result<(u32, *mut Slot, Held), Reason> {
     store.count(counter::PENDING_INSERTS);
     let (idx, slot, held) = match table::claim(store.pending(), key, at) {
@@ -180,10 +184,11 @@ fn create<S: Store>(
     };
     // SAFETY: a slot claimed and locked by us.
     unsafe { (*slot).flow.clear() };
-    let p = store.pending();
-    table::publish(p, idx, at);
-    if table::duplicated(p, idx, key, at) {
-        table::free(p, idx);
+    table::publish(store.pending(), idx, at);
+    if table::duplicated(store.pending(), idx, key, at)
+        || table::find(store.established(), key, established).is_some()
+    {
+        table::free(store.pending(), idx);
         table::unlock(held);
         return Err(counter::FLOW_BUSY);
     }

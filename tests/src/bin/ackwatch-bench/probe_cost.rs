@@ -200,10 +200,6 @@ fn establish(probe: &mut Probe, prog: &'static str, client: &str, server: &str) 
 fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f64)>) {
     let mut probe = Probe::load(&Settings {
         max_flows: prefilled + INSERTS + 64,
-        max_pending: std::env::var("PA_PENDING")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(65_536),
         ..Settings::default()
     })
     .expect("load the probe");
