@@ -428,6 +428,7 @@ fn claim_slot<S: Slots>(s: &mut S, key: &FlowKey, at: &Place) -> Option<(u32, *m
             }
             let idx = s.launder(b * WAYS + i);
             let slot = s.slot(idx)?;
+            touch(slot);
             // SAFETY: a live slot, reserved by us: nobody finds it by its tag.
             let Some(held) = s.lock(unsafe { &mut (*slot).seq }) else {
                 atomic::swap(tag, EMPTY);
@@ -457,6 +458,23 @@ pub fn prefetch<S: Slots>(s: &mut S, at: &Place) {
             atomic::load(unsafe { &raw mut (*slot).seq });
         }
     }
+}
+
+/// Loads a word of each cache line of `slot` at once, before the lock's
+/// compare-and-swap waits for the first line and the writes of a whole new flow for
+/// the others, one after the other (as `prefetch`).
+#[inline(always)]
+fn touch(slot: *mut Slot) {
+    let words = slot as *mut u64;
+    const LAST: usize = size_of::<Slot>() / 8 - 1;
+    let mut i = 0;
+    while i < LAST {
+        // SAFETY: word `i` of a live slot, only read, atomically.
+        atomic::load(unsafe { words.add(i) });
+        i += 8;
+    }
+    // SAFETY: the slot's last word, which may sit on a line of its own.
+    atomic::load(unsafe { words.add(LAST) });
 }
 
 /// Makes a claimed slot findable under `at.tag`.

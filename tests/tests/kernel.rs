@@ -9,7 +9,7 @@ use ebpf_probe::verdict::Config;
 
 /// Verified-instruction budget per program (the kernel's limit is 1,000,000). The
 /// heaviest measured 51,300 with the hash-map table; the open-addressed table with its
-/// locks measures 257,000-335,000 per program with the pending table in arrays too (the
+/// locks measures 245,000-340,000 per program with the pending table in arrays too (the
 /// lookups' 16 ways, the established, pending and promoted entries verified apart, the
 /// pending table's claim and victim scan, the contended lock's `bpf_loop` checked to
 /// convergence),
