@@ -12,9 +12,9 @@
 //!
 //! The pending table (half-open and one-sided flows) is walked the same way, with its
 //! own cursor: its entries no longer leave by themselves (the probe evicts one only
-//! when a new flow needs its place), so the sweep evicts the idle ones, with the same
-//! idle timeout, under their locks, never waiting for the probe. They count in no
-//! gauge: they are not flows yet.
+//! when a new flow needs its place), so the sweep evicts the idle (or closed) ones as
+//! it evicts established flows: under their locks, never waiting for the probe. They
+//! count in no gauge: they are not flows yet.
 
 use std::collections::HashSet;
 
@@ -50,7 +50,7 @@ pub struct Tick {
     pub records: Vec<StallRecord>,
     /// Flows it evicted (idle or closed).
     pub evictions: u64,
-    /// Pending entries it evicted (idle).
+    /// Pending entries it evicted (idle or closed).
     pub pending_evictions: u64,
     /// A start record, stamped now, for each stalled side in the slice it walked.
     pub stalled: Vec<StallRecord>,
