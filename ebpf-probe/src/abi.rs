@@ -194,6 +194,20 @@ impl Flow {
     }
 }
 
+impl Flow {
+    /// `*self = Flow::default()` a word at a time (as `copy_from`): a new pending entry
+    /// in a slot that held another flow.
+    #[inline(always)]
+    pub fn clear(&mut self) {
+        const WORDS: usize = size_of::<Flow>() / 8;
+        let to = self as *mut Flow as *mut u64;
+        for i in 0..WORDS {
+            // SAFETY: a whole, 8-aligned flow; all-zero words are a valid flow.
+            unsafe { core::ptr::write_volatile(to.add(i), 0) }
+        }
+    }
+}
+
 /// Stall transitions (`StallRecord::what`).
 #[repr(u8)]
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -247,21 +261,6 @@ try_from_u8!(LossSide {
     Upstream,
     Downstream
 });
-
-/// A flow in the pending (LRU) table: half-open, or seen from one side only, so that
-/// a SYN flood or spoofed one-sided packets never take an established flow's place.
-/// `seq` is a lock as in `table::Slot`.
-#[repr(C)]
-#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
-pub struct Pending {
-    pub seq: u64,
-    /// Set when the flow moved to the established table: a packet that found this
-    /// entry before it was deleted looks there instead.
-    pub moved: u32,
-    pub _pad: u32,
-    pub flow: Flow,
-}
-const _: () = assert!(size_of::<Pending>() == 16 + size_of::<Flow>());
 
 /// The probe's clock. With `map_now` set (tests, replays) it is the time; otherwise the
 /// coarse time is `jiffies * ns_per_jiffy + offset` (no helper call: the verifier
@@ -330,14 +329,17 @@ pub mod counter {
     pub const PACKETS_TC: u32 = 14;
     pub const TRACKED: u32 = 15;
     pub const RINGBUF_FULL: u32 = 16;
-    /// Flows given a pending (LRU) entry: half-open, or seen from one side only.
+    /// Flows given a pending entry: half-open, or seen from one side only.
     pub const PENDING_INSERTS: u32 = 17;
     /// A verdict refused because the state it read was impossible (fewer than K
     /// duplicate ACKs, no start time): never expected, never reported.
     pub const IMPOSSIBLE_STATE: u32 = 18;
     /// Mirror-port copies whose frame was found, one counter per `decap::Encap`.
     pub const MIRROR_FRAMES: u32 = 19;
-    pub const COUNT: u32 = MIRROR_FRAMES + crate::decap::ENCAPS as u32;
+    /// Pending entries that lost their place to a new flow: the pending table held its
+    /// capacity, or both of the new key's buckets were full (`table::replace_oldest`).
+    pub const PENDING_EVICTIONS: u32 = MIRROR_FRAMES + crate::decap::ENCAPS as u32;
+    pub const COUNT: u32 = PENDING_EVICTIONS + 1;
     /// The kernel counts a packet once: its outcome (a reason, or `TRACKED`) in the row
     /// of its hook (`row`); the hooks' packet counts are the sums of their rows
     /// (`fold`). Other counters use the first row.
@@ -412,8 +414,6 @@ mod pod {
     unsafe impl aya::Pod for Flow {}
     // SAFETY: as above.
     unsafe impl aya::Pod for StallRecord {}
-    // SAFETY: as above.
-    unsafe impl aya::Pod for Pending {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ClockParams {}
     // SAFETY: as above.

@@ -1,19 +1,18 @@
-//! The flow tables on the host, with the kernel's semantics: the same established table
-//! (`table`: its buckets in memory allocated zeroed, its slots allocated as flows take
-//! them, so the memory follows the flows held, not the capacity) and a bounded
-//! pending table for half-open and one-sided flows. Used by the offline analyser and as
-//! the reference in the kernel tests.
+//! The flow tables on the host, with the kernel's semantics: the same established and
+//! pending tables (`table`, the same code), in host memory. Used by the offline
+//! analyser and as the reference in the kernel tests, which compare both byte for byte
+//! even when the pending table is full.
 
 use std::alloc::{Layout, alloc_zeroed, dealloc};
 use std::boxed::Box;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 use std::vec::Vec;
 
-use crate::abi::{Flow, FlowKey, Pending, StallRecord, StallWhat, counter, port_flag};
+use crate::abi::{Flow, FlowKey, StallRecord, StallWhat, counter, port_flag};
 use crate::clock::Fixed;
 use crate::decap::{self, Inner, TunnelPorts};
 use crate::parse::{Frame, LinkKind, Packet, Reason, locate, parse_located};
-use crate::table::{self, Bucket, Fill, Place, Seed, Slot, Slots, WAYS};
+use crate::table::{self, Bucket, Fill, Hash, Place, Seed, Slot, Slots, WAYS};
 use crate::tracker::{Store, scope, track};
 use crate::verdict::{Config, StallSink};
 
@@ -64,7 +63,9 @@ impl Seed {
     }
 }
 
-pub struct HostStore {
+/// One table (`table`) in host memory: its buckets allocated zeroed, its slots as flows
+/// take them, so the memory follows the flows held, not the capacity.
+pub struct HostTable {
     buckets: Zeroed<Bucket>,
     /// Slots in use or once used, by index (boxed: their addresses must not move).
     slots: HashMap<u32, Box<Slot>>,
@@ -73,13 +74,95 @@ pub struct HostStore {
     fill: Box<Fill>,
     /// Slots in use, in slot order (the kernel's walk order).
     live: BTreeSet<u32>,
+}
+
+impl HostTable {
+    /// A table for `capacity` flows.
+    pub fn new(capacity: usize) -> Self {
+        let buckets = table::buckets_for(capacity as u32);
+        HostTable {
+            buckets: Zeroed::new(buckets as usize),
+            slots: HashMap::new(),
+            nslots: buckets * WAYS,
+            fill: Box::new(Fill {
+                flows: 0,
+                capacity: capacity as u64,
+            }),
+            live: BTreeSet::new(),
+        }
+    }
+
+    pub fn buckets(&self) -> u32 {
+        self.buckets.len as u32
+    }
+
+    /// Slots in use.
+    fn used(&self) -> impl Iterator<Item = *mut Slot> + '_ {
+        self.live
+            .iter()
+            .filter_map(|i| self.slots.get(i).map(|b| &**b as *const Slot as *mut Slot))
+    }
+
+    /// Every flow of the table, in slot order.
+    pub fn flows(&self) -> impl Iterator<Item = (&FlowKey, &Flow)> {
+        // SAFETY: live slots, borrowed with self.
+        self.used().map(|s| unsafe { (&(*s).key, &(*s).flow) })
+    }
+
+    /// Flows in the table.
+    pub fn len(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
+    /// The flow of `key`, placed at `at`.
+    fn flow_mut(&mut self, key: &FlowKey, at: &Place) -> Option<&mut Flow> {
+        let i = table::find(self, key, at)?;
+        Some(&mut self.slots.get_mut(&i)?.flow)
+    }
+
+    /// Removes `key`'s flow, placed at `at`, and returns it.
+    fn remove(&mut self, key: &FlowKey, at: &Place) -> Option<Flow> {
+        let i = table::find(self, key, at)?;
+        let flow = self.slots.get(&i)?.flow;
+        table::free(self, i);
+        self.slots.remove(&i);
+        Some(flow)
+    }
+}
+
+impl Slots for HostTable {
+    fn bucket(&mut self, b: u32) -> Option<*mut Bucket> {
+        self.buckets.get(b)
+    }
+
+    fn slot(&mut self, i: u32) -> Option<*mut Slot> {
+        (i < self.nslots).then(|| &mut **self.slots.entry(i).or_default() as *mut Slot)
+    }
+
+    fn fill(&mut self) -> Option<*mut Fill> {
+        Some(&mut *self.fill)
+    }
+
+    fn published(&mut self, idx: u32) {
+        self.live.insert(idx);
+    }
+
+    fn freed(&mut self, idx: u32) {
+        self.live.remove(&idx);
+    }
+}
+
+pub struct HostStore {
+    pub established: HostTable,
+    /// Half-open and one-sided flows: the same table, evicting the oldest of a new
+    /// key's ways when full, as the kernel's.
+    pub pending: HostTable,
     seed: Seed,
-    pub pending: HashMap<FlowKey, Pending>,
-    /// Insertion order of pending keys, oldest first (the kernel's LRU is approximate:
-    /// tests that compare both keep the pending table from filling).
-    pending_order: VecDeque<FlowKey>,
     pub ports: Vec<u8>,
-    pub pending_capacity: usize,
     /// The kernel's per-CPU counters, indexed by `abi::counter`.
     pub counters: Vec<u64>,
 }
@@ -92,88 +175,68 @@ impl HostStore {
         for &p in ctcp_ports {
             ports[p as usize] |= port_flag::CTCP;
         }
-        let buckets = table::buckets_for(capacity as u32);
         HostStore {
-            buckets: Zeroed::new(buckets as usize),
-            slots: HashMap::new(),
-            nslots: buckets * WAYS,
-            fill: Box::new(Fill {
-                flows: 0,
-                capacity: capacity as u64,
-            }),
-            live: BTreeSet::new(),
+            established: HostTable::new(capacity),
+            pending: HostTable::new(pending_capacity),
             seed,
-            pending: HashMap::new(),
-            pending_order: VecDeque::new(),
             ports,
-            pending_capacity,
             counters: std::vec![0; counter::COUNT as usize],
         }
     }
 
-    /// Established slots in use.
-    fn used(&self) -> impl Iterator<Item = *mut Slot> + '_ {
-        self.live
-            .iter()
-            .filter_map(|i| self.slots.get(i).map(|b| &**b as *const Slot as *mut Slot))
-    }
-
     /// Every established flow.
     pub fn flows(&self) -> impl Iterator<Item = (&FlowKey, &Flow)> {
-        // SAFETY: live slots, borrowed with self.
-        self.used().map(|s| unsafe { (&(*s).key, &(*s).flow) })
+        self.established.flows()
+    }
+
+    /// Every pending (half-open or one-sided) flow.
+    pub fn pending_flows(&self) -> impl Iterator<Item = (&FlowKey, &Flow)> {
+        self.pending.flows()
     }
 
     /// Every flow of both tables, established first, changeable.
     pub fn for_each_mut(&mut self, mut each: impl FnMut(&FlowKey, &mut Flow)) {
-        for s in self.used().collect::<Vec<_>>() {
-            // SAFETY: a live slot; `self` is borrowed mutably for the whole loop.
-            let s = unsafe { &mut *s };
-            each(&s.key, &mut s.flow);
+        for table in [&mut self.established, &mut self.pending] {
+            for s in table.used().collect::<Vec<_>>() {
+                // SAFETY: a live slot; `self` is borrowed mutably for the whole loop.
+                let s = unsafe { &mut *s };
+                each(&s.key, &mut s.flow);
+            }
         }
-        for (k, p) in self.pending.iter_mut() {
-            each(k, &mut p.flow);
-        }
+    }
+
+    /// Where `key` lives in the pending table (true) or the established table.
+    pub fn place(&self, key: &FlowKey, pending: bool) -> Place {
+        table::hash(key, &self.seed).place(self.buckets(pending))
     }
 
     /// The established flow of `key`.
     pub fn flow_mut(&mut self, key: &FlowKey) -> Option<&mut Flow> {
-        let at = self.place(key).ok()?;
-        let i = table::find(self, key, &at)?;
-        Some(&mut self.slots.get_mut(&i)?.flow)
+        let at = self.place(key, false);
+        self.established.flow_mut(key, &at)
     }
 
     /// Removes `key`'s flow from either table, and returns it.
     pub fn remove(&mut self, key: &FlowKey) -> Option<Flow> {
-        if let Some(p) = self.pending.remove(key) {
-            self.pending_order.retain(|k| k != key);
-            return Some(p.flow);
-        }
-        let at = self.place(key).ok()?;
-        let i = table::find(self, key, &at)?;
-        let flow = self.slots.get(&i)?.flow;
-        table::free(self, i);
-        self.live.remove(&i);
-        self.slots.remove(&i);
-        Some(flow)
-    }
-}
-
-impl Slots for HostStore {
-    fn bucket(&mut self, b: u32) -> Option<*mut Bucket> {
-        self.buckets.get(b)
-    }
-
-    fn slot(&mut self, i: u32) -> Option<*mut Slot> {
-        (i < self.nslots).then(|| &mut **self.slots.entry(i).or_default() as *mut Slot)
-    }
-
-    fn fill(&mut self) -> Option<*mut Fill> {
-        Some(&mut *self.fill)
+        let (pending, established) = (self.place(key, true), self.place(key, false));
+        self.pending
+            .remove(key, &pending)
+            .or_else(|| self.established.remove(key, &established))
     }
 }
 
 impl Store for HostStore {
+    type Established = HostTable;
+    type Pending = HostTable;
+
+    fn established(&mut self) -> &mut HostTable {
+        &mut self.established
+    }
+
+    fn pending(&mut self) -> &mut HostTable {
+        &mut self.pending
+    }
+
     fn port_flags(&self, port: u16) -> u8 {
         self.ports[port as usize]
     }
@@ -182,33 +245,16 @@ impl Store for HostStore {
         self.ports[port as usize] |= port_flag::SIGNATURE;
     }
 
-    fn place(&mut self, key: &FlowKey) -> Result<Place, Reason> {
-        Ok(table::place(key, &self.seed, self.buckets.len as u32))
+    fn hash(&mut self, key: &FlowKey) -> Result<Hash, Reason> {
+        Ok(table::hash(key, &self.seed))
     }
 
-    fn pending(&mut self, key: &FlowKey) -> Option<*mut Pending> {
-        self.pending.get_mut(key).map(|f| f as *mut Pending)
-    }
-
-    fn create_pending(&mut self, key: &FlowKey) -> Result<*mut Pending, Reason> {
-        while self.pending.len() >= self.pending_capacity {
-            let Some(old) = self.pending_order.pop_front() else {
-                break;
-            };
-            self.pending.remove(&old);
+    fn buckets(&self, pending: bool) -> u32 {
+        if pending {
+            self.pending.buckets()
+        } else {
+            self.established.buckets()
         }
-        self.pending_order.push_back(*key);
-        Ok(self.pending.entry(*key).or_default() as *mut Pending)
-    }
-
-    fn remove_pending(&mut self, key: &FlowKey) {
-        if self.pending.remove(key).is_some() {
-            self.pending_order.retain(|k| k != key);
-        }
-    }
-
-    fn established_at(&mut self, idx: u32) {
-        self.live.insert(idx);
     }
 
     fn count(&mut self, index: u32) {

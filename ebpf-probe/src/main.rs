@@ -5,9 +5,10 @@
 //! ```text
 //!   NIC rx ──► ackwatch_xdp / ackwatch_xdp_ip ─┐        ┌─► PORTS   (array, 65,536 x u8)
 //!                                              ├─ parse ─┤    cTCP ports, signature ports
-//!   stack tx ─► ackwatch_tc / ackwatch_tc_ip ──┘  track  ├─► PENDING (LRU hash) half-open
-//!                 (every verdict: pass)                  ├─► FLOWS   (hash, max_entries at
-//!                                                        │            load) established
+//!   stack tx ─► ackwatch_tc / ackwatch_tc_ip ──┘  track  ├─► PENDING_BUCKETS / _SLOTS /
+//!                 (every verdict: pass)                  │    _FILL (arrays) half-open
+//!                                                        ├─► BUCKETS / FLOWS / FILL
+//!                                                        │    (arrays) established
 //!                                                        ├─► COUNTERS (per-CPU array):
 //!                                                        │    packets per hook, reasons
 //!                                                        │    not tracked, ring-buffer full
@@ -15,7 +16,7 @@
 //!                                                        │    StallRecord per transition
 //!                                                        └─► AYA_LOGS (aya-log): one
 //!                                                             line per transition
-//!   readers: the agent polls EVENTS, sweeps FLOWS (idle eviction, stalls of silent
+//!   readers: the agent polls EVENTS, sweeps FLOWS and PENDING_SLOTS (idle eviction, stalls of silent
 //!   flows), sums COUNTERS for /metrics, writes PORTS, forwards AYA_LOGS to its log;
 //!   tests read everything back.
 //! ```

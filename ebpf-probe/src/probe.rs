@@ -2,28 +2,28 @@
 
 use aya_ebpf::EbpfContext;
 use aya_ebpf::bindings::__sk_buff;
-use aya_ebpf::bindings::{BPF_NOEXIST, TC_ACT_UNSPEC, xdp_action};
+use aya_ebpf::bindings::{TC_ACT_UNSPEC, xdp_action};
 use aya_ebpf::cty::c_void;
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_loop, bpf_skb_load_bytes};
 use aya_ebpf::macros::{classifier, map, xdp};
-use aya_ebpf::maps::{Array, LruHashMap, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, PerCpuArray, RingBuf};
 use aya_ebpf::programs::{TcContext, XdpContext};
 use aya_log_ebpf::info;
 use ebpf_probe::abi::{
-    ClockParams, Flow, FlowKey, Pending, StallRecord, StallWhat, counter, opaque, port_flag,
+    ClockParams, Flow, FlowKey, StallRecord, StallWhat, counter, opaque, port_flag,
 };
 use ebpf_probe::clock::Clock;
 use ebpf_probe::decap::{self, Ports, TunnelPorts};
 use ebpf_probe::parse::{self, Frame, LinkKind, Reason};
-use ebpf_probe::table::{self, Bucket, Fill, Held, Place, Seed, Slot, Slots, WAYS};
+use ebpf_probe::table::{self, Bucket, Fill, Hash, Held, Seed, Slot, Slots, WAYS};
 use ebpf_probe::tracker::{Store, scope, track};
 use ebpf_probe::verdict::{Config, StallSink};
 
 /// Default capacities; the agent sets the real ones at load time.
 const DEFAULT_BUCKETS: u32 = 36_864;
-const DEFAULT_PENDING: u32 = 65_536;
+const DEFAULT_PENDING_BUCKETS: u32 = 12_288;
 const RING_BYTES: u32 = 256 * 1024;
-/// The agent maps the established table into its memory.
+/// The agent maps the flow tables into its memory.
 const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// The established table (`ebpf_probe::table`): `FLOW_BUCKETS` buckets of tags, and
@@ -35,20 +35,24 @@ static FLOWS: Array<Slot> = Array::with_max_entries(DEFAULT_BUCKETS * WAYS, BPF_
 /// Flows in the table and its capacity (`table::Fill`), shared with the agent.
 #[map]
 static FILL: Array<Fill> = Array::with_max_entries(1, BPF_F_MMAPABLE);
-/// The table's hash key, chosen by the agent when it creates the table (pinned with it).
+/// The tables' hash key, chosen by the agent when it creates them (pinned with them).
 #[map]
 static SEED: Array<Seed> = Array::with_max_entries(1, 0);
+/// The pending table (half-open and one-sided flows): the same layout, its own memory.
 #[map]
-static PENDING: LruHashMap<FlowKey, Pending> = LruHashMap::with_max_entries(DEFAULT_PENDING, 0);
+static PENDING_BUCKETS: Array<Bucket> =
+    Array::with_max_entries(DEFAULT_PENDING_BUCKETS, BPF_F_MMAPABLE);
+#[map]
+static PENDING_SLOTS: Array<Slot> =
+    Array::with_max_entries(DEFAULT_PENDING_BUCKETS * WAYS, BPF_F_MMAPABLE);
+#[map]
+static PENDING_FILL: Array<Fill> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::ENTRIES, 0);
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BYTES, 0);
-/// An all-zero entry, the source of every insert (a Flow does not fit the BPF stack).
-#[map]
-static ZERO: Array<Pending> = Array::with_max_entries(1, 0);
 /// Per-CPU room for the parsed packet (it does not fit the stack with the rest).
 #[map]
 static SCRATCH: PerCpuArray<parse::Packet> = PerCpuArray::with_max_entries(1, 0);
@@ -61,6 +65,8 @@ static CLOCK: Array<ClockParams> = Array::with_max_entries(1, 0);
 
 #[unsafe(no_mangle)]
 static FLOW_BUCKETS: u32 = DEFAULT_BUCKETS;
+#[unsafe(no_mangle)]
+static PENDING_TABLE_BUCKETS: u32 = DEFAULT_PENDING_BUCKETS;
 #[unsafe(no_mangle)]
 static DUPACK_THRESHOLD: u32 = 3;
 #[unsafe(no_mangle)]
@@ -216,22 +222,35 @@ fn hide(mut v: usize) -> usize {
     v
 }
 
-struct Maps;
+/// The maps of one flow table: the established one, or the pending one (`PENDING`).
+struct Table<const PENDING: bool>;
 
-impl Slots for Maps {
+impl<const PENDING: bool> Slots for Table<PENDING> {
     #[inline(always)]
     fn bucket(&mut self, b: u32) -> Option<*mut Bucket> {
-        BUCKETS.get_ptr_mut(b)
+        if PENDING {
+            PENDING_BUCKETS.get_ptr_mut(b)
+        } else {
+            BUCKETS.get_ptr_mut(b)
+        }
     }
 
     #[inline(always)]
     fn slot(&mut self, i: u32) -> Option<*mut Slot> {
-        FLOWS.get_ptr_mut(i)
+        if PENDING {
+            PENDING_SLOTS.get_ptr_mut(i)
+        } else {
+            FLOWS.get_ptr_mut(i)
+        }
     }
 
     #[inline(always)]
     fn fill(&mut self) -> Option<*mut Fill> {
-        FILL.get_ptr_mut(0)
+        if PENDING {
+            PENDING_FILL.get_ptr_mut(0)
+        } else {
+            FILL.get_ptr_mut(0)
+        }
     }
 
     /// One try inline (no contention: no call); else up to `SPINS` tries in
@@ -254,7 +273,7 @@ impl Slots for Maps {
                 // Laundered: with a known count the verifier checks the callback once
                 // per step (4,096 steps took it past its limit); with an unknown one,
                 // until its states converge, whatever the count.
-                self.launder(table::SPINS),
+                launder(table::SPINS),
                 spin_once as *mut c_void,
                 &mut spin as *mut Spin as *mut c_void,
                 0,
@@ -268,15 +287,40 @@ impl Slots for Maps {
 
     #[inline(always)]
     fn launder(&mut self, v: u32) -> u32 {
-        match LAUNDER.get_ptr_mut(0) {
-            // SAFETY: this CPU's slot.
-            Some(p) => opaque(unsafe { &mut *p }, v),
-            None => v,
-        }
+        launder(v)
     }
 }
 
+/// Returns `v`, unknown to the verifier (`Slots::launder`).
+#[inline(always)]
+fn launder(v: u32) -> u32 {
+    match LAUNDER.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot.
+        Some(p) => opaque(unsafe { &mut *p }, v),
+        None => v,
+    }
+}
+
+/// The kernel's store: both tables and the other maps.
+struct Maps {
+    established: Table<false>,
+    pending: Table<true>,
+}
+
 impl Store for Maps {
+    type Established = Table<false>;
+    type Pending = Table<true>;
+
+    #[inline(always)]
+    fn established(&mut self) -> &mut Table<false> {
+        &mut self.established
+    }
+
+    #[inline(always)]
+    fn pending(&mut self) -> &mut Table<true> {
+        &mut self.pending
+    }
+
     #[inline(always)]
     fn port_flags(&self, port: u16) -> u8 {
         PORTS.get(port as u32).copied().unwrap_or(0)
@@ -291,28 +335,18 @@ impl Store for Maps {
     }
 
     #[inline(always)]
-    fn place(&mut self, key: &FlowKey) -> Result<Place, Reason> {
+    fn hash(&mut self, key: &FlowKey) -> Result<Hash, Reason> {
         let seed = SEED.get(0).ok_or(counter::MAP_ERROR)?;
-        Ok(table::place(key, seed, global!(FLOW_BUCKETS)))
+        Ok(table::hash(key, seed))
     }
 
     #[inline(always)]
-    fn pending(&mut self, key: &FlowKey) -> Option<*mut Pending> {
-        PENDING.get_ptr_mut(key)
-    }
-
-    #[inline(always)]
-    fn create_pending(&mut self, key: &FlowKey) -> Result<*mut Pending, Reason> {
-        let zero = ZERO.get_ptr(0).ok_or(counter::MAP_ERROR)?;
-        // SAFETY: a map value pointer, valid for the program's run. An entry another
-        // CPU inserted meanwhile (EEXIST) is the one we want.
-        let _ = PENDING.insert(key, unsafe { &*zero }, BPF_NOEXIST as u64);
-        PENDING.get_ptr_mut(key).ok_or(counter::MAP_ERROR)
-    }
-
-    #[inline(always)]
-    fn remove_pending(&mut self, key: &FlowKey) {
-        let _ = PENDING.remove(key);
+    fn buckets(&self, pending: bool) -> u32 {
+        if pending {
+            global!(PENDING_TABLE_BUCKETS)
+        } else {
+            global!(FLOW_BUCKETS)
+        }
     }
 
     #[inline(always)]
@@ -321,7 +355,7 @@ impl Store for Maps {
     }
 }
 
-/// `bpf_loop`'s context for `Maps::lock`.
+/// `bpf_loop`'s context for `Table::lock`.
 #[repr(C)]
 struct Spin {
     seq: *mut u64,
@@ -332,7 +366,7 @@ struct Spin {
 /// One try of a contended lock; 1 stops the loop.
 #[inline(never)]
 extern "C" fn spin_once(_index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `Spin` that `Maps::lock` passed.
+    // SAFETY: `ctx` is the `Spin` that `Table::lock` passed.
     let spin = unsafe { &mut *(ctx as *mut Spin) };
     match table::try_lock(spin.seq) {
         Some(held) => {
@@ -400,7 +434,11 @@ fn parse_and_track<C: EbpfContext>(
     };
     // Untracked traffic leaves here, after a handful of loads.
     let at = parse::locate(frame, link)?;
-    let ports = scope(&mut Maps, &cfg, frame, &at)?;
+    let mut maps = Maps {
+        established: Table,
+        pending: Table,
+    };
+    let ports = scope(&mut maps, &cfg, frame, &at)?;
     let pkt = SCRATCH.get_ptr_mut(0).ok_or(counter::MAP_ERROR)?;
     // SAFETY: this CPU's slot; nothing else runs on this CPU during the program.
     let pkt = unsafe { &mut *pkt };
@@ -414,7 +452,7 @@ fn parse_and_track<C: EbpfContext>(
         precise: 0,
         tick: 0,
     };
-    let tracked = track(&mut Maps, &mut ring, &cfg, pkt, ports, &mut clock, ifindex);
+    let tracked = track(&mut maps, &mut ring, &cfg, pkt, ports, &mut clock, ifindex);
     // A stall transition, not a packet: rare enough to log (one call site keeps the
     // verifier's work small).
     if let Some((what, hole)) = ring.last {
@@ -510,7 +548,7 @@ impl Ports for LoadedPorts {
     }
     #[inline(always)]
     fn opaque(&self, v: u32) -> u32 {
-        Maps.launder(v)
+        launder(v)
     }
 }
 
@@ -527,7 +565,7 @@ pub fn ackwatch_xdp_mirror(ctx: XdpContext) -> u32 {
             bump(counter::MIRROR_FRAMES + copy.encap as u32);
             // Laundered: a constant on each path, and the verifier would check the
             // tracker once per constant (`copy_start` launders the offset).
-            let keep = Maps.launder(copy.link_local as u32) != 0;
+            let keep = launder(copy.link_local as u32) != 0;
             let inner = Packet {
                 data: frame.data + copy.base,
                 end: frame.end,

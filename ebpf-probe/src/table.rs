@@ -1,5 +1,7 @@
-//! The established-flow table: open addressing in flat arrays that the kernel, the
-//! agent (through `mmap`) and the host share, so a lookup costs no helper call.
+//! The flow tables: open addressing in flat arrays that the kernel, the agent (through
+//! `mmap`) and the host share, so a lookup costs no helper call. Two tables use this
+//! code through `Slots`: the established table and the pending table (half-open and
+//! one-sided flows).
 //!
 //! ```text
 //!   BUCKETS [b] = 8 tags        FLOWS [b * 8 + i] = Slot { seq, key, flow }
@@ -7,11 +9,20 @@
 //! ```
 //! A key lives in one of two buckets (two hashes), each with 8 ways: a lookup reads one
 //! line of tags, and the key of a slot only where the tag matches. The hash is NH
-//! (UMAC's universal hash) keyed with random words chosen when the table is created,
-//! so nobody can aim keys at one bucket. A flow is inserted only by moving it from the
-//! pending table, under that entry's lock, so one key is never inserted twice; a slot
-//! is claimed by compare-and-swap of its tag. When both buckets are full, the new flow
-//! is refused. Only the agent deletes (idle flows), under the slot's lock.
+//! (UMAC's universal hash) keyed with random words chosen when the tables are created,
+//! so nobody can aim keys at one bucket; both tables share the seed (`Hash::place`).
+//! A slot is claimed by compare-and-swap of its tag.
+//!
+//! The established table: a flow is inserted only by moving it from the pending table,
+//! under that entry's lock, so one key is never inserted twice. When both buckets are
+//! full, the new flow is refused. Only the agent deletes (idle flows), under the slot's
+//! lock.
+//!
+//! The pending table: a new flow is inserted by the first packet that finds none, and
+//! two CPUs may insert the same key at once: each checks after publishing
+//! (`duplicated`), and the later one gives its slot up. When the table holds its
+//! capacity or both buckets are full, the new flow takes the place of the oldest of
+//! its 16 ways (`replace_oldest`). A promotion frees the slot, under its lock.
 //!
 //! `seq` is a sequence lock: odd while a writer (the XDP or TC program, or the agent's
 //! sweep) holds the slot. Writers take it with compare-and-swap and a bounded spin; a
@@ -88,10 +99,21 @@ pub fn buckets_for(flows: u32) -> u32 {
     slots.div_ceil(WAYS as u64).max(1) as u32
 }
 
+/// A key's hash under a table's seed: where it lives in a table of any size follows
+/// from it (`Hash::place`), so the established and the pending table, which share the
+/// seed, hash a key once between them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Hash {
+    /// The finalized hash: the bucket indices.
+    pub mixed: u64,
+    /// NH itself with the top bit set.
+    pub tag: u64,
+}
+
 /// NH (sum of products of key and seed words, mod 2^64), then a 64-bit finalizer for
 /// the bucket indices; the tag is NH itself with the top bit set.
 #[inline(always)]
-pub fn place(key: &FlowKey, seed: &Seed, buckets: u32) -> Place {
+pub fn hash(key: &FlowKey, seed: &Seed) -> Hash {
     let a = &key.addr;
     let m = [
         a[0][0],
@@ -119,14 +141,31 @@ pub fn place(key: &FlowKey, seed: &Seed, buckets: u32) -> Place {
     x ^= x >> 29;
     x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
     x ^= x >> 32;
-    let n = buckets as u64;
-    Place {
-        bucket: [
-            (((x & 0xffff_ffff) * n) >> 32) as u32,
-            (((x >> 32) * n) >> 32) as u32,
-        ],
+    Hash {
+        mixed: x,
         tag: h | 1 << 63,
     }
+}
+
+impl Hash {
+    /// The key's two buckets in a table of `buckets` buckets, and its tag.
+    #[inline(always)]
+    pub fn place(&self, buckets: u32) -> Place {
+        let (x, n) = (self.mixed, buckets as u64);
+        Place {
+            bucket: [
+                (((x & 0xffff_ffff) * n) >> 32) as u32,
+                (((x >> 32) * n) >> 32) as u32,
+            ],
+            tag: self.tag,
+        }
+    }
+}
+
+/// Where `key` lives in a table of `buckets` buckets hashed with `seed`.
+#[inline(always)]
+pub fn place(key: &FlowKey, seed: &Seed, buckets: u32) -> Place {
+    hash(key, seed).place(buckets)
 }
 
 /// The table's memory: bucket `b`'s tags and slot `i`, or None past the end.
@@ -147,6 +186,13 @@ pub trait Slots {
     fn lock(&mut self, seq: *mut u64) -> Option<Held> {
         lock(seq)
     }
+    /// Slot `idx` was published under a key's tag (the host keeps an index of the slots
+    /// in use, so it walks its flows without scanning every slot).
+    #[inline(always)]
+    fn published(&mut self, _idx: u32) {}
+    /// Slot `idx` was freed.
+    #[inline(always)]
+    fn freed(&mut self, _idx: u32) {}
 }
 
 /// Atomic accesses to a u64 of table memory. Rust's `core` has no compare-and-swap for
@@ -237,6 +283,12 @@ fn tag_of(bucket: *mut Bucket, i: u32) -> *mut u64 {
 /// Slot index of `key`, found by tag and key (not locked), or None.
 #[inline(always)]
 pub fn find<S: Slots>(s: &mut S, key: &FlowKey, at: &Place) -> Option<u32> {
+    find_other(s, key, at, u32::MAX)
+}
+
+/// As `find`, slot `except` aside.
+#[inline(always)]
+fn find_other<S: Slots>(s: &mut S, key: &FlowKey, at: &Place, except: u32) -> Option<u32> {
     for w in 0..2 {
         let b = at.bucket[w];
         let bucket = s.bucket(b)?;
@@ -247,7 +299,7 @@ pub fn find<S: Slots>(s: &mut S, key: &FlowKey, at: &Place) -> Option<u32> {
             let idx = s.launder(b * WAYS + i);
             let slot = s.slot(idx)?;
             // SAFETY: a live slot; its key only changes while its tag is not `at.tag`.
-            if same_key(unsafe { &(*slot).key }, key) {
+            if idx != except && same_key(unsafe { &(*slot).key }, key) {
                 return Some(idx);
             }
         }
@@ -284,7 +336,7 @@ pub fn try_lock(seq: *mut u64) -> Option<Held> {
 }
 
 /// Releases a lock by storing the next even value (not by adding one: if the memory
-/// was handed to another key meanwhile, as an LRU map may do, the word ends unlocked).
+/// was handed to another key meanwhile, the word ends unlocked).
 #[inline(always)]
 pub fn unlock(held: Held) {
     atomic::swap(held.seq, held.value.wrapping_add(1));
@@ -376,6 +428,7 @@ fn claim_slot<S: Slots>(s: &mut S, key: &FlowKey, at: &Place) -> Option<(u32, *m
             }
             let idx = s.launder(b * WAYS + i);
             let slot = s.slot(idx)?;
+            touch(slot);
             // SAFETY: a live slot, reserved by us: nobody finds it by its tag.
             let Some(held) = s.lock(unsafe { &mut (*slot).seq }) else {
                 atomic::swap(tag, EMPTY);
@@ -389,24 +442,122 @@ fn claim_slot<S: Slots>(s: &mut S, key: &FlowKey, at: &Place) -> Option<(u32, *m
     None
 }
 
+/// Loads the tags of `at`'s two buckets and the first word of each bucket's slots, all
+/// at once, before a lookup and a claim read them one after the other: the lines (and
+/// the pages, whose translations are dear in a VM) of a table too large for the caches
+/// then arrive together. BPF has no prefetch instruction: loads whose values go unused
+/// are the next best thing.
+#[inline(always)]
+pub fn prefetch<S: Slots>(s: &mut S, at: &Place) {
+    for b in at.bucket {
+        if let Some(bucket) = s.bucket(b) {
+            atomic::load(tag_of(bucket, 0));
+        }
+        if let Some(slot) = s.slot(b * WAYS) {
+            // SAFETY: a live slot; the word is only read, atomically.
+            atomic::load(unsafe { &raw mut (*slot).seq });
+        }
+    }
+}
+
+/// Loads a word of each cache line of `slot` at once, before the lock's
+/// compare-and-swap waits for the first line and the writes of a whole new flow for
+/// the others, one after the other (as `prefetch`).
+#[inline(always)]
+fn touch(slot: *mut Slot) {
+    let words = slot as *mut u64;
+    const LAST: usize = size_of::<Slot>() / 8 - 1;
+    let mut i = 0;
+    while i < LAST {
+        // SAFETY: word `i` of a live slot, only read, atomically.
+        atomic::load(unsafe { words.add(i) });
+        i += 8;
+    }
+    // SAFETY: the slot's last word, which may sit on a line of its own.
+    atomic::load(unsafe { words.add(LAST) });
+}
+
 /// Makes a claimed slot findable under `at.tag`.
 #[inline(always)]
 pub fn publish<S: Slots>(s: &mut S, idx: u32, at: &Place) {
     if let Some(bucket) = s.bucket(idx / WAYS) {
         atomic::swap(tag_of(bucket, idx), at.tag);
+        s.published(idx);
     }
 }
 
-#[cfg(not(target_arch = "bpf"))]
-/// Frees slot `idx`, which the caller holds locked (the agent's eviction).
+/// After `publish`, for a table whose inserts are not serialized by another lock (the
+/// pending table): whether another slot holds `key` as well, published by another CPU
+/// that inserted it at the same instant. Both publish before they look (atomic swaps,
+/// full barriers), so at least the later of the two sees the other: the caller frees
+/// its own slot and lets the other one hold the flow.
+#[inline(always)]
+pub fn duplicated<S: Slots>(s: &mut S, idx: u32, key: &FlowKey, at: &Place) -> bool {
+    find_other(s, key, at, idx).is_some()
+}
+
+/// Frees slot `idx`, which the caller holds locked (a promotion out of the pending
+/// table, or the agent's eviction).
+#[inline(always)]
 pub fn free<S: Slots>(s: &mut S, idx: u32) {
     if let Some(bucket) = s.bucket(idx / WAYS) {
         atomic::swap(tag_of(bucket, idx), EMPTY);
+        s.freed(idx);
         if let Some(fill) = s.fill() {
             // SAFETY: the table's live `Fill`.
             atomic::fetch_add(unsafe { &raw mut (*fill).flows }, u64::MAX);
         }
     }
+}
+
+/// For a table that evicts (the pending table) when `claim` found no room: takes the
+/// place of the entry with the oldest `flow.last_ts` among `key`'s 16 ways (the first
+/// in way order on a tie), under the victim's lock taken with one try. Returned as
+/// `claim` returns a slot: locked, `key` written, tag `RESERVED` (a CPU waiting for
+/// the victim's lock then sees the tag changed and gives up on it); the number of
+/// flows does not change. Err(true) when the victim was busy, Err(false) when no way
+/// held a flow (the table holds its capacity of flows elsewhere).
+#[inline(always)]
+pub fn replace_oldest<S: Slots>(
+    s: &mut S,
+    key: &FlowKey,
+    at: &Place,
+) -> Result<(u32, *mut Slot, Held), bool> {
+    let (mut oldest, mut victim) = (u64::MAX, u32::MAX);
+    for w in 0..2 {
+        let b = at.bucket[w];
+        let bucket = s.bucket(b).ok_or(false)?;
+        for i in 0..WAYS {
+            if atomic::load(tag_of(bucket, i)) <= RESERVED {
+                continue;
+            }
+            let idx = s.launder(b * WAYS + i);
+            let slot = s.slot(idx).ok_or(false)?;
+            // SAFETY: a live slot. Not locked: a racing write only makes the choice of
+            // victim less exact, and the victim is checked again under its lock.
+            let ts = unsafe { core::ptr::read_volatile(&raw const (*slot).flow.last_ts) };
+            if ts < oldest {
+                oldest = ts;
+                victim = idx;
+            }
+        }
+    }
+    // Laundered: the victim is a different known index on each path.
+    let victim = s.launder(victim);
+    let slot = s.slot(victim).ok_or(false)?;
+    let bucket = s.bucket(victim / WAYS).ok_or(false)?;
+    // SAFETY: a live slot.
+    let held = try_lock(unsafe { &raw mut (*slot).seq }).ok_or(true)?;
+    let tag = tag_of(bucket, victim);
+    // Freed meanwhile (and maybe being claimed): not ours to take.
+    if atomic::load(tag) <= RESERVED {
+        unlock(held);
+        return Err(true);
+    }
+    atomic::swap(tag, RESERVED);
+    // SAFETY: as above, and locked.
+    unsafe { (*slot).key = *key };
+    Ok((victim, slot, held))
 }
 
 #[cfg(not(target_arch = "bpf"))]

@@ -860,3 +860,117 @@ fn records_of_consistent_states_are_possible() {
         assert!(!possible(&bad, &cfg), "{bad:?}");
     }
 }
+
+mod pending_table {
+    use crate::abi::FlowKey;
+    use crate::host::HostTable;
+    use crate::table::{self, Place, Seed, Slots};
+
+    fn key(i: u32) -> FlowKey {
+        let mut k = FlowKey::default();
+        k.addr[0][3] = i;
+        k.addr[1][3] = 0xffff_ffff;
+        k.port = [40_000, 10_000];
+        k
+    }
+
+    fn seed() -> Seed {
+        Seed {
+            words: core::array::from_fn(|i| 0x9e37_79b9u32.wrapping_mul(i as u32 + 1)),
+        }
+    }
+
+    fn at(t: &HostTable, k: &FlowKey) -> Place {
+        table::place(k, &seed(), t.buckets())
+    }
+
+    /// Inserts `k` as the probe does (claim, else the oldest's place), last seen `ts`.
+    fn insert(t: &mut HostTable, k: &FlowKey, ts: u64) -> Result<u32, bool> {
+        let at = at(t, k);
+        let (i, slot, held) = match table::claim(t, k, &at) {
+            Some(c) => c,
+            None => table::replace_oldest(t, k, &at)?,
+        };
+        // SAFETY: claimed and locked.
+        unsafe {
+            (*slot).flow.clear();
+            (*slot).flow.last_ts = ts;
+        }
+        table::publish(t, i, &at);
+        table::unlock(held);
+        Ok(i)
+    }
+
+    fn fill(t: &mut HostTable) -> u64 {
+        // SAFETY: the table's own Fill.
+        unsafe { (*t.fill().unwrap()).flows }
+    }
+
+    #[test]
+    fn a_full_table_gives_the_oldest_of_the_16_ways_to_the_new_key() {
+        let mut t = HostTable::new(64);
+        for i in 0..64 {
+            insert(&mut t, &key(i), 1000 + i as u64).expect("room");
+        }
+        assert_eq!(fill(&mut t), 64);
+        for n in 64..200u32 {
+            let k = key(n);
+            let a = at(&t, &k);
+            // The oldest entry of the new key's ways, by the flows' last times.
+            let ways: std::vec::Vec<u32> =
+                a.bucket.iter().flat_map(|b| (b * 8)..(b * 8 + 8)).collect();
+            let mut oldest = None;
+            for i in ways {
+                if table::tag(&mut t, i) <= table::RESERVED {
+                    continue;
+                }
+                // SAFETY: a slot of the table.
+                let ts = unsafe { (*t.slot(i).unwrap()).flow.last_ts };
+                if oldest.is_none_or(|(old, _)| ts < old) {
+                    oldest = Some((ts, i));
+                }
+            }
+            let (_, oldest) = oldest.expect("a full table's ways hold flows");
+            let victim_key = unsafe { (*t.slot(oldest).unwrap()).key };
+            let i = insert(&mut t, &k, 10_000 + n as u64).expect("a place");
+            assert_eq!(i, oldest, "key {n} took the oldest way's place");
+            assert_eq!(fill(&mut t), 64, "a replacement keeps the count");
+            let victim_at = at(&t, &victim_key);
+            assert!(table::find(&mut t, &victim_key, &victim_at).is_none());
+            assert_eq!(table::find(&mut t, &k, &a), Some(i));
+        }
+        assert_eq!(t.len(), 64);
+    }
+
+    #[test]
+    fn a_busy_victim_is_not_waited_for() {
+        let mut t = HostTable::new(8);
+        for i in 0..8 {
+            insert(&mut t, &key(i), 5).expect("room");
+        }
+        // Lock every slot, as probes on other CPUs would hold them.
+        let held: std::vec::Vec<_> = (0..t.buckets() * 8)
+            .filter_map(|i| table::try_lock(unsafe { &raw mut (*t.slot(i)?).seq }))
+            .collect();
+        assert_eq!(insert(&mut t, &key(99), 6), Err(true));
+        held.into_iter().for_each(table::unlock);
+        assert!(insert(&mut t, &key(99), 6).is_ok());
+    }
+
+    #[test]
+    fn the_later_of_two_inserts_of_one_key_sees_the_other() {
+        let mut t = HostTable::new(64);
+        let k = key(1);
+        let a = at(&t, &k);
+        let first = insert(&mut t, &k, 1).unwrap();
+        assert!(!table::duplicated(&mut t, first, &k, &a), "alone");
+        // Another CPU's insert of the same key, which found none before it claimed.
+        let (second, _, held) = table::claim(&mut t, &k, &a).expect("room");
+        table::publish(&mut t, second, &a);
+        assert!(table::duplicated(&mut t, second, &k, &a));
+        table::free(&mut t, second);
+        table::unlock(held);
+        assert_eq!(table::find(&mut t, &k, &a), Some(first));
+        assert_eq!(fill(&mut t), 1);
+    }
+}

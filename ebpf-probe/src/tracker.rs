@@ -1,45 +1,46 @@
 //! From a parsed packet to the flow table: scope, where the entry lives, and the update,
 //! all under the entry's lock.
 //!
-//! A new flow starts in the pending table (an LRU), and moves to the established table
-//! (`table`, which never evicts: the agent's sweep removes idle flows) with the first
-//! packet without SYN once both sides have been seen. So a SYN flood, or spoofed
-//! one-sided packets to a cTCP port, churn only the pending table and never take an
-//! established flow's place; when the established table is full, a flow's packets are
-//! refused (counted) until room frees.
+//! A new flow starts in the pending table, and moves to the established table (which
+//! never evicts: the agent's sweep removes idle flows) with the first packet without
+//! SYN once both sides have been seen. Both are `table`s in arrays, with their own
+//! buckets and slots. So a SYN flood, or spoofed one-sided packets to a cTCP port,
+//! churn only the pending table (full, it gives the oldest of a new key's 16 ways to
+//! the new flow) and never take an established flow's place; when the established
+//! table is full, a flow's packets are refused (counted) until room frees.
 //!
 //! XDP (one direction) and TC (the other) run on different CPUs at once and update the
 //! same entry: every update, and every verdict, happens under the entry's lock
 //! (`table::lock`, a compare-and-swap, no helper call), so no verdict reads a state that
-//! another CPU is halfway through writing.
+//! another CPU is halfway through writing. A promotion, and a pending entry's eviction,
+//! happen under the pending entry's lock too: a CPU that found the entry and waited for
+//! its lock sees its tag or key changed (`table::lock_found`) and looks again.
 
-use crate::abi::{
-    Flow, FlowClass, FlowKey, Pending, StallRecord, StallWhat, counter, half_flag, port_flag,
-};
+use crate::abi::{Flow, FlowClass, FlowKey, StallRecord, StallWhat, counter, half_flag, port_flag};
 use crate::classify::PayloadClass;
 use crate::clock::Clock;
 use crate::parse::{Frame, Located, Packet, Reason, TH_ACK, TH_RST, TH_SYN, payload_class};
-use crate::table::{self, Held, Place, Slots};
+use crate::table::{self, Hash, Held, Place, Slot, Slots};
 use crate::verdict::{self, Config, StallSink};
 
 /// Where flows live: BPF maps in the kernel, memory on the host. Entries are handed
 /// out as pointers (a map value in the kernel): `track` holds one only while it makes
 /// no other call on the store that could free it.
-pub trait Store: Slots {
+pub trait Store {
+    type Established: Slots;
+    type Pending: Slots;
+    /// The established table's memory.
+    fn established(&mut self) -> &mut Self::Established;
+    /// The pending table's memory.
+    fn pending(&mut self) -> &mut Self::Pending;
     /// `port_flag` bits of a port.
     fn port_flags(&self, port: u16) -> u8;
     /// Marks a port on which a cTCP payload signature was seen.
     fn mark_signature_port(&mut self, port: u16);
-    /// Where `key` lives in the established table (the table's hash key and size).
-    fn place(&mut self, key: &FlowKey) -> Result<Place, Reason>;
-    fn pending(&mut self, key: &FlowKey) -> Option<*mut Pending>;
-    /// Inserts a zeroed pending entry unless the key has one, and returns the entry.
-    fn create_pending(&mut self, key: &FlowKey) -> Result<*mut Pending, Reason>;
-    fn remove_pending(&mut self, key: &FlowKey);
-    /// The established table gained a flow at slot `idx` (the host keeps an index of
-    /// them, so it walks its flows without scanning every slot).
-    #[inline(always)]
-    fn established_at(&mut self, _idx: u32) {}
+    /// `key`'s hash under the tables' hash key (`Hash::place` then places it in either).
+    fn hash(&mut self, key: &FlowKey) -> Result<Hash, Reason>;
+    /// How many buckets the pending table (true) or the established table has.
+    fn buckets(&self, pending: bool) -> u32;
     /// Bumps a counter (`abi::counter`).
     fn count(&mut self, index: u32);
 }
@@ -125,35 +126,77 @@ fn entry<S: Store>(
     pkt: &Packet,
     may_create: bool,
 ) -> Result<(*mut Flow, Held), Reason> {
-    let at = store.place(&pkt.key)?;
+    let hash = store.hash(&pkt.key)?;
+    let at = hash.place(store.buckets(false));
     if let Some(found) = established(store, pkt, &at)? {
         return Ok(found);
     }
-    let p = match store.pending(&pkt.key) {
-        Some(p) => p,
+    // Placed in the pending table only now: an established flow's packet pays nothing.
+    let pending_at = hash.place(store.buckets(true));
+    table::prefetch(store.pending(), &pending_at);
+    let (idx, slot, held) = match table::find(store.pending(), &pkt.key, &pending_at) {
+        Some(idx) => match table::lock_found(store.pending(), idx, &pkt.key, &pending_at) {
+            Ok((slot, held)) => (idx, slot, held),
+            Err(true) => return Err(counter::FLOW_BUSY),
+            // Moved to the established table while we waited (or evicted: counted as
+            // a map error, as an entry that moved and is not found).
+            Err(false) => {
+                return established(store, pkt, &at)?.ok_or(counter::MAP_ERROR);
+            }
+        },
         None if !may_create => return Err(counter::OUT_OF_SCOPE),
         None if pkt.seg.has(TH_RST) => return Err(counter::NO_FLOW),
+        None => create(store, &pkt.key, &pending_at, &at)?,
+    };
+    // SAFETY: a live pending slot, locked by us.
+    let flow = unsafe { &mut (*slot).flow };
+    let other_seen = flow.half[(pkt.dir & 1) ^ 1].flags & half_flag::SEEN != 0;
+    if pkt.seg.has(TH_SYN) || !other_seen {
+        return Ok((flow, held));
+    }
+    promote(store, pkt, &at, idx, flow, held)
+}
+
+/// A new pending entry for `key`, zeroed and locked: a free slot, else the place of the
+/// oldest entry of its ways (counted). Gives its slot up, and its packet passes
+/// untracked (`flow_busy`), when it finds after publishing that another CPU inserted
+/// the same key at once (the later to look gives up), or promoted it meanwhile: a
+/// promotion publishes the established entry before it frees the pending one, so a
+/// lookup that missed both (the established one before, the pending one after) sees
+/// the established one now.
+#[inline(always)]
+fn create<S: Store>(
+    store: &mut S,
+    key: &FlowKey,
+    at: &Place,
+    established: &Place,
+) -> Result<(u32, *mut Slot, Held), Reason> {
+    store.count(counter::PENDING_INSERTS);
+    let (idx, slot, held) = match table::claim(store.pending(), key, at) {
+        Some(claimed) => claimed,
         None => {
-            store.count(counter::PENDING_INSERTS);
-            store.create_pending(&pkt.key)?
+            let taken = table::replace_oldest(store.pending(), key, at).map_err(|busy| {
+                if busy {
+                    counter::FLOW_BUSY
+                } else {
+                    counter::TABLE_FULL
+                }
+            })?;
+            store.count(counter::PENDING_EVICTIONS);
+            taken
         }
     };
-    // SAFETY: a live pending entry.
-    let held = store
-        .lock(unsafe { &mut (*p).seq })
-        .ok_or(counter::FLOW_BUSY)?;
-    // SAFETY: as above, locked.
-    let pending = unsafe { &mut *p };
-    if pending.moved != 0 {
-        // Moved to the established table while we looked.
+    // SAFETY: a slot claimed and locked by us.
+    unsafe { (*slot).flow.clear() };
+    table::publish(store.pending(), idx, at);
+    if table::duplicated(store.pending(), idx, key, at)
+        || table::find(store.established(), key, established).is_some()
+    {
+        table::free(store.pending(), idx);
         table::unlock(held);
-        return established(store, pkt, &at)?.ok_or(counter::MAP_ERROR);
+        return Err(counter::FLOW_BUSY);
     }
-    let other_seen = pending.flow.half[(pkt.dir & 1) ^ 1].flags & half_flag::SEEN != 0;
-    if pkt.seg.has(TH_SYN) || !other_seen {
-        return Ok((&mut pending.flow, held));
-    }
-    promote(store, pkt, &at, pending, held)
+    Ok((idx, slot, held))
 }
 
 /// The established entry of the packet's flow, locked, if there is one.
@@ -163,10 +206,11 @@ fn established<S: Store>(
     pkt: &Packet,
     at: &Place,
 ) -> Result<Option<(*mut Flow, Held)>, Reason> {
-    let Some(idx) = table::find(store, &pkt.key, at) else {
+    let e = store.established();
+    let Some(idx) = table::find(e, &pkt.key, at) else {
         return Ok(None);
     };
-    match table::lock_found(store, idx, &pkt.key, at) {
+    match table::lock_found(e, idx, &pkt.key, at) {
         // SAFETY: a live slot, locked by us.
         Ok((slot, held)) => Ok(Some((unsafe { &mut (*slot).flow }, held))),
         Err(true) => Err(counter::FLOW_BUSY),
@@ -175,28 +219,30 @@ fn established<S: Store>(
     }
 }
 
-/// Moves a pending flow (locked, `held`) to the established table; the new entry is
-/// returned locked. Refused, and counted, when both of its buckets are full.
+/// Moves the pending flow in slot `from` (locked, `held`) to the established table and
+/// frees its slot; the new entry is returned locked. Refused, and counted, when both of
+/// its buckets are full (the flow stays pending).
 #[inline(always)]
 fn promote<S: Store>(
     store: &mut S,
     pkt: &Packet,
     at: &Place,
-    pending: &mut Pending,
+    from: u32,
+    pending: &mut Flow,
     held: Held,
 ) -> Result<(*mut Flow, Held), Reason> {
-    let Some((idx, slot, slot_held)) = table::claim(store, &pkt.key, at) else {
+    let e = store.established();
+    let Some((idx, slot, slot_held)) = table::claim(e, &pkt.key, at) else {
         table::unlock(held);
         return Err(counter::TABLE_FULL);
     };
     // SAFETY: a slot claimed and locked by us.
     let slot = unsafe { &mut *slot };
-    slot.flow.copy_from(&pending.flow);
-    table::publish(store, idx, at);
-    store.established_at(idx);
-    pending.moved = 1;
+    slot.flow.copy_from(pending);
+    table::publish(e, idx, at);
+    // Freed under its lock: a CPU waiting for it then finds the tag changed.
+    table::free(store.pending(), from);
     table::unlock(held);
-    store.remove_pending(&pkt.key);
     Ok((&mut slot.flow, slot_held))
 }
 

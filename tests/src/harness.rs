@@ -246,12 +246,7 @@ impl Host {
 
     pub fn snapshot(&self) -> Snapshot {
         let mut flows: Vec<_> = self.store.flows().map(|(k, v)| (*k, *v)).collect();
-        let mut pending: Vec<_> = self
-            .store
-            .pending
-            .iter()
-            .map(|(k, p)| (*k, p.flow))
-            .collect();
+        let mut pending: Vec<_> = self.store.pending_flows().map(|(k, f)| (*k, *f)).collect();
         flows.sort_by_key(|(k, _)| *k);
         pending.sort_by_key(|(k, _)| *k);
         Snapshot {

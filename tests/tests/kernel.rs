@@ -9,8 +9,10 @@ use ebpf_probe::verdict::Config;
 
 /// Verified-instruction budget per program (the kernel's limit is 1,000,000). The
 /// heaviest measured 51,300 with the hash-map table; the open-addressed table with its
-/// locks measures ~331,000 (the lookups' 16 ways, the established, pending and promoted
-/// entries verified apart, the contended lock's `bpf_loop` checked to convergence),
+/// locks measures 245,000-340,000 per program with the pending table in arrays too (the
+/// lookups' 16 ways, the established, pending and promoted entries verified apart, the
+/// pending table's claim and victim scan, the contended lock's `bpf_loop` checked to
+/// convergence),
 /// loading in about a second. The budget leaves room to grow but catches a change that
 /// multiplies it (docs/decisions.md, "Verifier").
 const VERIFIER_BUDGET: u32 = 400_000;

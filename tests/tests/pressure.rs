@@ -100,6 +100,8 @@ fn run(
         metrics.refresh(&k.probe.counters().unwrap(), &pass.flows, pass.entries);
         metrics.refresh_totals(&pass.live, &pass.evicted);
         metrics.evictions.inc_by(t.evictions);
+        let idle = metrics.pending_evictions.with_label_values(&["idle"]);
+        idle.inc_by(t.pending_evictions);
         assert!(
             pass.entries <= capacity as usize,
             "{} flows in a {capacity}-flow table",
@@ -150,8 +152,19 @@ fn a_full_table_still_reports_the_stall() {
     let evicted = metric(&metrics, "ackwatch_flows_evicted_total");
     let entries = metric(&metrics, "ackwatch_flow_table_entries");
     let capacity = metric(&metrics, "ackwatch_flow_table_capacity");
-    println!("refused {refused}, evicted {evicted}, entries at the end {entries} of {capacity}");
+    let pending_evicted = |reason: &str| {
+        let name = format!("ackwatch_pending_evicted_total{{reason=\"{reason}\"}}");
+        metric(&metrics, &name)
+    };
+    let (full, idle) = (pending_evicted("full"), pending_evicted("idle"));
+    println!(
+        "refused {refused}, evicted {evicted}, entries at the end {entries} of {capacity}; \
+         pending entries evicted: {full} for new flows, {idle} idle"
+    );
     assert!(refused > 0.0, "refusals are counted");
+    // Flows refused at promotion wait in the pending table: it fills, and gives way.
+    assert!(full + idle > 0.0, "pending evictions are counted");
+    assert!(k.probe.pending_table().flows() <= 1_024);
     // Every flow admitted was closed and then evicted; the rest were refused.
     assert!(evicted >= 20_000.0, "closed flows are evicted: {evicted}");
     assert_eq!(capacity, CAPACITY as f64);

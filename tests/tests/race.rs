@@ -735,14 +735,13 @@ fn host_torn_read_starts_a_stall_of_one_dup_ack() {
 #[test]
 fn host_lock_keeps_the_other_cpu_out() {
     use ebpf_probe::table::{self, Slots};
-    use ebpf_probe::tracker::Store;
     let mut h = two_holes();
     let t = UPTIME + 21_000 * US;
     let ack = from_headend(2600, &[(3000, 3400)]);
     let pkt = ebpf_probe::parse::parse(&ack.as_slice(), LinkKind::Ethernet).expect("a TCP frame");
-    let at = h.store.place(&pkt.key).expect("place");
-    let i = table::find(&mut h.store, &pkt.key, &at).expect("established");
-    let slot = h.store.slot(i).expect("slot");
+    let at = h.store.place(&pkt.key, false);
+    let i = table::find(&mut h.store.established, &pkt.key, &at).expect("established");
+    let slot = h.store.established.slot(i).expect("slot");
     // SAFETY: a live slot of the host's table.
     let held = table::lock(unsafe { &raw mut (*slot).seq }).expect("free");
     let before = *h.store.flow_mut(&pkt.key).unwrap();
@@ -759,4 +758,114 @@ fn host_lock_keeps_the_other_cpu_out() {
         h.store.flow_mut(&pkt.key).unwrap().half[pkt.dir].lastack,
         2600
     );
+}
+
+/// New flows on two CPUs at once: the first packet of each direction of a flow run by
+/// XDP on CPU 0 and TC on CPU 1 at the same instant, so that both insert the flow in
+/// the pending table together, and their second packets promote it while the other
+/// waits for its lock. A pending table smaller than the flows makes it evict too.
+/// Afterwards no key is held twice (in one table or across both), each table's count
+/// matches its entries, and every packet was counted once.
+#[test]
+fn two_cpus_new_flows_never_twice() {
+    const FLOWS: u32 = 20_000;
+    let mut kernel = Kernel::load_with_kernel_clock(Settings {
+        max_flows: 65_536,
+        max_pending: 1_024,
+        ctcp_ports: vec![10_000],
+        ..Settings::default()
+    });
+    let link = LinkKind::Ethernet;
+    let (xdp, tc) = (
+        kernel.runner(Hook::Xdp(link)),
+        kernel.runner(Hook::Tc(link)),
+    );
+    let server: SocketAddr = "10.1.0.1:10000".parse().unwrap();
+    let clients: Vec<SocketAddr> = (0..FLOWS)
+        .map(|i| {
+            SocketAddr::new(
+                [10, 2, (i >> 8) as u8, i as u8].into(),
+                20_000 + (i % 999) as u16,
+            )
+        })
+        .collect();
+    let seg = |from, to, flags, payload: Vec<u8>| {
+        let tcp = Tcp {
+            seq: 1000,
+            ack: 2000,
+            flags,
+            window: 500,
+            payload,
+            ..Default::default()
+        };
+        frame(from, to, &tcp, &L2::Ethernet)
+    };
+    let data: Vec<_> = clients
+        .iter()
+        .map(|&c| seg(c, server, TH_ACK | TH_PSH, ctcp_payload(100)))
+        .collect();
+    let acks: Vec<_> = clients
+        .iter()
+        .map(|&c| seg(server, c, TH_ACK, Vec::new()))
+        .collect();
+    // Each thread announces the flow it is about to start, and waits for the other.
+    let at = [AtomicU64::new(0), AtomicU64::new(0)];
+    let side = |me: usize, runner: &Runner, frames: &[Vec<u8>], pass: u32| {
+        pin_to(me);
+        for (i, f) in frames.iter().enumerate() {
+            at[me].store(i as u64 + 1, Ordering::Release);
+            let t = Instant::now();
+            while at[1 - me].load(Ordering::Acquire) < i as u64 + 1 {
+                assert!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "the other CPU stopped"
+                );
+                std::hint::spin_loop();
+            }
+            for _ in 0..2 {
+                assert_eq!(runner.run(f, 1), Ok(pass));
+            }
+        }
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| side(0, &xdp, &data, XDP_PASS));
+        s.spawn(|| side(1, &tc, &acks, TC_ACT_UNSPEC));
+    });
+    let snap = kernel.snapshot();
+    let c = |i: u32| snap.counters[i as usize];
+    println!(
+        "{} established, {} pending; untracked: {} flow_busy, {} map_error, {} table_full; {} pending evictions",
+        snap.flows.len(),
+        snap.pending.len(),
+        c(counter::FLOW_BUSY),
+        c(counter::MAP_ERROR),
+        c(counter::TABLE_FULL),
+        c(counter::PENDING_EVICTIONS)
+    );
+    let mut keys: Vec<_> = snap
+        .flows
+        .iter()
+        .chain(&snap.pending)
+        .map(|(k, _)| *k)
+        .collect();
+    let held = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), held, "a key held twice");
+    assert_eq!(kernel.probe.table().flows(), snap.flows.len() as u64);
+    assert_eq!(
+        kernel.probe.pending_table().flows(),
+        snap.pending.len() as u64
+    );
+    assert_eq!(c(counter::PACKETS_XDP), 2 * FLOWS as u64);
+    assert_eq!(c(counter::PACKETS_TC), 2 * FLOWS as u64);
+    let untracked = c(counter::FLOW_BUSY) + c(counter::MAP_ERROR);
+    assert_eq!(
+        c(counter::TRACKED) + untracked,
+        4 * FLOWS as u64,
+        "every packet tracked, or counted busy (two inserts at once, a lock held)"
+    );
+    assert_eq!(c(counter::TABLE_FULL), 0);
+    // Both sides seen: nearly every flow was promoted.
+    assert!(snap.flows.len() as u64 >= FLOWS as u64 - untracked);
 }

@@ -88,21 +88,28 @@ fn syn_flood_leaves_established_flows_alone() {
     assert_eq!(after.counters[counter::TABLE_FULL as usize], 0);
 }
 
+/// A kernel and a host with `settings`, both fed `flows` cTCP conversations of
+/// `segments` segments each, from clients `first..`.
+fn kernel_and_host(settings: Settings, first: u32, flows: u32, segments: u32) -> (Kernel, Host) {
+    let mut k = Kernel::load(settings.clone());
+    let mut h = Host::new(settings);
+    let server = "198.51.100.1:10000".parse().unwrap();
+    for i in first..first + flows {
+        for s in ctcp_flow(addr(i, 40_000), server, segments, None, 0) {
+            k.feed(s.hook, &s.frame, s.at_ns);
+            h.feed(s.hook, &s.frame, s.at_ns);
+        }
+    }
+    (k, h)
+}
+
 #[test]
 fn full_table_refuses_new_flows_and_counts_them() {
     let settings = Settings {
         max_flows: 4,
         ..Settings::default()
     };
-    let mut k = Kernel::load(settings.clone());
-    let mut h = Host::new(settings);
-    let server = "198.51.100.1:10000".parse().unwrap();
-    for i in 0..6 {
-        for s in ctcp_flow(addr(2000 + i, 40_000), server, 3, None, 0) {
-            k.feed(s.hook, &s.frame, s.at_ns);
-            h.feed(s.hook, &s.frame, s.at_ns);
-        }
-    }
+    let (k, h) = kernel_and_host(settings, 2000, 6, 3);
     let snap = k.snapshot();
     assert_eq!(snap.flows.len(), 4);
     // Flows 5 and 6 stay half open: every later packet of theirs is refused.
@@ -234,4 +241,151 @@ fn class_on_a_ctcp_port() {
     assert_eq!(class_of(&pending, 7000), Some(FlowClass::Ctcp as u8));
     assert_eq!(class_of(&pending, 10_000), Some(FlowClass::Rfc9329 as u8));
     assert_eq!(k.snapshot(), h.snapshot(), "kernel and host agree");
+}
+
+/// The key the probe gives a frame's flow.
+fn key_of(frame: &[u8]) -> ebpf_probe::abi::FlowKey {
+    ebpf_probe::parse::parse(&frame, LinkKind::Ethernet)
+        .expect("a TCP frame")
+        .key
+}
+
+/// A pending table that fills up gives the new flow the place of the oldest entry of
+/// its ways, counts it, and never touches an established flow; the kernel and the host
+/// do exactly the same (same table code, same seed).
+#[test]
+fn full_pending_table_evicts_the_oldest_in_kernel_and_host() {
+    let settings = Settings {
+        max_flows: 64,
+        max_pending: 64,
+        ..Settings::default()
+    };
+    let (mut k, mut h) = kernel_and_host(settings, 1000, 10, 5);
+    let server = "198.51.100.1:10000".parse().unwrap();
+    let before = k.snapshot().flows;
+    assert_eq!(before.len(), 10);
+    // 2,000 SYNs from spoofed sources, one a microsecond: each newer than the last.
+    const SYNS: u32 = 2_000;
+    let syns: Vec<Vec<u8>> = (0..SYNS)
+        .map(|i| syn(addr(100_000 + i, 1024 + i as u16), server))
+        .collect();
+    for (i, f) in syns.iter().enumerate() {
+        let at = 5_000_000_000 + i as u64 * 1_000;
+        k.feed(XDP, f, at);
+        h.feed(XDP, f, at);
+    }
+    let (ks, hs) = (k.snapshot(), h.snapshot());
+    assert_eq!(ks, hs, "kernel and host hold and count the same");
+    assert_eq!(
+        ks.flows, before,
+        "established flows keep their entries and state"
+    );
+    let c = |i: u32| ks.counters[i as usize];
+    let held = ks.pending.len() as u64;
+    assert!(
+        (48..=64).contains(&held),
+        "the pending table holds {held} of its 64"
+    );
+    assert_eq!(c(counter::PENDING_INSERTS), 10 + SYNS as u64);
+    // Each SYN took a free slot or an entry's place; none was refused.
+    assert_eq!(c(counter::TABLE_FULL) + c(counter::FLOW_BUSY), 0);
+    assert_eq!(c(counter::PENDING_EVICTIONS), SYNS as u64 - held);
+    // The newest flows are all there, the oldest are gone.
+    let pending: Vec<_> = ks.pending.iter().map(|(key, _)| *key).collect();
+    assert!(pending.contains(&key_of(&syns[SYNS as usize - 1])));
+    assert!(!pending.contains(&key_of(&syns[0])));
+    // Found by the agent through its mapping of the pending table, as by the walk.
+    for key in &pending {
+        assert!(k.probe.pending_table().find(key).is_some());
+    }
+    // An evicted SYN's flow starts over with its next packet.
+    k.feed(XDP, &syns[0], 6_000_000_000);
+    h.feed(XDP, &syns[0], 6_000_000_000);
+    let ks = k.snapshot();
+    assert!(ks.pending.iter().any(|(key, _)| *key == key_of(&syns[0])));
+    assert_eq!(ks, h.snapshot());
+}
+
+/// Pending entries stay until the sweep finds them idle (nothing evicts them by
+/// age in the kernel): then it evicts them under their locks.
+#[test]
+fn the_sweep_evicts_idle_pending_entries() {
+    use ackwatch::kernel::sweep::sweep;
+    let mut k = Kernel::load(Settings::default());
+    let server: SocketAddr = "198.51.100.1:10000".parse().unwrap();
+    let (quiet, busy) = (syn(addr(1, 40_000), server), syn(addr(2, 40_000), server));
+    const SEC: u64 = 1_000_000_000;
+    const IDLE: u64 = 60 * SEC;
+    k.feed(XDP, &quiet, SEC);
+    k.feed(XDP, &busy, SEC);
+    k.feed(XDP, &busy, 30 * SEC);
+    assert_eq!(k.snapshot().pending.len(), 2);
+    let cfg = Config::default();
+    let (tick, _) = sweep(&k.probe, &cfg, IDLE, SEC + IDLE - 1);
+    assert_eq!(tick.pending_evictions, 0, "not idle yet");
+    assert_eq!(k.snapshot().pending.len(), 2);
+    let (tick, _) = sweep(&k.probe, &cfg, IDLE, SEC + IDLE);
+    assert_eq!(tick.pending_evictions, 1);
+    let left: Vec<_> = k.snapshot().pending.iter().map(|(key, _)| *key).collect();
+    assert_eq!(left, vec![key_of(&busy)]);
+    // A pending entry the probe holds is left for the next sweep.
+    let table = k.probe.pending_table();
+    let i = table.find(&key_of(&busy)).expect("pending");
+    let evicted = table.with_locked(i, &key_of(&busy), |_| {
+        let (tick, _) = sweep(&k.probe, &cfg, IDLE, 30 * SEC + IDLE);
+        (
+            tick.pending_evictions,
+            ackwatch::kernel::flow_table::Free::No,
+        )
+    });
+    assert_eq!(evicted, Some(0), "busy: not waited for");
+    let (tick, _) = sweep(&k.probe, &cfg, IDLE, 30 * SEC + IDLE);
+    assert_eq!(tick.pending_evictions, 1);
+    assert!(k.snapshot().pending.is_empty());
+    // The freed slots take new flows.
+    k.feed(XDP, &quiet, 100 * SEC);
+    assert_eq!(k.snapshot().pending.len(), 1);
+}
+
+/// The pending table is pinned with the established one: a probe loaded again on the
+/// same pins (an agent's restart) finds the half-open flows the last one left.
+#[test]
+fn pending_entries_survive_a_reload_from_pins() {
+    use ackwatch_tests::live::BpfFs;
+    let bpffs = BpfFs::mount();
+    let dir = std::path::PathBuf::from(bpffs.pin_path());
+    std::fs::create_dir_all(&dir).unwrap();
+    let settings = Settings {
+        pin_dir: Some(dir.clone()),
+        max_pending: 1024,
+        ..Settings::default()
+    };
+    let server: SocketAddr = "198.51.100.1:10000".parse().unwrap();
+    let first = syn(addr(7, 40_000), server);
+    let pending = {
+        let mut k = Kernel::load(settings.clone());
+        k.feed(XDP, &first, 1_000_000_000);
+        k.snapshot().pending
+    };
+    assert_eq!(pending.len(), 1);
+    let mut k = Kernel::load(settings);
+    assert_eq!(
+        k.snapshot().pending,
+        pending,
+        "the pending flow is still there"
+    );
+    // And it goes on from there: the server's answer completes the handshake.
+    let mut synack = syn(server, addr(7, 40_000));
+    // Its ACK flag (byte 13 of the TCP header, after 14 of Ethernet and 20 of IPv4).
+    synack[14 + 20 + 13] |= TH_ACK;
+    k.feed(Hook::Tc(LinkKind::Ethernet), &synack, 1_001_000_000);
+    let snap = k.snapshot();
+    assert_eq!(snap.pending.len(), 1);
+    assert_eq!(
+        snap.pending[0].1.half[0].packets + snap.pending[0].1.half[1].packets,
+        2
+    );
+    for name in ackwatch::kernel::pins::PINNED_MAPS {
+        let _ = std::fs::remove_file(dir.join(name));
+    }
 }

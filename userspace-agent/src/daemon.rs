@@ -375,6 +375,11 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                         }
                         shared.metrics.refresh(&counters, &pass.flows, pass.entries);
                         shared.metrics.evictions.inc_by(t.evictions);
+                        shared
+                            .metrics
+                            .pending_evictions
+                            .with_label_values(&["idle"])
+                            .inc_by(t.pending_evictions);
                     }
                     Err(e) => log::warn!("sweep: {e}"),
                 }

@@ -1,5 +1,6 @@
-//! The probe's established-flow table, mapped into the agent's memory (the BUCKETS and
-//! FLOWS maps are `BPF_F_MMAPABLE` arrays; layout and locking in `ebpf_probe::table`).
+//! The probe's flow tables, established and pending, mapped into the agent's memory
+//! (their buckets and slots maps are `BPF_F_MMAPABLE` arrays; layout and locking in
+//! `ebpf_probe::table`).
 //! Reading a flow is a memory copy, not a syscall: a whole pass over a million flows
 //! reads only the slots in use. Writes (the sweep's verdict, eviction) take the slot's
 //! lock, and never wait for it: a slot the probe holds is left for the next sweep.
@@ -70,6 +71,15 @@ pub enum Free {
     No,
 }
 
+/// The maps of the established table: buckets, slots, fill.
+pub const ESTABLISHED_MAPS: [&str; 3] = ["BUCKETS", "FLOWS", "FILL"];
+/// The same of the pending table.
+pub const PENDING_MAPS: [&str; 3] = ["PENDING_BUCKETS", "PENDING_SLOTS", "PENDING_FILL"];
+
+/// How far ahead of the slot (and bucket) it reads a walk prefetches (measured at 1M
+/// flows: 156 ms a pass without, 81 with 4, 79 with 8, 80 with 16).
+const PREFETCH_AHEAD: u32 = 8;
+
 pub struct FlowTable {
     buckets: Mapping,
     slots: Mapping,
@@ -117,13 +127,19 @@ impl FlowTable {
         })
     }
 
-    /// The table a running agent pinned in `dir` (tests fill it from outside).
+    /// The established table a running agent pinned in `dir` (tests fill it from
+    /// outside).
     pub fn open_pinned(dir: &std::path::Path) -> io::Result<Self> {
+        Self::open_pinned_maps(dir, ESTABLISHED_MAPS)
+    }
+
+    /// The table whose maps (buckets, slots, fill) a running agent pinned in `dir`.
+    pub fn open_pinned_maps(dir: &std::path::Path, names: [&str; 3]) -> io::Result<Self> {
         use aya::maps::{Array, Map};
         let open = |name: &str| {
             MapData::from_pin(dir.join(name)).map_err(|e| io::Error::other(format!("{name}: {e}")))
         };
-        let (buckets, slots) = (open("BUCKETS")?, open("FLOWS")?);
+        let (buckets, slots) = (open(names[0])?, open(names[1])?);
         let nbuckets = buckets
             .info()
             .map_err(|e| io::Error::other(e.to_string()))?
@@ -133,7 +149,7 @@ impl FlowTable {
         let seed = seeds
             .get(&0, 0)
             .map_err(|e| io::Error::other(e.to_string()))?;
-        FlowTable::map(&buckets, &slots, &open("FILL")?, nbuckets, seed)
+        FlowTable::map(&buckets, &slots, &open(names[2])?, nbuckets, seed)
     }
 
     /// Sets how many flows the table may hold (`--max-flows`), before the probe runs.
@@ -161,6 +177,45 @@ impl FlowTable {
     pub fn find(&self, key: &FlowKey) -> Option<u32> {
         let at = table::place(key, &self.seed, self.nbuckets);
         table::find(&mut View(self), key, &at)
+    }
+
+    /// Continues a walk of the table at slot `cursor` for `max` flows (free slots cost
+    /// a tag check and do not count), calling `each(slot, key, flow)` with `part` of
+    /// each flow until it returns false; true when it reached the end of the table (the
+    /// cursor starts over).
+    pub fn walk(
+        &self,
+        cursor: &mut u32,
+        max: usize,
+        part: Part,
+        mut each: impl FnMut(u32, &FlowKey, &Flow) -> bool,
+    ) -> bool {
+        let end = self.slots();
+        let mut seen = 0;
+        while *cursor < end && seen < max {
+            let i = *cursor;
+            if i.is_multiple_of(WAYS) {
+                self.prefetch_bucket(i / WAYS + PREFETCH_AHEAD);
+                // Most buckets of a table sized for its peak are empty: one line read.
+                if self.bucket_is_empty(i / WAYS) {
+                    *cursor += WAYS;
+                    continue;
+                }
+            }
+            self.prefetch_slot(i + PREFETCH_AHEAD, part);
+            *cursor += 1;
+            if let Some((k, f)) = self.read_part(i, part) {
+                seen += 1;
+                if !each(i, &k, &f) {
+                    return false;
+                }
+            }
+        }
+        if *cursor >= end {
+            *cursor = 0;
+            return true;
+        }
+        false
     }
 
     /// Asks the CPU to start loading `part` of slot `i` (a walk's slot a few steps

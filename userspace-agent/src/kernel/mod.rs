@@ -2,7 +2,6 @@
 //! table, and the sweep over it.
 
 pub mod attach;
-pub mod batch;
 pub mod caps;
 pub mod flow_table;
 pub mod pins;

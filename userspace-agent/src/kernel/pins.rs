@@ -3,7 +3,7 @@
 //! for an episode already reported.
 //!
 //! Everything lives in a folder named after the map layout and the load-time settings
-//! (`v<ABI>-<sizes>-k<K>-t<T>-<scope>-m<max flows>-r<ring>`, and on mirror ports
+//! (`v<ABI>-<sizes>-k<K>-t<T>-<scope>-m<max flows>-p<max pending>-r<ring>`, and on mirror ports
 //! `-x<drop|pass>-v<VXLAN ports>-g<GENEVE ports>`): pins of another layout or other
 //! settings belong to an older ackwatch, or another configuration, and are discarded
 //! (their links unpinned, which detaches their programs) rather than misread.
@@ -17,11 +17,23 @@ use ebpf_probe::abi::{Flow, FlowKey, StallRecord};
 use crate::kernel::probe::Settings;
 
 /// Maps that carry state across restarts.
-pub const PINNED_MAPS: [&str; 9] = [
-    "BUCKETS", "FLOWS", "FILL", "SEED", "PENDING", "PORTS", "COUNTERS", "EVENTS", "AYA_LOGS",
+pub const PINNED_MAPS: [&str; 11] = [
+    "BUCKETS",
+    "FLOWS",
+    "FILL",
+    "SEED",
+    "PENDING_BUCKETS",
+    "PENDING_SLOTS",
+    "PENDING_FILL",
+    "PORTS",
+    "COUNTERS",
+    "EVENTS",
+    "AYA_LOGS",
 ];
 
-/// Bumped whenever the meaning of a map's bytes changes without a size change.
+/// Bumped whenever the meaning of a map's bytes changes without a size change (4: the
+/// pending table moved from an LRU hash map to arrays, and the flow's fields that the
+/// sweep reads moved to its front).
 const ABI: u32 = 4;
 
 pub struct Pins {
@@ -61,7 +73,7 @@ pub fn layout(s: &Settings) -> String {
         None => String::new(),
     };
     format!(
-        "v{ABI}-{}-{}-{}-c{}-k{}-t{}-{scope}-m{}-r{}{mirror}",
+        "v{ABI}-{}-{}-{}-c{}-k{}-t{}-{scope}-m{}-p{}-r{}{mirror}",
         size_of::<Flow>(),
         size_of::<FlowKey>(),
         size_of::<StallRecord>(),
@@ -69,6 +81,7 @@ pub fn layout(s: &Settings) -> String {
         s.verdict.dupack_threshold,
         s.verdict.stall_timeout_ns,
         s.max_flows,
+        s.max_pending,
         s.event_ring_bytes
     )
 }

@@ -2,18 +2,17 @@
 
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::{SchedClassifier, Xdp};
 use aya::{Ebpf, EbpfLoader, include_bytes_aligned};
 use aya_log::EbpfLogger;
-use ebpf_probe::abi::{ClockParams, Flow, FlowKey, Pending, StallRecord, counter, port_flag};
+use ebpf_probe::abi::{ClockParams, Flow, FlowKey, StallRecord, counter, port_flag};
 use ebpf_probe::decap::TunnelPorts;
 use ebpf_probe::parse::LinkKind;
 use ebpf_probe::table::{self, Seed, WAYS};
 use ebpf_probe::verdict::Config;
 
-use crate::kernel::batch::Cursor;
-use crate::kernel::flow_table::{FlowTable, Part};
+use crate::kernel::flow_table::{ESTABLISHED_MAPS, FlowTable, PENDING_MAPS, Part};
 
 /// The probe object, built by build.rs.
 static PROBE_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackwatch-probe"));
@@ -23,7 +22,7 @@ static PROBE_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/a
 pub struct Settings {
     /// Capacity of the established-flow table.
     pub max_flows: u32,
-    /// Capacity of the half-open (LRU) table.
+    /// Capacity of the pending table (half-open and one-sided flows).
     pub max_pending: u32,
     pub verdict: Config,
     pub ctcp_ports: Vec<u16>,
@@ -121,9 +120,6 @@ pub const MIRROR_PROGRAM: &str = "ackwatch_xdp_mirror";
 
 /// Run once at load, never attached: reads jiffies and the precise clock together.
 const CLOCK_PROGRAM: &str = "ackwatch_clock";
-/// How far ahead of the slot (and bucket) it reads a walk prefetches (measured at 1M
-/// flows: 156 ms a pass without, 81 with 4, 79 with 8, 80 with 16).
-const PREFETCH_AHEAD: u32 = 8;
 
 pub const PROGRAMS: [&str; 5] = [
     "ackwatch_xdp",
@@ -140,6 +136,7 @@ pub struct Probe {
     /// programs load); the agent takes it to forward them to its log.
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     table: FlowTable,
+    pending: FlowTable,
 }
 
 impl Probe {
@@ -153,6 +150,7 @@ impl Probe {
             }
         }
         let buckets = table::buckets_for(s.max_flows);
+        let pending_buckets = table::buckets_for(s.max_pending);
         let mirror = s.mirror.unwrap_or(Mirror {
             ports: TunnelPorts::default(),
             drop: false,
@@ -164,28 +162,36 @@ impl Probe {
             .override_global("TRACK_ALL", &track_all, true)
             .override_global("CLOCK_FROM_MAP", &clock, true)
             .override_global("FLOW_BUCKETS", &buckets, true)
+            .override_global("PENDING_TABLE_BUCKETS", &pending_buckets, true)
             .override_global("MIRROR_DROP", &mirror_drop, true)
             .override_global("TUNNEL_PORTS", &mirror.ports, true)
             .map_max_entries("BUCKETS", buckets)
             .map_max_entries("FLOWS", buckets * WAYS)
-            .map_max_entries("PENDING", s.max_pending)
+            .map_max_entries("PENDING_BUCKETS", pending_buckets)
+            .map_max_entries("PENDING_SLOTS", pending_buckets * WAYS)
             .map_max_entries("EVENTS", s.event_ring_bytes)
             .load(PROBE_OBJECT)?;
         let logger = EbpfLogger::init(&mut ebpf).map_err(|e| ProbeError::Logger(e.to_string()))?;
         let seed = table_seed(&mut ebpf, s.table_seed)?;
-        let table = FlowTable::map(
-            array_data(&ebpf, "BUCKETS")?,
-            array_data(&ebpf, "FLOWS")?,
-            array_data(&ebpf, "FILL")?,
-            buckets,
-            seed,
-        )
-        .map_err(ProbeError::Mmap)?;
+        let map = |names: [&'static str; 3], nbuckets| {
+            FlowTable::map(
+                array_data(&ebpf, names[0])?,
+                array_data(&ebpf, names[1])?,
+                array_data(&ebpf, names[2])?,
+                nbuckets,
+                seed,
+            )
+            .map_err(ProbeError::Mmap)
+        };
+        let table = map(ESTABLISHED_MAPS, buckets)?;
         table.set_capacity(s.max_flows);
+        let pending = map(PENDING_MAPS, pending_buckets)?;
+        pending.set_capacity(s.max_pending);
         let mut probe = Probe {
             ebpf,
             logger: Some(logger),
             table,
+            pending,
         };
         if !s.clock_from_map {
             probe.calibrate_clock()?;
@@ -388,80 +394,44 @@ impl Probe {
         Ok(all)
     }
 
-    /// Every half-open or one-sided flow.
+    /// Every half-open or one-sided flow (the pending table, through its mapping).
     pub fn pending(&self) -> Result<Vec<(FlowKey, Flow)>, ProbeError> {
-        let name = "PENDING";
-        let map = self.ebpf.map(name).ok_or(ProbeError::MissingMap(name))?;
         let mut all = Vec::new();
-        let mut each = |k: &FlowKey, p: &Pending| {
-            all.push((*k, p.flow));
-            true
-        };
-        if let aya::maps::Map::LruHashMap(data) = map
-            && crate::kernel::batch::walk(data, &mut Cursor::default(), usize::MAX, &mut each)
-                .map_err(|e| ProbeError::Batch(name, e))?
-                .is_some()
-        {
-            return Ok(all);
-        }
-        let table: HashMap<&MapData, FlowKey, Pending> =
-            HashMap::try_from(map).map_err(|e| ProbeError::Map(name, e))?;
-        for r in table.iter() {
-            let (k, p) = r.map_err(|e| ProbeError::Map(name, e))?;
-            each(&k, &p);
-        }
+        self.pending
+            .walk(&mut 0, usize::MAX, Part::Whole, |_, k, f| {
+                all.push((*k, *f));
+                true
+            });
         Ok(all)
     }
 
     /// Calls `each` with a consistent copy of every established flow until it returns
     /// false.
     pub fn for_each_flow(&self, mut each: impl FnMut(&FlowKey, &Flow) -> bool) {
-        let mut at = 0;
-        self.walk_flows(&mut at, usize::MAX, Part::Whole, |_, k, f| each(k, f));
+        self.table
+            .walk(&mut 0, usize::MAX, Part::Whole, |_, k, f| each(k, f));
     }
 
-    /// Continues a walk of the established table at slot `cursor` for `max` flows
-    /// (free slots cost a tag check and do not count), calling `each(slot, key, flow)`
-    /// with `part` of each flow until it returns false; true when it reached the end of
-    /// the table (the cursor starts over).
+    /// Continues a walk of the established table (`FlowTable::walk`) with `part` of
+    /// each flow.
     pub fn walk_flows(
         &self,
         cursor: &mut u32,
         max: usize,
         part: Part,
-        mut each: impl FnMut(u32, &FlowKey, &Flow) -> bool,
+        each: impl FnMut(u32, &FlowKey, &Flow) -> bool,
     ) -> bool {
-        let end = self.table.slots();
-        let mut seen = 0;
-        while *cursor < end && seen < max {
-            let i = *cursor;
-            if i.is_multiple_of(WAYS) {
-                self.table.prefetch_bucket(i / WAYS + PREFETCH_AHEAD);
-                // Most buckets of a table sized for its peak are empty: one line read.
-                if self.table.bucket_is_empty(i / WAYS) {
-                    *cursor += WAYS;
-                    continue;
-                }
-            }
-            self.table.prefetch_slot(i + PREFETCH_AHEAD, part);
-            *cursor += 1;
-            if let Some((k, f)) = self.table.read_part(i, part) {
-                seen += 1;
-                if !each(i, &k, &f) {
-                    return false;
-                }
-            }
-        }
-        if *cursor >= end {
-            *cursor = 0;
-            return true;
-        }
-        false
+        self.table.walk(cursor, max, part, each)
     }
 
     /// The established table, for lookups, the sweep's locked updates and eviction.
     pub fn table(&self) -> &FlowTable {
         &self.table
+    }
+
+    /// The pending table, for the sweep's eviction of idle entries.
+    pub fn pending_table(&self) -> &FlowTable {
+        &self.pending
     }
 
     /// Takes every record waiting in the ring buffer.

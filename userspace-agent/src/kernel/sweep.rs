@@ -9,6 +9,12 @@
 //! pass. The stall rule runs on the live entry under its lock, as the probe's does, so
 //! the verdict never reads a half-written state and no packet's update is lost; a flow
 //! the probe holds at that instant is checked at the next tick.
+//!
+//! The pending table (half-open and one-sided flows) is walked the same way, with its
+//! own cursor: its entries no longer leave by themselves (the probe evicts one only
+//! when a new flow needs its place), so the sweep evicts the idle (or closed) ones as
+//! it evicts established flows: under their locks, never waiting for the probe. They
+//! count in no gauge: they are not flows yet.
 
 use std::collections::HashSet;
 
@@ -44,6 +50,8 @@ pub struct Tick {
     pub records: Vec<StallRecord>,
     /// Flows it evicted (idle or closed).
     pub evictions: u64,
+    /// Pending entries it evicted (idle or closed).
+    pub pending_evictions: u64,
     /// A start record, stamped now, for each stalled side in the slice it walked.
     pub stalled: Vec<StallRecord>,
     /// The pass it completed, if it did.
@@ -58,6 +66,8 @@ pub struct Sweeper {
     idle_ns: u64,
     /// Next slot of the walk.
     cursor: u32,
+    /// Next slot of the pending table's walk.
+    pending_cursor: u32,
     /// The pass so far.
     pass: Pass,
     /// Entries of the last whole pass (before the first: the capacity), to size slices.
@@ -72,6 +82,7 @@ impl Sweeper {
             cfg,
             idle_ns,
             cursor: 0,
+            pending_cursor: 0,
             pass: Pass::default(),
             last_entries: capacity,
             watch: HashSet::new(),
@@ -84,6 +95,9 @@ impl Sweeper {
         self.check_watched(probe, now, &mut tick);
         let slice = MIN_SLICE.max(self.last_entries.div_ceil(TICKS_PER_PASS));
         self.walk(probe, now, slice, &mut tick);
+        let pending = probe.pending_table();
+        let slice = MIN_SLICE.max((pending.slots() as usize).div_ceil(TICKS_PER_PASS));
+        self.walk_pending(probe, now, slice, &mut tick);
         tick
     }
 
@@ -181,6 +195,37 @@ impl Sweeper {
             tick.pass = Some(std::mem::take(&mut self.pass));
         }
     }
+
+    /// Evicts the idle entries of the next `slice` pending flows: decided on a copy,
+    /// then again under the entry's lock (a packet may have come since).
+    fn walk_pending(&mut self, probe: &Probe, now: u64, slice: usize, tick: &mut Tick) {
+        let table = probe.pending_table();
+        let idle_ns = self.idle_ns;
+        let mut due = Vec::new();
+        table.walk(
+            &mut self.pending_cursor,
+            slice,
+            Part::Sweep,
+            |i, key, flow| {
+                if evictable(flow, now, idle_ns) {
+                    due.push((i, *key));
+                }
+                true
+            },
+        );
+        for (i, key) in due {
+            let mut sink = Records::new(key);
+            let evicted = table.with_locked(i, &key, |flow| {
+                let evict = evictable(flow, now, idle_ns);
+                if evict {
+                    end_stalls(flow, now, &mut sink);
+                }
+                (evict, if evict { Free::Yes } else { Free::No })
+            });
+            tick.pending_evictions += evicted.unwrap_or(false) as u64;
+            tick.records.extend(sink.out);
+        }
+    }
 }
 
 /// Idle for the idle timeout, or closed for `CLOSED_GRACE_NS`.
@@ -205,6 +250,7 @@ pub fn sweep(probe: &Probe, cfg: &Config, idle_ns: u64, now: u64) -> (Tick, Pass
     let mut s = Sweeper::new(*cfg, idle_ns, 0);
     let mut tick = Tick::default();
     s.walk(probe, now, usize::MAX, &mut tick);
+    s.walk_pending(probe, now, usize::MAX, &mut tick);
     let pass = tick.pass.clone().unwrap_or_default();
     (tick, pass)
 }

@@ -124,7 +124,7 @@ impl<F: FnMut(FlowReport)> Analyzer<F> {
         let mut keys: Vec<(u64, FlowKey)> = self
             .store
             .flows()
-            .chain(self.store.pending.iter().map(|(k, p)| (k, &p.flow)))
+            .chain(self.store.pending_flows())
             .map(|(k, f)| (f.first_ts, *k))
             .collect();
         keys.sort();

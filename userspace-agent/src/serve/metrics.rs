@@ -45,6 +45,8 @@ pub struct Metrics {
     pub http_refused: prometheus::IntCounter,
     /// Flows the sweep removed (idle or closed).
     pub evictions: prometheus::IntCounter,
+    /// Pending entries removed: by the probe for a new flow (full), by the sweep (idle).
+    pub pending_evictions: IntCounterVec,
     /// How long the last sweep of the flow table took.
     pub sweep_seconds: prometheus::Gauge,
     pub alertmanager_errors: IntCounterVec,
@@ -232,6 +234,14 @@ impl Metrics {
                 "ackwatch_flows_evicted_total",
                 "Flows removed from the table by the sweep (idle or closed)",
             ),
+            pending_evictions: counter_vec(
+                &r,
+                "ackwatch_pending_evicted_total",
+                "Half-open and one-sided flows removed from the pending table: by the probe \
+                 for a new flow when the table was full (full), by the sweep (idle)",
+                "reason",
+                &["full", "idle"],
+            ),
             sweep_seconds: {
                 let g = prometheus::Gauge::new(
                     "ackwatch_sweep_duration_seconds",
@@ -335,6 +345,10 @@ impl Metrics {
         let full = counters[counter::TABLE_FULL as usize].saturating_sub(full_before);
         self.refused.with_label_values(&["table_full"]).inc_by(full);
         add(counter::RINGBUF_FULL, &self.events_lost);
+        add(
+            counter::PENDING_EVICTIONS,
+            &self.pending_evictions.with_label_values(&["full"]),
+        );
         add(
             counter::IMPOSSIBLE_STATE,
             &self.impossible.with_label_values(&["probe"]),
