@@ -182,7 +182,9 @@ impl FlowTable {
     /// Continues a walk of the table at slot `cursor` for `max` flows (free slots cost
     /// a tag check and do not count), calling `each(slot, key, flow)` with `part` of
     /// each flow until it returns false; true when it reached the end of the table (the
-    /// cursor starts over).
+    /// cursor starts over). Inlined, with the reads: as a call of its own it copied each
+    /// flow it returned once more (memmove took 12% of a whole pass, 27 -> 49 ms at 1M).
+    #[inline(always)]
     pub fn walk(
         &self,
         cursor: &mut u32,
@@ -258,6 +260,7 @@ impl FlowTable {
     }
 
     /// As `read`, of `part` of the slot.
+    #[inline(always)]
     pub fn read_part(&self, i: u32, part: Part) -> Option<(FlowKey, Flow)> {
         let v = &mut View(self);
         if table::tag(v, i) <= table::RESERVED {
