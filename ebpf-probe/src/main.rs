@@ -16,9 +16,9 @@
 //!                                                        │    StallRecord per transition
 //!                                                        └─► AYA_LOGS (aya-log): one
 //!                                                             line per transition
-//!   readers: the agent polls EVENTS, sweeps FLOWS and PENDING_SLOTS (idle eviction, stalls of silent
-//!   flows), sums COUNTERS for /metrics, writes PORTS, forwards AYA_LOGS to its log;
-//!   tests read everything back.
+//!   readers: the agent polls EVENTS, sweeps FLOWS and PENDING_SLOTS (idle eviction,
+//!   stalls of silent flows), sums COUNTERS for /metrics, writes PORTS, forwards
+//!   AYA_LOGS to its log; tests read everything back.
 //! ```
 //! `_ip` variants are for links without an L2 header (tun, WireGuard, PPP). Settings
 //! are read-only globals fixed at load: K, T, track-all, and a clock taken from the
