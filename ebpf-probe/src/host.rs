@@ -74,6 +74,9 @@ pub struct HostTable {
     fill: Box<Fill>,
     /// Slots in use, in slot order (the kernel's walk order).
     live: BTreeSet<u32>,
+    /// Slots freed since the last `release_freed`: their memory goes then, not when
+    /// they are freed (the freeing caller still holds their lock).
+    freed: Vec<u32>,
 }
 
 impl HostTable {
@@ -89,6 +92,24 @@ impl HostTable {
                 capacity: capacity as u64,
             }),
             live: BTreeSet::new(),
+            freed: Vec::new(),
+        }
+    }
+
+    /// Slots whose memory exists.
+    #[cfg(test)]
+    pub(crate) fn materialized(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Drops the memory of the slots freed since the last call that are still free, so
+    /// the offline analyser's memory follows its live flows. Call only while no slot
+    /// pointer is held (between packets).
+    pub fn release_freed(&mut self) {
+        for idx in std::mem::take(&mut self.freed) {
+            if table::tag(self, idx) == table::EMPTY {
+                self.slots.remove(&idx);
+            }
         }
     }
 
@@ -153,6 +174,7 @@ impl Slots for HostTable {
 
     fn freed(&mut self, idx: u32) {
         self.live.remove(&idx);
+        self.freed.push(idx);
     }
 }
 
@@ -274,6 +296,8 @@ impl HostStore {
         now: u64,
         ifindex: u32,
     ) -> Vec<StallRecord> {
+        self.established.release_freed();
+        self.pending.release_freed();
         let mut records = Vec::new();
         // The kernel's steps, in its order: scope before the full parse.
         let result = locate(frame, link).and_then(|at| {

@@ -446,9 +446,14 @@ fn claim_slot<S: Slots>(s: &mut S, key: &FlowKey, at: &Place) -> Option<(u32, *m
 /// at once, before a lookup and a claim read them one after the other: the lines (and
 /// the pages, whose translations are dear in a VM) of a table too large for the caches
 /// then arrive together. BPF has no prefetch instruction: loads whose values go unused
-/// are the next best thing.
+/// are the next best thing. Kernel only: the host's tables make a slot's memory when it
+/// is first asked for, and this would make two for every key looked up (the offline
+/// analyser's memory then grew with the capture's flows).
 #[inline(always)]
 pub fn prefetch<S: Slots>(s: &mut S, at: &Place) {
+    if cfg!(not(target_arch = "bpf")) {
+        return;
+    }
     for b in at.bucket {
         if let Some(bucket) = s.bucket(b) {
             atomic::load(tag_of(bucket, 0));

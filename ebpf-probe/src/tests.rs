@@ -957,6 +957,37 @@ mod pending_table {
         assert!(insert(&mut t, &key(99), 6).is_ok());
     }
 
+    /// Frees slot `i` under its lock, as an eviction or a promotion does.
+    fn free(t: &mut HostTable, i: u32) {
+        // SAFETY: a slot of the table.
+        let held = table::try_lock(unsafe { &raw mut (*t.slot(i).unwrap()).seq }).unwrap();
+        table::free(t, i);
+        table::unlock(held);
+    }
+
+    /// The offline analyser's memory follows its live flows: a freed slot's memory
+    /// goes at the next release, unless the slot was taken again meanwhile.
+    #[test]
+    fn freed_slots_give_their_memory_back_unless_taken_again() {
+        // One bucket of 8 ways, 5 flows at most.
+        let mut t = HostTable::new(5);
+        assert_eq!(t.buckets(), 1);
+        let idx: std::vec::Vec<u32> = (0..5)
+            .map(|i| insert(&mut t, &key(i), 1).unwrap())
+            .collect();
+        assert_eq!(t.materialized(), 5);
+        free(&mut t, idx[0]);
+        free(&mut t, idx[1]);
+        // The first free way is taken again before the release.
+        assert_eq!(insert(&mut t, &key(9), 2), Ok(idx[0]));
+        t.release_freed();
+        assert_eq!(t.materialized(), 4, "only the slot still free is dropped");
+        for (i, k) in [(idx[0], key(9)), (idx[2], key(2)), (idx[4], key(4))] {
+            let a = at(&t, &k);
+            assert_eq!(table::find(&mut t, &k, &a), Some(i));
+        }
+    }
+
     #[test]
     fn the_later_of_two_inserts_of_one_key_sees_the_other() {
         let mut t = HostTable::new(64);

@@ -5,7 +5,8 @@
 //! refreshes the README's numbers and bench/probe-cost.svg.
 //!
 //! `ackwatch-bench [packets]`; `--quick` runs small sizes (a smoke run, no targets);
-//! `--probe` only the probe's figures at 0 flows; `--sweep` only the sweep's whole pass.
+//! `--probe` only the probe's figures at 0 flows; `--sweep` only the sweep's whole pass;
+//! `--analyze` only offline analysis (throughput and memory).
 
 mod agent_cost;
 mod analyze_cost;
@@ -37,6 +38,11 @@ fn main() {
     if args.iter().any(|a| a == "--sweep") {
         // The sweep's whole pass at 10k and 1M flows alone.
         agent_cost::full_pass(&[10_000, 1_000_000], &mut figures);
+        report::print(&figures);
+        return;
+    }
+    if args.iter().any(|a| a == "--analyze") {
+        analyze_cost::run(packets, &mut figures);
         report::print(&figures);
         return;
     }
