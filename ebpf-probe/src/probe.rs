@@ -438,7 +438,7 @@ fn parse_and_track<C: EbpfContext>(
         established: Table,
         pending: Table,
     };
-    let ports = scope(&mut maps, &cfg, frame, &at)?;
+    let ports = scope(&maps, &cfg, frame, &at)?;
     let pkt = SCRATCH.get_ptr_mut(0).ok_or(counter::MAP_ERROR)?;
     // SAFETY: this CPU's slot; nothing else runs on this CPU during the program.
     let pkt = unsafe { &mut *pkt };

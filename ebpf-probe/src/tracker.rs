@@ -62,7 +62,7 @@ pub struct PortFlags {
 /// trailer's read on nearly every tracked packet.
 #[inline(always)]
 pub fn scope<S: Store, F: Frame>(
-    store: &mut S,
+    store: &S,
     cfg: &Config,
     f: &F,
     at: &Located,
