@@ -545,6 +545,13 @@ pub struct Agent {
 pub const AGENT_ADDR: &str = "127.0.0.1:9977";
 
 impl Agent {
+    /// The agent of the lab's headend as most tests run it: watching `h0`, serving on
+    /// `AGENT_ADDR`, with `extra` arguments.
+    pub fn on_headend(lab: &Lab, extra: &[&str]) -> Agent {
+        let args = [&["--iface", "h0", "--listen", AGENT_ADDR][..], extra].concat();
+        Agent::start(&lab.headend, &args)
+    }
+
     pub fn start(ns: &str, args: &[&str]) -> Agent {
         let bin = crate::ackwatch_binary().display().to_string();
         let bpffs = (!args.contains(&"--pin-path")).then(BpfFs::mount);

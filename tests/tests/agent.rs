@@ -136,13 +136,9 @@ fn silent_sender(port: u16, others: u32) {
     let (lab, _headend) = lab_with_loss();
     let bpffs = BpfFs::mount();
     let pin = bpffs.pin_path();
-    let agent = Agent::start(
-        &lab.headend,
+    let agent = Agent::on_headend(
+        &lab,
         &[
-            "--iface",
-            "h0",
-            "--listen",
-            AGENT_ADDR,
             "--sweep-interval",
             "1s",
             "--max-flows",
@@ -223,13 +219,9 @@ fn alertmanager_and_prometheus() {
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: ackwatch\n    static_configs:\n      - targets: ['{AGENT_ADDR}']\n"
         ),
     );
-    let agent = Agent::start(
-        &lab.headend,
+    let agent = Agent::on_headend(
+        &lab,
         &[
-            "--iface",
-            "h0",
-            "--listen",
-            AGENT_ADDR,
             "--alertmanager-url",
             "http://127.0.0.1:9093",
             // Pushed at once: this stall lasts 4 s (the default waits 10).
@@ -391,10 +383,7 @@ fn pins_of_another_layout_are_discarded() {
     };
     drop(ackwatch::kernel::probe::Probe::load(&settings).expect("pin an old layout"));
     assert!(old.join("FLOWS").exists());
-    let agent = Agent::start(
-        &lab.headend,
-        &["--iface", "h0", "--listen", AGENT_ADDR, "--pin-path", &pin],
-    );
+    let agent = Agent::on_headend(&lab, &["--pin-path", &pin]);
     assert!(!old.exists(), "the old layout's pins are gone");
     ctcp(&lab, 50_401, 16);
     let e = agent
@@ -429,17 +418,7 @@ fn one_agent_per_table_and_interface() {
     let (lab, _headend) = lab_with_loss();
     let (a, b) = (BpfFs::mount(), BpfFs::mount());
     let (pin_a, pin_b) = (a.pin_path(), b.pin_path());
-    let first = Agent::start(
-        &lab.headend,
-        &[
-            "--iface",
-            "h0",
-            "--listen",
-            AGENT_ADDR,
-            "--pin-path",
-            &pin_a,
-        ],
-    );
+    let first = Agent::on_headend(&lab, &["--pin-path", &pin_a]);
     let second = |pin: &str| {
         let out = Command::new("ip")
             .args(["netns", "exec", &lab.headend])

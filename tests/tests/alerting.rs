@@ -9,7 +9,7 @@ use ackwatch_tests::alerting::{
     received, upload_held_at_a_hole, wait_for_cluster,
 };
 use ackwatch_tests::lab::CLIENT4;
-use ackwatch_tests::live::{AGENT_ADDR, Agent};
+use ackwatch_tests::live::Agent;
 use ackwatch_tests::stall_lab::{ISN, ctcp_answered_after, ctcp_from, lab_with_loss};
 
 /// The agent's default `--alert-after`.
@@ -37,13 +37,9 @@ fn a_held_healthy_flow_never_alerts_a_ctcp_stall_alerts_after_alert_after() {
     let _am = alertmanager(&lab.headend, &dir, &am, &[], STORE_ONLY);
     // A short sweep interval: the held flow's stall is declared (T after its last
     // answer) before its next retransmission answers it.
-    let agent = Agent::start(
-        &lab.headend,
+    let agent = Agent::on_headend(
+        &lab,
         &[
-            "--iface",
-            "h0",
-            "--listen",
-            AGENT_ADDR,
             "--sweep-interval",
             "100ms",
             "--alertmanager-url",
@@ -137,18 +133,7 @@ fn two_replicas_notify_each_stall_once_and_the_survivor_carries_on() {
     );
     let urls = format!("http://{},http://{}", am_a.web, am_b.web);
     let start = |lab: &ackwatch_tests::lab::Lab| {
-        let args = [
-            "--iface",
-            "h0",
-            "--listen",
-            AGENT_ADDR,
-            "--alert-after",
-            "1s",
-        ];
-        Agent::start(
-            &lab.headend,
-            &[&args[..], &["--alertmanager-url", &urls]].concat(),
-        )
+        Agent::on_headend(lab, &["--alert-after", "1s", "--alertmanager-url", &urls])
     };
     let (_agent_a, _agent_b) = (start(&lab_a), start(&lab_b));
 

@@ -220,13 +220,9 @@ fn series_count_bounded_at_1m_flows_and_100_stalls() {
     let bpffs = BpfFs::mount();
     let pin = bpffs.pin_path();
     let capacity = (FLOWS + FLOWS / 8).to_string();
-    let agent = Agent::start(
-        &lab.headend,
+    let agent = Agent::on_headend(
+        &lab,
         &[
-            "--iface",
-            "h0",
-            "--listen",
-            AGENT_ADDR,
             "--max-flows",
             &capacity,
             "--pin-path",

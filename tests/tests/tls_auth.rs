@@ -200,17 +200,7 @@ fn prometheus_scrapes_the_agent_over_tls_with_basic_auth() {
     )
     .unwrap();
     std::fs::write(dir.join("password"), "s3cret").unwrap();
-    let agent = Agent::start(
-        &lab.headend,
-        &[
-            "--iface",
-            "h0",
-            "--listen",
-            AGENT_ADDR,
-            "--web-config-file",
-            &web.display().to_string(),
-        ],
-    );
+    let agent = Agent::on_headend(&lab, &["--web-config-file", &web.display().to_string()]);
     let ca = pki.ca.display().to_string();
     let url = format!("https://{AGENT_ADDR}/metrics");
     let (status, _) = curl(&lab.headend, &["--cacert", &ca, &url]);

@@ -25,17 +25,7 @@ fn main() {
     );
     let headend = Headend::start(&lab, &[10_000]);
     println!("== starting the agent on the headend: ackwatch run --iface h0 --listen {AGENT_ADDR}");
-    let agent = Agent::start(
-        &lab.headend,
-        &[
-            "--iface",
-            "h0",
-            "--listen",
-            AGENT_ADDR,
-            "--log-level",
-            "warn",
-        ],
-    );
+    let agent = Agent::on_headend(&lab, &["--log-level", "warn"]);
     println!(
         "== traffic: a real TCP upload of 2 MB, and a cTCP client whose 9th segment is dropped inside the headend"
     );
