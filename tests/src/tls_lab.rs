@@ -30,62 +30,49 @@ fn openssl(dir: &Scratch, args: &[&str]) {
     );
 }
 
+/// A new P-256 key `name`.key and, for subject `subj`, a request `out` (or with
+/// `-x509` in `extra`, a self-signed certificate).
+fn new_key(dir: &Scratch, name: &str, out: &str, subj: &str, extra: &[&str]) {
+    let key = format!("{name}.key");
+    let args = [
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        out,
+        "-subj",
+        subj,
+    ];
+    openssl(dir, &[&args[..], extra].concat());
+}
+
 /// A P-256 CA `name` (name.pem, name.key), valid for a day.
 fn ca(dir: &Scratch, name: &str) {
-    let (key, pem, subj) = (
-        format!("{name}.key"),
-        format!("{name}.pem"),
-        format!("/CN=ackwatch test {name}"),
-    );
-    openssl(
+    let subj = format!("/CN=ackwatch test {name}");
+    new_key(
         dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &pem,
-            "-days",
-            "1",
-            "-subj",
-            &subj,
-        ],
+        name,
+        &format!("{name}.pem"),
+        &subj,
+        &["-x509", "-days", "1"],
     );
 }
 
 /// A certificate `name` signed by CA `ca`, with the extensions `ext` (openssl's
 /// extfile syntax).
 fn leaf(dir: &Scratch, ca: &str, name: &str, ext: &str) {
-    let (key, csr, pem, extfile) = (
-        format!("{name}.key"),
+    let (csr, pem, extfile) = (
         format!("{name}.csr"),
         format!("{name}.pem"),
         format!("{name}.ext"),
     );
     std::fs::write(dir.join(&extfile), ext).unwrap();
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
+    new_key(dir, name, &csr, &format!("/CN={name}"), &[]);
     openssl(
         dir,
         &[
