@@ -342,14 +342,23 @@ pub fn inject(ns: &str, ifname: &str, frames: &[(std::time::Duration, Vec<u8>)])
                 if let Some(wait) = at.checked_sub(start.elapsed()) {
                     std::thread::sleep(wait);
                 }
-                let n = libc::sendto(
-                    fd,
-                    f.as_ptr() as *const _,
-                    f.len(),
-                    0,
-                    &sll as *const _ as *const _,
-                    size_of::<libc::sockaddr_ll>() as u32,
-                );
+                let send = || {
+                    libc::sendto(
+                        fd,
+                        f.as_ptr() as *const _,
+                        f.len(),
+                        0,
+                        &sll as *const _ as *const _,
+                        size_of::<libc::sockaddr_ll>() as u32,
+                    )
+                };
+                let mut n = send();
+                // The device's queue is full (frames sent back to back): wait for room.
+                while n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS)
+                {
+                    std::thread::yield_now();
+                    n = send();
+                }
                 assert!(
                     n == f.len() as isize,
                     "sendto: {}",

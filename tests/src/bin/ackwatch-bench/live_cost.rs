@@ -1,13 +1,15 @@
 //! The probe under live traffic in the lab: the kernel's own accounting
 //! (`kernel.bpf_stats_enabled=1`, run_time_ns / run_cnt per program) while real Linux
-//! TCP connections to a cTCP port cross the headend's XDP and TC programs.
+//! TCP connections to a cTCP port cross the headend's XDP and TC programs; then new
+//! flows live, from floods of spoofed sources.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use ackwatch::kernel::probe::Settings;
-use ackwatch_tests::lab::{HEADEND4, Lab, enter};
+use ackwatch_tests::frames::{TH_ACK, TH_SYN, tcp_frame};
+use ackwatch_tests::lab::{HEADEND4, Lab, enter, inject};
 use ackwatch_tests::live::{Headend, Placement, attach};
 
 use crate::report::Figure;
@@ -15,6 +17,9 @@ use crate::report::Figure;
 /// How long the bulk transfer runs (bounded).
 const TRAFFIC: Duration = Duration::from_secs(3);
 const CONNECTIONS: usize = 8;
+/// Packets of each flood: each a new flow, all of them within the pending table's
+/// default 65,536 entries, so each is an insert into a free slot.
+const FLOOD: u32 = 30_000;
 
 /// Sets a sysctl for the life of the value, then restores it.
 struct Sysctl(&'static str, String);
@@ -89,6 +94,54 @@ pub fn run(figures: &mut Vec<Figure>) {
             value: per,
             unit: "ns/packet",
             target: None,
+        });
+    }
+    floods(&lab, &probe, figures);
+}
+
+/// What a new flow costs live: `FLOOD` SYNs, then `FLOOD` ACKs (one-sided flows, as a
+/// mid-stream pick-up), each from a source of its own, injected from the gateway into
+/// the headend's XDP as fast as one thread sends them. They are addressed to no MAC of
+/// the headend, whose kernel drops them after the probe: no answers, and nothing else
+/// on the link. Each packet touches a flow's memory that no packet touched before, as
+/// in a real flood; the single test runs (`insert_*`) measure the same with the
+/// syscall's cold caches around each run.
+fn floods(lab: &Lab, probe: &ackwatch::kernel::probe::Probe, figures: &mut Vec<Figure>) {
+    let xdp = probe
+        .program_ids()
+        .into_iter()
+        .find(|&id| stats(id).0 == "ackwatch_xdp")
+        .expect("the XDP program");
+    let server = SocketAddr::new("198.51.100.1".parse().unwrap(), 10_000);
+    for (name, flags, first) in [
+        ("syn", TH_SYN, 0x0a63_0000u32),
+        ("ack", TH_ACK, 0x0a64_0000),
+    ] {
+        let frames: Vec<(Duration, Vec<u8>)> = (0..FLOOD)
+            .map(|i| {
+                let src = SocketAddr::new(
+                    std::net::Ipv4Addr::from(first + i).into(),
+                    1024 + (i % 60_000) as u16,
+                );
+                (
+                    Duration::ZERO,
+                    tcp_frame(src, server, i, i.wrapping_mul(7919), flags, 0),
+                )
+            })
+            .collect();
+        let (_, ns0, cnt0) = stats(xdp);
+        inject(&lab.gateway, "g1", &frames);
+        let (_, ns1, cnt1) = stats(xdp);
+        let (ns, cnt) = (ns1 - ns0, cnt1 - cnt0);
+        let per = ns as f64 / cnt.max(1) as f64;
+        println!(
+            "live: {name} flood, {FLOOD} new flows from spoofed sources: ackwatch_xdp {cnt} runs, {per:.1} ns per run"
+        );
+        figures.push(Figure {
+            name: format!("live_{name}_flood_new_flow_ns"),
+            value: per,
+            unit: "ns/packet",
+            target: Some(300.0),
         });
     }
 }

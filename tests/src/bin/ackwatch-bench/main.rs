@@ -6,7 +6,8 @@
 //!
 //! `ackwatch-bench [packets]`; `--quick` runs small sizes (a smoke run, no targets);
 //! `--probe` only the probe's figures at 0 flows; `--sweep` only the sweep's whole pass;
-//! `--analyze` only offline analysis (throughput and memory).
+//! `--analyze` only offline analysis (throughput and memory); `--live` only the live
+//! figures.
 
 mod agent_cost;
 mod analyze_cost;
@@ -43,6 +44,11 @@ fn main() {
     }
     if args.iter().any(|a| a == "--analyze") {
         analyze_cost::run(packets, &mut figures);
+        report::print(&figures);
+        return;
+    }
+    if args.iter().any(|a| a == "--live") {
+        live_cost::run(&mut figures);
         report::print(&figures);
         return;
     }
