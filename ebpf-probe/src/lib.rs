@@ -3,8 +3,8 @@
 //! the BPF programs (`src/main.rs`) and used on the host by the agent, the offline
 //! analyser and the tests, so the kernel and the host cannot disagree by construction.
 #![cfg_attr(not(any(test, feature = "user")), no_std)]
-// Compare-and-swap for the BPF target (see `table::atomic`).
-#![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
+// Compare-and-swap, and a compiler barrier, for the BPF target (see `table::atomic`).
+#![cfg_attr(target_arch = "bpf", feature(core_intrinsics, asm_experimental_arch))]
 #![cfg_attr(target_arch = "bpf", allow(internal_features))]
 
 pub mod abi;

@@ -214,6 +214,15 @@ mod atomic {
         // SAFETY: see the module comment.
         unsafe { core::ptr::read_volatile(p) }
     }
+    /// `load`, and LLVM may not move later memory accesses before it (an asm
+    /// statement that may touch memory); x86 does not reorder loads with older loads.
+    #[inline(always)]
+    pub fn load_acquire(p: *mut u64) -> u64 {
+        let mut v = load(p);
+        // SAFETY: `v = v` on a register.
+        unsafe { core::arch::asm!("{0} = {0}", inout(reg) v, options(nostack)) };
+        v
+    }
     #[inline(always)]
     pub fn cas(p: *mut u64, old: u64, new: u64) -> bool {
         // SAFETY: see the module comment.
@@ -244,6 +253,10 @@ mod atomic {
     #[inline(always)]
     pub fn load(p: *mut u64) -> u64 {
         at(p).load(Ordering::Acquire)
+    }
+    #[inline(always)]
+    pub fn load_acquire(p: *mut u64) -> u64 {
+        load(p)
     }
     #[inline(always)]
     pub fn cas(p: *mut u64, old: u64, new: u64) -> bool {
@@ -283,12 +296,26 @@ fn tag_of(bucket: *mut Bucket, i: u32) -> *mut u64 {
 /// Slot index of `key`, found by tag and key (not locked), or None.
 #[inline(always)]
 pub fn find<S: Slots>(s: &mut S, key: &FlowKey, at: &Place) -> Option<u32> {
+    find_other(s, key, at, u32::MAX).map(|f| f.idx)
+}
+
+/// Where `find` found a key: the slot, and its lock word as it was before the key
+/// was compared (`lock_found` takes the lock from that value).
+#[derive(Clone, Copy, Debug)]
+pub struct Found {
+    pub idx: u32,
+    pub(crate) seen: u64,
+}
+
+/// As `find`, with the lock word seen.
+#[inline(always)]
+pub fn lookup<S: Slots>(s: &mut S, key: &FlowKey, at: &Place) -> Option<Found> {
     find_other(s, key, at, u32::MAX)
 }
 
-/// As `find`, slot `except` aside.
+/// As `lookup`, slot `except` aside.
 #[inline(always)]
-fn find_other<S: Slots>(s: &mut S, key: &FlowKey, at: &Place, except: u32) -> Option<u32> {
+fn find_other<S: Slots>(s: &mut S, key: &FlowKey, at: &Place, except: u32) -> Option<Found> {
     for w in 0..2 {
         let b = at.bucket[w];
         let bucket = s.bucket(b)?;
@@ -298,9 +325,11 @@ fn find_other<S: Slots>(s: &mut S, key: &FlowKey, at: &Place, except: u32) -> Op
             }
             let idx = s.launder(b * WAYS + i);
             let slot = s.slot(idx)?;
-            // SAFETY: a live slot; its key only changes while its tag is not `at.tag`.
+            // SAFETY: a live slot; the lock word is read before the key.
+            let seen = atomic::load_acquire(unsafe { &raw mut (*slot).seq });
+            // SAFETY: as above; its key only changes under its lock.
             if idx != except && same_key(unsafe { &(*slot).key }, key) {
-                return Some(idx);
+                return Some(Found { idx, seen });
             }
         }
     }
@@ -342,19 +371,34 @@ pub fn unlock(held: Held) {
     atomic::swap(held.seq, held.value.wrapping_add(1));
 }
 
-/// Locks slot `idx` if it still holds `key` (the agent may have freed it meanwhile).
-/// Err(true) when the lock stayed held, Err(false) when the key is gone.
+/// Locks the slot `lookup` found if it still holds `key` (the agent may have freed it
+/// meanwhile). Err(true) when the lock stayed held, Err(false) when the key is gone.
+/// If the lock word still holds the even value seen before the key was compared, no
+/// writer came in between: the key is the same, and only the tag needs checking (a
+/// free does not clear the key). Else the lock is taken as it comes, and both are
+/// checked.
 #[inline(always)]
 pub fn lock_found<S: Slots>(
     s: &mut S,
-    idx: u32,
+    found: Found,
     key: &FlowKey,
     at: &Place,
 ) -> Result<(*mut Slot, Held), bool> {
+    let idx = found.idx;
     let slot = s.slot(idx).ok_or(false)?;
     let bucket = s.bucket(idx / WAYS).ok_or(false)?;
     // SAFETY: a live slot.
-    let held = s.lock(unsafe { &mut (*slot).seq }).ok_or(true)?;
+    let seq = unsafe { &raw mut (*slot).seq };
+    let (seen, value) = (found.seen, found.seen.wrapping_add(1));
+    if seen & 1 == 0 && atomic::cas(seq, seen, value) {
+        let held = Held { seq, value };
+        if atomic::load(tag_of(bucket, idx)) != at.tag {
+            unlock(held);
+            return Err(false);
+        }
+        return Ok((slot, held));
+    }
+    let held = s.lock(seq).ok_or(true)?;
     let tag = atomic::load(tag_of(bucket, idx));
     // SAFETY: as above, and locked.
     if tag != at.tag || !same_key(unsafe { &(*slot).key }, key) {

@@ -965,6 +965,64 @@ mod pending_table {
         table::unlock(held);
     }
 
+    /// What `lock_found` must see of the writers that come between a lookup and its
+    /// lock: a free (the key stays in the slot, only the tag goes), also one that came
+    /// between the lookup's reads of the tag and of the lock word, and a key changed
+    /// under the slot's lock with the tag left as it was (another key with the same
+    /// tag). Each is refused; an untouched slot is locked and held.
+    #[test]
+    fn a_lookup_is_locked_only_if_no_writer_came_in_between() {
+        let mut t = HostTable::new(64);
+        let k = key(7);
+        let a = at(&t, &k);
+        let i = insert(&mut t, &k, 1).expect("room");
+        // SAFETY: slots of the table.
+        let lock_word = |t: &mut HostTable, i| unsafe { &raw mut (*t.slot(i).unwrap()).seq };
+
+        // Untouched: the lock is taken from the value the lookup saw.
+        let found = table::lookup(&mut t, &k, &a).expect("found");
+        let (_, held) = table::lock_found(&mut t, found, &k, &a).expect("locked");
+        assert_eq!(unsafe { *lock_word(&mut t, i) } & 1, 1, "held");
+        table::unlock(held);
+
+        // Freed between the lookup and the lock.
+        let found = table::lookup(&mut t, &k, &a).expect("found");
+        let held = table::lock(lock_word(&mut t, i)).unwrap();
+        table::free(&mut t, i);
+        table::unlock(held);
+        assert!(matches!(
+            table::lock_found(&mut t, found, &k, &a),
+            Err(false)
+        ));
+        // The same, where the lookup read the tag before the free and the lock word
+        // after it: the lock is free and unchanged since, the key still in the slot.
+        let seen = unsafe { *lock_word(&mut t, i) };
+        let late = table::Found { idx: i, seen };
+        assert!(matches!(
+            table::lock_found(&mut t, late, &k, &a),
+            Err(false)
+        ));
+
+        // Taken again, and its key changed under the lock while the tag stays ours.
+        let i = insert(&mut t, &k, 2).expect("room");
+        let found = table::lookup(&mut t, &k, &a).expect("found");
+        assert_eq!(found.idx, i);
+        let held = table::lock(lock_word(&mut t, i)).unwrap();
+        // SAFETY: a slot of the table, locked.
+        unsafe { (*t.slot(i).unwrap()).key = key(8) };
+        table::unlock(held);
+        assert_eq!(table::tag(&mut t, i), a.tag);
+        assert!(matches!(
+            table::lock_found(&mut t, found, &k, &a),
+            Err(false)
+        ));
+        assert_eq!(
+            unsafe { *lock_word(&mut t, i) } & 1,
+            0,
+            "refused, and left unlocked"
+        );
+    }
+
     /// The offline analyser's memory follows its live flows: a freed slot's memory
     /// goes at the next release, unless the slot was taken again meanwhile.
     #[test]

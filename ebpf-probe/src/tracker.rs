@@ -134,9 +134,9 @@ fn entry<S: Store>(
     // Placed in the pending table only now: an established flow's packet pays nothing.
     let pending_at = hash.place(store.buckets(true));
     table::prefetch(store.pending(), &pending_at);
-    let (idx, slot, held) = match table::find(store.pending(), &pkt.key, &pending_at) {
-        Some(idx) => match table::lock_found(store.pending(), idx, &pkt.key, &pending_at) {
-            Ok((slot, held)) => (idx, slot, held),
+    let (idx, slot, held) = match table::lookup(store.pending(), &pkt.key, &pending_at) {
+        Some(found) => match table::lock_found(store.pending(), found, &pkt.key, &pending_at) {
+            Ok((slot, held)) => (found.idx, slot, held),
             Err(true) => return Err(counter::FLOW_BUSY),
             // Moved to the established table while we waited (or evicted: counted as
             // a map error, as an entry that moved and is not found).
@@ -207,10 +207,10 @@ fn established<S: Store>(
     at: &Place,
 ) -> Result<Option<(*mut Flow, Held)>, Reason> {
     let e = store.established();
-    let Some(idx) = table::find(e, &pkt.key, at) else {
+    let Some(found) = table::lookup(e, &pkt.key, at) else {
         return Ok(None);
     };
-    match table::lock_found(e, idx, &pkt.key, at) {
+    match table::lock_found(e, found, &pkt.key, at) {
         // SAFETY: a live slot, locked by us.
         Ok((slot, held)) => Ok(Some((unsafe { &mut (*slot).flow }, held))),
         Err(true) => Err(counter::FLOW_BUSY),
