@@ -29,8 +29,11 @@
 //! reader that must not block copies the slot between two equal even values.
 //!
 //! Each table has an occupancy bitmap beside it (`OCCUPIED [b / 64]`, bit `b % 64`),
-//! for the agent's walk: a publisher sets its bucket's bit after the tag
-//! (`Slots::published`, `occupy`).
+//! for the agent's walk, which then reads only the buckets whose bit is set: a
+//! publisher sets its bucket's bit after the tag (`Slots::published`, `occupy`), and
+//! only the agent clears it, lazily, when its walk finds the bucket empty (`vacate`).
+//! Invariant: a bucket holding a non-EMPTY tag whose publisher has returned has its
+//! bit set. A set bit over an empty bucket only costs the walk a line read.
 
 use core::mem::size_of;
 
@@ -295,6 +298,10 @@ mod atomic {
     #[inline(always)]
     pub fn or(p: *mut u64, v: u64) {
         at(p).fetch_or(v, Ordering::SeqCst);
+    }
+    #[inline(always)]
+    pub fn and(p: *mut u64, v: u64) {
+        at(p).fetch_and(v, Ordering::SeqCst);
     }
 }
 
@@ -600,6 +607,31 @@ pub fn replace_oldest<S: Slots>(
     // SAFETY: as above, and locked.
     unsafe { (*slot).key = *key };
     Ok((victim, slot, held))
+}
+
+#[cfg(not(target_arch = "bpf"))]
+/// Clears bucket `b`'s `bit` in the occupancy bitmap's `word`, which a walk found set
+/// over an empty bucket, unless a flow is being put there meanwhile. The agent only.
+///
+/// Why no flow is lost: a publisher stores its tag (the claim's compare-and-swap, then
+/// the publishing swap: locked instructions, full barriers on x86) before its OR. The
+/// AND here, a full fence, then a second read of the tags: either the publisher's OR
+/// comes after the AND (the bit ends set), or it came before, and then so did its tag
+/// store, which the second read sees (not EMPTY: the bit is set again). A claim that
+/// starts after the second read publishes and ORs later: the bit ends set.
+pub fn vacate<S: Slots>(s: &mut S, b: u32, word: *mut u64, bit: u64) {
+    let Some(bucket) = s.bucket(b) else {
+        return;
+    };
+    let empty = || (0..WAYS).all(|i| atomic::load(tag_of(bucket, i)) == EMPTY);
+    if !empty() {
+        return;
+    }
+    atomic::and(word, !bit);
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    if !empty() {
+        atomic::or(word, bit);
+    }
 }
 
 #[cfg(not(target_arch = "bpf"))]
