@@ -6,9 +6,10 @@
 //!   NIC rx ──► ackwatch_xdp / ackwatch_xdp_ip ─┐        ┌─► PORTS   (array, 65,536 x u8)
 //!                                              ├─ parse ─┤    cTCP ports, signature ports
 //!   stack tx ─► ackwatch_tc / ackwatch_tc_ip ──┘  track  ├─► PENDING_BUCKETS / _SLOTS /
-//!                 (every verdict: pass)                  │    _FILL (arrays) half-open
-//!                                                        ├─► BUCKETS / FLOWS / FILL
-//!                                                        │    (arrays) established
+//!                 (every verdict: pass)                  │    _FILL / _OCCUPIED (arrays)
+//!                                                        │    half-open
+//!                                                        ├─► BUCKETS / FLOWS / FILL /
+//!                                                        │    OCCUPIED (arrays) established
 //!                                                        ├─► COUNTERS (per-CPU array):
 //!                                                        │    packets per hook, reasons
 //!                                                        │    not tracked, ring-buffer full

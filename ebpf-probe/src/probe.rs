@@ -35,6 +35,10 @@ static FLOWS: Array<Slot> = Array::with_max_entries(DEFAULT_BUCKETS * WAYS, BPF_
 /// Flows in the table and its capacity (`table::Fill`), shared with the agent.
 #[map]
 static FILL: Array<Fill> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+/// The table's occupancy bitmap (one bit a bucket, `table::occupy`): set here when a
+/// slot is published, cleared by the agent's walk.
+#[map]
+static OCCUPIED: Array<u64> = Array::with_max_entries(DEFAULT_BUCKETS.div_ceil(64), BPF_F_MMAPABLE);
 /// The tables' hash key, chosen by the agent when it creates them (pinned with them).
 #[map]
 static SEED: Array<Seed> = Array::with_max_entries(1, 0);
@@ -47,6 +51,9 @@ static PENDING_SLOTS: Array<Slot> =
     Array::with_max_entries(DEFAULT_PENDING_BUCKETS * WAYS, BPF_F_MMAPABLE);
 #[map]
 static PENDING_FILL: Array<Fill> = Array::with_max_entries(1, BPF_F_MMAPABLE);
+#[map]
+static PENDING_OCCUPIED: Array<u64> =
+    Array::with_max_entries(DEFAULT_PENDING_BUCKETS.div_ceil(64), BPF_F_MMAPABLE);
 #[map]
 static PORTS: Array<u8> = Array::with_max_entries(65_536, 0);
 #[map]
@@ -288,6 +295,20 @@ impl<const PENDING: bool> Slots for Table<PENDING> {
     #[inline(always)]
     fn launder(&mut self, v: u32) -> u32 {
         launder(v)
+    }
+
+    /// Sets the bucket's bit in the table's occupancy bitmap: inserts only.
+    #[inline(always)]
+    fn published(&mut self, idx: u32) {
+        let (w, bit) = table::occupancy(idx);
+        let word = if PENDING {
+            PENDING_OCCUPIED.get_ptr_mut(w)
+        } else {
+            OCCUPIED.get_ptr_mut(w)
+        };
+        if let Some(word) = word {
+            table::occupy(word, bit);
+        }
     }
 }
 

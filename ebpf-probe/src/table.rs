@@ -27,6 +27,13 @@
 //! `seq` is a sequence lock: odd while a writer (the XDP or TC program, or the agent's
 //! sweep) holds the slot. Writers take it with compare-and-swap and a bounded spin; a
 //! reader that must not block copies the slot between two equal even values.
+//!
+//! Each table has an occupancy bitmap beside it (`OCCUPIED [b / 64]`, bit `b % 64`),
+//! for the agent's walk, which then reads only the buckets whose bit is set: a
+//! publisher sets its bucket's bit after the tag (`Slots::published`, `occupy`), and
+//! only the agent clears it, lazily, when its walk finds the bucket empty (`vacate`).
+//! Invariant: a bucket holding a non-EMPTY tag whose publisher has returned has its
+//! bit set. A set bit over an empty bucket only costs the walk a line read.
 
 use core::mem::size_of;
 
@@ -97,6 +104,26 @@ pub struct Place {
 pub fn buckets_for(flows: u32) -> u32 {
     let slots = flows as u64 + flows as u64 / 2;
     slots.div_ceil(WAYS as u64).max(1) as u32
+}
+
+/// Words of the occupancy bitmap of a table of `buckets` buckets (one bit a bucket).
+#[inline(always)]
+pub fn occupancy_words(buckets: u32) -> u32 {
+    buckets.div_ceil(64).max(1)
+}
+
+/// The occupancy bitmap's word and bit for the bucket of slot `idx`.
+#[inline(always)]
+pub fn occupancy(idx: u32) -> (u32, u64) {
+    let b = idx / WAYS;
+    (b / 64, 1 << (b % 64))
+}
+
+/// Sets `bit` of an occupancy bitmap's `word` (`Slots::published`): one atomic OR,
+/// after the tag was published.
+#[inline(always)]
+pub fn occupy(word: *mut u64, bit: u64) {
+    atomic::or(word, bit);
 }
 
 /// A key's hash under a table's seed: where it lives in a table of any size follows
@@ -186,8 +213,10 @@ pub trait Slots {
     fn lock(&mut self, seq: *mut u64) -> Option<Held> {
         lock(seq)
     }
-    /// Slot `idx` was published under a key's tag (the host keeps an index of the slots
-    /// in use, so it walks its flows without scanning every slot).
+    /// Slot `idx` was published under a key's tag: the kernel and the agent set its
+    /// bucket's bit in the table's occupancy bitmap (`occupy`); the host keeps an index
+    /// of the slots in use instead. Either way a walk finds the flow without scanning
+    /// every bucket.
     #[inline(always)]
     fn published(&mut self, _idx: u32) {}
     /// Slot `idx` was freed.
@@ -204,7 +233,7 @@ pub trait Slots {
 #[cfg(target_arch = "bpf")]
 mod atomic {
     use core::intrinsics::AtomicOrdering::SeqCst;
-    use core::intrinsics::{atomic_cxchg, atomic_xadd, atomic_xchg};
+    use core::intrinsics::{atomic_cxchg, atomic_or, atomic_xadd, atomic_xchg};
 
     /// A volatile load: LLVM's BPF backend cannot select atomic loads of this width
     /// before cpu v4; on x86 a load is not reordered with older loads anyway, nor with
@@ -239,6 +268,13 @@ mod atomic {
         // SAFETY: see the module comment.
         unsafe { atomic_xadd::<u64, u64, { SeqCst }>(p, v) };
     }
+    /// BPF_ATOMIC | BPF_OR. LLVM emits it with BPF_FETCH before cpu v3 even when the
+    /// previous value goes unused (the x86 JIT then makes it a `lock cmpxchg` loop).
+    #[inline(always)]
+    pub fn or(p: *mut u64, v: u64) {
+        // SAFETY: see the module comment.
+        unsafe { atomic_or::<u64, u64, { SeqCst }>(p, v) };
+    }
 }
 
 #[cfg(not(target_arch = "bpf"))]
@@ -271,6 +307,14 @@ mod atomic {
     #[inline(always)]
     pub fn fetch_add(p: *mut u64, v: u64) {
         at(p).fetch_add(v, Ordering::AcqRel);
+    }
+    #[inline(always)]
+    pub fn or(p: *mut u64, v: u64) {
+        at(p).fetch_or(v, Ordering::SeqCst);
+    }
+    #[inline(always)]
+    pub fn and(p: *mut u64, v: u64) {
+        at(p).fetch_and(v, Ordering::SeqCst);
     }
 }
 
@@ -607,6 +651,31 @@ pub fn replace_oldest<S: Slots>(
     // SAFETY: as above, and locked.
     unsafe { (*slot).key = *key };
     Ok((victim, slot, held))
+}
+
+#[cfg(not(target_arch = "bpf"))]
+/// Clears bucket `b`'s `bit` in the occupancy bitmap's `word`, which a walk found set
+/// over an empty bucket, unless a flow is being put there meanwhile. The agent only.
+///
+/// Why no flow is lost: a publisher stores its tag (the claim's compare-and-swap, then
+/// the publishing swap: locked instructions, full barriers on x86) before its OR. The
+/// AND here, a full fence, then a second read of the tags: either the publisher's OR
+/// comes after the AND (the bit ends set), or it came before, and then so did its tag
+/// store, which the second read sees (not EMPTY: the bit is set again). A claim that
+/// starts after the second read publishes and ORs later: the bit ends set.
+pub fn vacate<S: Slots>(s: &mut S, b: u32, word: *mut u64, bit: u64) {
+    let Some(bucket) = s.bucket(b) else {
+        return;
+    };
+    let empty = || (0..WAYS).all(|i| atomic::load(tag_of(bucket, i)) == EMPTY);
+    if !empty() {
+        return;
+    }
+    atomic::and(word, !bit);
+    core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
+    if !empty() {
+        atomic::or(word, bit);
+    }
 }
 
 #[cfg(not(target_arch = "bpf"))]

@@ -14,6 +14,7 @@ pub mod live;
 pub mod lossy;
 pub mod mirror_lab;
 pub mod observe;
+pub mod occupancy;
 pub mod pcap;
 pub mod prefill;
 pub mod prom;

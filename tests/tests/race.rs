@@ -760,6 +760,31 @@ fn host_lock_keeps_the_other_cpu_out() {
     );
 }
 
+/// The probe on the kernel's clocks with tables for `max_flows` established and
+/// `max_pending` pending flows, and handles of its XDP and TC programs for two threads.
+fn tables_and_runners(max_flows: u32, max_pending: u32) -> (Kernel, Runner, Runner) {
+    let mut kernel = Kernel::load_with_kernel_clock(Settings {
+        max_flows,
+        max_pending,
+        ctcp_ports: vec![10_000],
+        ..Settings::default()
+    });
+    let link = LinkKind::Ethernet;
+    let (xdp, tc) = (
+        kernel.runner(Hook::Xdp(link)),
+        kernel.runner(Hook::Tc(link)),
+    );
+    (kernel, xdp, tc)
+}
+
+/// Client `i` of many: in 10.`net`.0.0/16, on one of 999 ports.
+fn one_of_many(net: u8, i: u32) -> SocketAddr {
+    SocketAddr::new(
+        [10, net, (i >> 8) as u8, i as u8].into(),
+        20_000 + (i % 999) as u16,
+    )
+}
+
 /// New flows on two CPUs at once: the first packet of each direction of a flow run by
 /// XDP on CPU 0 and TC on CPU 1 at the same instant, so that both insert the flow in
 /// the pending table together, and their second packets promote it while the other
@@ -769,26 +794,9 @@ fn host_lock_keeps_the_other_cpu_out() {
 #[test]
 fn two_cpus_new_flows_never_twice() {
     const FLOWS: u32 = 20_000;
-    let mut kernel = Kernel::load_with_kernel_clock(Settings {
-        max_flows: 65_536,
-        max_pending: 1_024,
-        ctcp_ports: vec![10_000],
-        ..Settings::default()
-    });
-    let link = LinkKind::Ethernet;
-    let (xdp, tc) = (
-        kernel.runner(Hook::Xdp(link)),
-        kernel.runner(Hook::Tc(link)),
-    );
+    let (kernel, xdp, tc) = tables_and_runners(65_536, 1_024);
     let server: SocketAddr = "10.1.0.1:10000".parse().unwrap();
-    let clients: Vec<SocketAddr> = (0..FLOWS)
-        .map(|i| {
-            SocketAddr::new(
-                [10, 2, (i >> 8) as u8, i as u8].into(),
-                20_000 + (i % 999) as u16,
-            )
-        })
-        .collect();
+    let clients: Vec<SocketAddr> = (0..FLOWS).map(|i| one_of_many(2, i)).collect();
     let seg = |from, to, flags, payload: Vec<u8>| {
         let tcp = Tcp {
             seq: 1000,
@@ -868,4 +876,112 @@ fn two_cpus_new_flows_never_twice() {
     assert_eq!(c(counter::TABLE_FULL), 0);
     // Both sides seen: nearly every flow was promoted.
     assert!(snap.flows.len() as u64 >= FLOWS as u64 - untracked);
+}
+
+/// The occupancy bitmap while the agent clears it: the probe on CPU 0 inserts new flows
+/// (a SYN into the pending table, the answer, then the client's ACK that promotes the
+/// flow: a pending slot taken and freed, an established one taken), while the agent on
+/// CPU 1 sweeps both tables over and over with an idle timeout of 0: every flow it finds
+/// is evicted, and every bucket it finds empty loses its bit unless a flow is put there
+/// meanwhile (`table::vacate`). The tables are small (48 buckets each), so the probe
+/// keeps inserting into buckets the agent is emptying. Every `CHUNK` flows the probe
+/// waits while the agent checks that no bucket holding a flow lacks its bit (a later
+/// insert into the bucket would set it again and hide the miss); at the end, walks
+/// find every flow in the slots. Without `vacate`'s second look at the tags, the checks
+/// failed in 4 of 4 runs (3,100-3,300 of 3,750 found a bucket without its bit).
+#[test]
+fn two_cpus_occupancy_bits_cleared_under_inserts() {
+    use ackwatch::kernel::sweep::sweep;
+    use ackwatch_tests::frames::TH_SYN;
+    use ackwatch_tests::occupancy::{assert_walk_finds_every_flow, unmarked};
+    const FLOWS: u32 = 30_000;
+    const CHUNK: usize = 8;
+    let (mut kernel, xdp, tc) = tables_and_runners(256, 256);
+    let server: SocketAddr = "10.1.0.1:10000".parse().unwrap();
+    let seg = |from, to, seq, ack, flags| {
+        let tcp = Tcp {
+            seq,
+            ack,
+            flags,
+            window: 500,
+            ..Default::default()
+        };
+        frame(from, to, &tcp, &L2::Ethernet)
+    };
+    let handshakes: Vec<[Vec<u8>; 3]> = (0..FLOWS)
+        .map(|i| {
+            let c = one_of_many(3, i);
+            [
+                seg(c, server, 1000, 0, TH_SYN),
+                seg(server, c, 5000, 1001, TH_SYN | TH_ACK),
+                seg(c, server, 1001, 5001, TH_ACK),
+            ]
+        })
+        .collect();
+    let done = &AtomicBool::new(false);
+    // Chunks the probe has inserted (and waits after), and chunks the agent checked.
+    let (inserted, checked) = (&AtomicU64::new(0), &AtomicU64::new(0));
+    let cfg = Config::default();
+    let (sweeps, evicted, misses) = std::thread::scope(|s| {
+        s.spawn(|| {
+            let _done = Done(done);
+            pin_to(0);
+            for (n, chunk) in handshakes.chunks(CHUNK).enumerate() {
+                for [syn, answer, ack] in chunk {
+                    assert_eq!(xdp.run(syn, 1), Ok(XDP_PASS));
+                    assert_eq!(tc.run(answer, 1), Ok(TC_ACT_UNSPEC));
+                    assert_eq!(xdp.run(ack, 1), Ok(XDP_PASS));
+                }
+                inserted.store(n as u64 + 1, Ordering::Release);
+                let t = Instant::now();
+                while checked.load(Ordering::Acquire) <= n as u64 {
+                    assert!(t.elapsed() < Duration::from_secs(10), "the agent stopped");
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        let kernel = &mut kernel;
+        let agent = s.spawn(move || {
+            pin_to(1);
+            let (mut sweeps, mut evicted, mut misses) = (0u64, 0u64, Vec::new());
+            while !done.load(Ordering::Acquire) {
+                let chunks = inserted.load(Ordering::Acquire);
+                if chunks > checked.load(Ordering::Relaxed) {
+                    // The probe waits: no insert is under way.
+                    for (table, what) in [
+                        (kernel.probe.table(), "established"),
+                        (kernel.probe.pending_table(), "pending"),
+                    ] {
+                        let buckets = unmarked(table);
+                        if !buckets.is_empty() {
+                            misses.push(format!("after chunk {chunks}, {what}: {buckets:?}"));
+                        }
+                    }
+                    checked.store(chunks, Ordering::Release);
+                }
+                let (tick, _) = sweep(&kernel.probe, &cfg, 0, u64::MAX / 2);
+                evicted += tick.evictions + tick.pending_evictions;
+                sweeps += 1;
+            }
+            (sweeps, evicted, misses)
+        });
+        agent.join().expect("the agent's thread")
+    });
+    println!("{sweeps} sweeps evicted {evicted} flows");
+    assert!(
+        sweeps >= 100 && evicted >= 1_000,
+        "the agent hardly raced the probe"
+    );
+    assert!(
+        misses.is_empty(),
+        "{} checks found buckets holding a flow without their bit, first: {:?}",
+        misses.len(),
+        &misses[..misses.len().min(5)]
+    );
+    for (table, what) in [
+        (kernel.probe.table(), "established"),
+        (kernel.probe.pending_table(), "pending"),
+    ] {
+        assert_walk_finds_every_flow(table, what);
+    }
 }

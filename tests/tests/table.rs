@@ -389,3 +389,78 @@ fn pending_entries_survive_a_reload_from_pins() {
         let _ = std::fs::remove_file(dir.join(name));
     }
 }
+
+/// The agent's walk reads only the buckets the occupancy bitmap marks: the probe sets a
+/// bucket's bit when it publishes a slot there, and the walk clears it once it finds
+/// the bucket empty. Flows inserted by the probe (both tables, 24 and 12 buckets),
+/// evicted by the agent's sweep, then new flows inserted into the same buckets: every
+/// walk finds exactly the flows in the slots, whole or in slices, and a bucket the
+/// eviction emptied keeps its bit until the next walk, then loses it.
+#[test]
+fn the_walk_finds_every_flow_through_the_occupancy_bitmap() {
+    use ackwatch::kernel::sweep::sweep;
+    use ackwatch_tests::occupancy::{assert_walk_finds_every_flow, marked_empty, walked};
+    const SEC: u64 = 1_000_000_000;
+    let mut k = Kernel::load(Settings {
+        max_flows: 128,
+        max_pending: 64,
+        ..Settings::default()
+    });
+    let server: SocketAddr = "198.51.100.1:10000".parse().unwrap();
+    let conversation = |i: u32| ctcp_flow(addr(3000 + i, 40_000), server, 2, None, 0);
+    let half_open = |i: u32| syn(addr(5000 + i, 41_000), server);
+    // `n` flows of each kind from `first` on, at `at` (ctcp_flow starts at 1 s).
+    let insert = |k: &mut Kernel, first: u32, n: u32, at: u64| {
+        for i in first..first + n {
+            for s in conversation(i) {
+                k.feed(s.hook, &s.frame, s.at_ns - SEC + at);
+            }
+            k.feed(XDP, &half_open(i), at);
+        }
+    };
+    let check = |k: &Kernel, flows: usize, pending: usize| {
+        let est = assert_walk_finds_every_flow(k.probe.table(), "established");
+        let pen = assert_walk_finds_every_flow(k.probe.pending_table(), "pending");
+        assert_eq!((est.len(), pen.len()), (flows, pending));
+        (est, pen)
+    };
+    insert(&mut k, 0, 40, SEC);
+    check(&k, 40, 40);
+    // Four of each stay busy; the sweep evicts the others.
+    for i in 0..4 {
+        let last = conversation(i).pop().unwrap();
+        k.feed(last.hook, &last.frame, 50 * SEC);
+        k.feed(XDP, &half_open(i), 50 * SEC);
+    }
+    let (tick, _) = sweep(&k.probe, &Config::default(), 30 * SEC, 50 * SEC);
+    assert_eq!((tick.evictions, tick.pending_evictions), (36, 36));
+    // The sweep walked before it evicted: the buckets it emptied still have their bits.
+    let emptied = marked_empty(k.probe.table());
+    let pending_emptied = marked_empty(k.probe.pending_table());
+    assert!(
+        !emptied.is_empty() && !pending_emptied.is_empty(),
+        "the eviction emptied no bucket of a table"
+    );
+    let (est, pen) = check(&k, 4, 4);
+    // ... which the walks of `check` cleared.
+    for (table, emptied) in [
+        (k.probe.table(), emptied),
+        (k.probe.pending_table(), pending_emptied),
+    ] {
+        assert_eq!(marked_empty(table), Vec::<u32>::new());
+        assert!(emptied.iter().all(|&b| !table.occupied(b)));
+    }
+    // New flows in the same buckets, their bits cleared or not.
+    insert(&mut k, 100, 40, 60 * SEC);
+    let (est2, pen2) = check(&k, 44, 44);
+    assert!(est.iter().all(|key| est2.contains(key)));
+    assert!(pen.iter().all(|key| pen2.contains(key)));
+    // The agent's own inserts (tests, benchmarks) mark their buckets too.
+    let table = k.probe.table();
+    let flow = ackwatch_tests::prefill::flow(60 * SEC);
+    for i in 0..20 {
+        assert!(table.insert(&ackwatch_tests::prefill::key(i), &flow));
+    }
+    assert_eq!(walked(table, usize::MAX).len(), 64);
+    check(&k, 64, 44);
+}

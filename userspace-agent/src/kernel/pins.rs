@@ -17,24 +17,28 @@ use ebpf_probe::abi::{Flow, FlowKey, StallRecord};
 use crate::kernel::probe::Settings;
 
 /// Maps that carry state across restarts.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 13] = [
     "BUCKETS",
     "FLOWS",
     "FILL",
+    "OCCUPIED",
     "SEED",
     "PENDING_BUCKETS",
     "PENDING_SLOTS",
     "PENDING_FILL",
+    "PENDING_OCCUPIED",
     "PORTS",
     "COUNTERS",
     "EVENTS",
     "AYA_LOGS",
 ];
 
-/// Bumped whenever the meaning of a map's bytes changes without a size change (4: the
-/// pending table moved from an LRU hash map to arrays, and the flow's fields that the
-/// sweep reads moved to its front).
-const ABI: u32 = 4;
+/// Bumped whenever the meaning of a map's bytes changes without a size change, or the
+/// set of maps changes (4: the pending table moved from an LRU hash map to arrays, and
+/// the flow's fields that the sweep reads moved to its front; 5: each table has an
+/// occupancy bitmap, which pins of 4 lack: reused, their flows would be invisible to
+/// the walk).
+const ABI: u32 = 5;
 
 pub struct Pins {
     pub dir: PathBuf,

@@ -167,21 +167,18 @@ impl Probe {
             .override_global("TUNNEL_PORTS", &mirror.ports, true)
             .map_max_entries("BUCKETS", buckets)
             .map_max_entries("FLOWS", buckets * WAYS)
+            .map_max_entries("OCCUPIED", table::occupancy_words(buckets))
             .map_max_entries("PENDING_BUCKETS", pending_buckets)
             .map_max_entries("PENDING_SLOTS", pending_buckets * WAYS)
+            .map_max_entries("PENDING_OCCUPIED", table::occupancy_words(pending_buckets))
             .map_max_entries("EVENTS", s.event_ring_bytes)
             .load(PROBE_OBJECT)?;
         let logger = EbpfLogger::init(&mut ebpf).map_err(|e| ProbeError::Logger(e.to_string()))?;
         let seed = table_seed(&mut ebpf, s.table_seed)?;
-        let map = |names: [&'static str; 3], nbuckets| {
-            FlowTable::map(
-                array_data(&ebpf, names[0])?,
-                array_data(&ebpf, names[1])?,
-                array_data(&ebpf, names[2])?,
-                nbuckets,
-                seed,
-            )
-            .map_err(ProbeError::Mmap)
+        let map = |names: [&'static str; 4], nbuckets| {
+            let [buckets, slots, fill, occupied] = names.map(|name| array_data(&ebpf, name));
+            FlowTable::map([buckets?, slots?, fill?, occupied?], nbuckets, seed)
+                .map_err(ProbeError::Mmap)
         };
         let table = map(ESTABLISHED_MAPS, buckets)?;
         table.set_capacity(s.max_flows);
