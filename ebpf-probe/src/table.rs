@@ -119,11 +119,16 @@ pub fn occupancy(idx: u32) -> (u32, u64) {
     (b / 64, 1 << (b % 64))
 }
 
-/// Sets `bit` of an occupancy bitmap's `word` (`Slots::published`): one atomic OR,
-/// after the tag was published.
+/// Sets `bit` of an occupancy bitmap's `word` (`Slots::published`), after the tag was
+/// published: an atomic OR (a compare-and-swap loop in x86's JIT), only if the bit is
+/// clear, as it is not in a busy bucket. If the agent's `vacate` clears it just after
+/// this read, it reads the tags again after its AND and finds this one (published
+/// before the read, by an exchange: a full barrier), and sets the bit back.
 #[inline(always)]
 pub fn occupy(word: *mut u64, bit: u64) {
-    atomic::or(word, bit);
+    if atomic::load(word) & bit == 0 {
+        atomic::or(word, bit);
+    }
 }
 
 /// A key's hash under a table's seed: where it lives in a table of any size follows
