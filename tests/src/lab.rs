@@ -353,8 +353,12 @@ pub fn inject(ns: &str, ifname: &str, frames: &[(std::time::Duration, Vec<u8>)])
                     )
                 };
                 let mut n = send();
-                // The device's queue is full (frames sent back to back): wait for room.
-                while n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS)
+                // The device's queue is full (frames sent back to back): wait for room,
+                // a second at most (then the assert below reports ENOBUFS).
+                let patience = std::time::Instant::now() + std::time::Duration::from_secs(1);
+                while n < 0
+                    && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOBUFS)
+                    && std::time::Instant::now() < patience
                 {
                     std::thread::yield_now();
                     n = send();
