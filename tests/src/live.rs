@@ -577,17 +577,8 @@ impl Agent {
             args.join(" "),
             bpffs.pin_path()
         );
-        let caps = "cap_bpf,cap_net_admin,cap_perfmon";
-        let cmd = [
-            "capsh",
-            &format!("--caps={caps},cap_setpcap,cap_setuid,cap_setgid+eip"),
-            "--keep=1",
-            "--user=nobody",
-            &format!("--addamb={caps}"),
-            "--",
-            "-c",
-            &run,
-        ];
+        let cmd = as_nobody_with_three_capabilities(&run);
+        let cmd: Vec<&str> = cmd.iter().map(String::as_str).collect();
         let mut agent = Agent::start_command(ns, &cmd);
         agent._bpffs = Some(bpffs);
         agent._binary = Some(copy);
@@ -736,4 +727,21 @@ pub fn poll_json(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// The command (capsh) that runs shell command `run` as nobody with only the three
+/// capabilities the agent needs: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON.
+pub fn as_nobody_with_three_capabilities(run: &str) -> Vec<String> {
+    let caps = "cap_bpf,cap_net_admin,cap_perfmon";
+    [
+        "capsh".to_string(),
+        format!("--caps={caps},cap_setpcap,cap_setuid,cap_setgid+eip"),
+        "--keep=1".into(),
+        "--user=nobody".into(),
+        format!("--addamb={caps}"),
+        "--".into(),
+        "-c".into(),
+        run.into(),
+    ]
+    .into()
 }

@@ -570,3 +570,68 @@ fn a_stall_across_the_sequence_wrap() {
         .unwrap();
     assert_eq!(client_side["directions"][0]["bytes"], 36 * LEN, "{body}");
 }
+
+/// --probe-stats: the kernel times each run of the probe's programs while the agent
+/// runs, and /metrics has the runs and their time by hook. Without it the kernel times
+/// nothing (its default), and both stay 0.
+#[test]
+fn probe_stats_time_each_hook() {
+    let sysctl = "/proc/sys/kernel/bpf_stats_enabled";
+    assert_eq!(
+        std::fs::read_to_string(sysctl).unwrap().trim(),
+        "0",
+        "this test needs the kernel's default: {sysctl} = 0"
+    );
+    let (lab, _headend) = lab_with_loss();
+    let scrape = |port| {
+        ctcp(&lab, port, 4);
+        std::thread::sleep(Duration::from_millis(1100)); // one sweep mirrors them
+        let (_, metrics) = http_get(&lab.headend, AGENT_ADDR, "/metrics");
+        let value = |hook: &str, what: &str| {
+            let name = format!("ackwatch_probe_{what}_total{{hook=\"{hook}\"}}");
+            metric(&metrics, &name).unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+        };
+        let packets = metric(&metrics, "ackwatch_packets_total{hook=\"xdp\"}").unwrap();
+        let per_hook = ["xdp", "tc"].map(|h| (value(h, "runs"), value(h, "run_seconds")));
+        (packets, per_hook)
+    };
+
+    let plain = Agent::start(&lab.headend, &["--iface", "h0", "--listen", AGENT_ADDR]);
+    let (packets, per_hook) = scrape(50_210);
+    assert!(packets > 0.0, "the probe saw the session");
+    assert_eq!(per_hook, [(0.0, 0.0); 2], "timed without --probe-stats");
+    assert_eq!(plain.stop(), Some(0));
+
+    let args = ["--iface", "h0", "--listen", AGENT_ADDR, "--probe-stats"];
+    let timed = Agent::start(&lab.headend, &args);
+    let (packets, per_hook) = scrape(50_211);
+    for ((runs, seconds), hook) in per_hook.into_iter().zip(["xdp", "tc"]) {
+        assert!(runs > 0.0, "{hook}: no runs counted");
+        let ns = seconds * 1e9 / runs;
+        assert!((1.0..100_000.0).contains(&ns), "{hook}: {ns} ns a run");
+    }
+    // The data the client sent came in through XDP: each packet is one run.
+    assert!(
+        per_hook[0].0 <= packets,
+        "{} XDP runs, {packets} packets",
+        per_hook[0].0
+    );
+    assert_eq!(timed.stop(), Some(0));
+    assert_eq!(std::fs::read_to_string(sysctl).unwrap().trim(), "0");
+}
+
+/// --probe-stats needs CAP_SYS_ADMIN, which the three capabilities the agent otherwise
+/// needs do not give: refused with one line and exit code 2, before anything is loaded.
+#[test]
+fn probe_stats_without_cap_sys_admin_is_named() {
+    let (_copy, bin) = ackwatch_tests::ackwatch_binary_for_nobody();
+    let run = format!("exec {} run --iface lo --probe-stats", bin.display());
+    let cmd = ackwatch_tests::live::as_nobody_with_three_capabilities(&run);
+    let out = Command::new(&cmd[0]).args(&cmd[1..]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--probe-stats") && err.contains("CAP_SYS_ADMIN"),
+        "{err}"
+    );
+}

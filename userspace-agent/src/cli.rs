@@ -86,6 +86,12 @@ pub struct RunArgs {
         env = "ACKWATCH_PIN_PATH"
     )]
     pub pin_path: std::path::PathBuf,
+    /// Have the kernel time every run of the probe's programs while the agent runs
+    /// (ackwatch_probe_run_seconds_total, ackwatch_probe_runs_total). Its clock reads
+    /// add ~70 ns to every packet of every BPF program on the host (measured on an AMD
+    /// EPYC VM); needs CAP_SYS_ADMIN.
+    #[arg(long)]
+    pub probe_stats: bool,
     /// On SIGINT/SIGTERM, leave the probe attached and pinned (for an upgrade).
     #[arg(long)]
     pub keep_attached: bool,

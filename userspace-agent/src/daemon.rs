@@ -48,6 +48,8 @@ pub struct Shared {
     pub web: Option<Arc<WebConfig>>,
     pins: Pins,
     cfg: Config,
+    /// Held while the kernel times BPF programs for us (--probe-stats).
+    _timing: Option<std::os::fd::OwnedFd>,
 }
 
 impl Shared {
@@ -174,6 +176,16 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
             missing.join(", ")
         )));
     }
+    // Before anything is attached: a refusal is named, and nothing is left behind.
+    let timing = args
+        .probe_stats
+        .then(|| aya::sys::enable_stats(aya::sys::Stats::RunTime))
+        .transpose()
+        .map_err(|e| {
+            RunError::Input(format!(
+                "--probe-stats: the kernel refused to time BPF programs (it needs CAP_SYS_ADMIN): {e}"
+            ))
+        })?;
     let mirror = args
         .mirror
         .ports()
@@ -265,6 +277,7 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
         web: web.map(Arc::new),
         pins,
         cfg: args.verdict.config(),
+        _timing: timing,
     }))
 }
 
@@ -345,7 +358,9 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                     walk.metrics
                         .sweep_seconds
                         .set(started.elapsed().as_secs_f64());
-                    let result = probe.counters().map(|c| (ticked, c));
+                    let result = probe
+                        .counters()
+                        .and_then(|c| Ok((ticked, c, probe.run_stats()?)));
                     (sweeper, result)
                 })
                 .await;
@@ -354,7 +369,7 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                 };
                 sweeper = back;
                 match result {
-                    Ok((t, counters)) => {
+                    Ok((t, counters, runs)) => {
                         shared
                             .metrics
                             .impossible
@@ -374,6 +389,7 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                             pass = p;
                         }
                         shared.metrics.refresh(&counters, &pass.flows, pass.entries);
+                        shared.metrics.refresh_runs(&runs);
                         shared.metrics.evictions.inc_by(t.evictions);
                         shared
                             .metrics

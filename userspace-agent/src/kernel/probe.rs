@@ -17,6 +17,26 @@ use crate::kernel::flow_table::{ESTABLISHED_MAPS, FlowTable, PENDING_MAPS, Part}
 /// The probe object, built by build.rs.
 static PROBE_OBJECT: &[u8] = include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ackwatch-probe"));
 
+/// What the kernel counted of one loaded program (`Probe::run_stats`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunStats {
+    pub id: u32,
+    pub name: String,
+    pub runs: u64,
+    pub run_time: Duration,
+}
+
+impl RunStats {
+    /// The hook the program runs on, as `ackwatch_packets_total` names it.
+    pub fn hook(&self) -> &'static str {
+        if self.name.starts_with("ackwatch_tc") {
+            "tc"
+        } else {
+            "xdp"
+        }
+    }
+}
+
 /// Load-time settings of the probe.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -262,6 +282,36 @@ impl Probe {
             .iter()
             .filter_map(|name| self.ebpf.program(name)?.info().ok().map(|i| i.id()))
             .collect()
+    }
+
+    /// The kernel's run count and run time of every loaded program of this probe: the
+    /// programs that use its flow table, so after a restart with pins also those of the
+    /// run that attached them (still the ones running). Both stay 0 while the kernel
+    /// does not time BPF programs (`--probe-stats`, or `kernel.bpf_stats_enabled`).
+    pub fn run_stats(&self) -> Result<Vec<RunStats>, ProbeError> {
+        let table = array_data(&self.ebpf, "FLOWS")?
+            .info()
+            .map_err(|e| ProbeError::Map("FLOWS", e))?
+            .id();
+        let mut all = Vec::new();
+        for info in aya::programs::loaded_programs() {
+            // A program unloaded meanwhile, or one this process may not inspect.
+            let Ok(info) = info else { continue };
+            let ours = info
+                .map_ids()
+                .ok()
+                .flatten()
+                .is_some_and(|ids| ids.contains(&table));
+            if ours {
+                all.push(RunStats {
+                    id: info.id(),
+                    name: info.name_as_str().unwrap_or_default().to_string(),
+                    runs: info.run_count(),
+                    run_time: info.run_time(),
+                });
+            }
+        }
+        Ok(all)
     }
 
     /// Instructions the verifier processed for a program (loaded now if it is not yet).

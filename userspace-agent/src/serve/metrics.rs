@@ -10,6 +10,7 @@ use ebpf_probe::abi::{FlowKey, StallRecord, StallWhat, counter};
 use ebpf_probe::decap::ENCAP_NAMES;
 
 use crate::flows::{class_name, endpoint};
+use crate::kernel::probe::RunStats;
 
 pub const CLASSES: [&str; 3] = ["ctcp", "rfc9329", "tcp"];
 pub const STATES: [&str; 4] = ["active", "stalled", "recovered", "closed"];
@@ -53,6 +54,11 @@ pub struct Metrics {
     pub alerts_dropped: prometheus::IntCounter,
     /// Kernel counters at the last mirror, to add only what is new.
     last: std::sync::Mutex<Vec<u64>>,
+    /// Runs of the probe's programs and their time, by hook, as the kernel counts them.
+    probe_runs: IntCounterVec,
+    probe_run_seconds: prometheus::CounterVec,
+    /// Each program's runs and run time in ns at the last mirror, by program id.
+    last_runs: std::sync::Mutex<std::collections::HashMap<u32, (u64, u64)>>,
 }
 
 fn counter_vec(
@@ -264,6 +270,31 @@ impl Metrics {
                 "Alerts not queued for Alertmanager (queue full)",
             ),
             last: std::sync::Mutex::new(vec![0; counter::COUNT as usize]),
+            probe_runs: counter_vec(
+                &r,
+                "ackwatch_probe_runs_total",
+                "Runs of the probe's programs, as the kernel counts them: 0 unless it times \
+                 BPF programs (--probe-stats, or sysctl kernel.bpf_stats_enabled=1)",
+                "hook",
+                &["xdp", "tc"],
+            ),
+            probe_run_seconds: {
+                let c = prometheus::CounterVec::new(
+                    Opts::new(
+                        "ackwatch_probe_run_seconds_total",
+                        "Time spent in the probe's programs, as the kernel times them (with \
+                         its own clock reads): 0 unless it does (see ackwatch_probe_runs_total)",
+                    ),
+                    &["hook"],
+                )
+                .expect("metric");
+                for hook in ["xdp", "tc"] {
+                    c.with_label_values(&[hook]);
+                }
+                r.register(Box::new(c.clone())).expect("register");
+                c
+            },
+            last_runs: Default::default(),
             registry: r,
         }
     }
@@ -361,6 +392,27 @@ impl Metrics {
             }
         }
         self.entries.set(entries as i64);
+    }
+
+    /// Mirrors the kernel's run counts and times of the probe's programs. A program's
+    /// counts since the last mirror are added; a program loaded since then adds all of
+    /// its own (a new program starts at 0), and one gone adds nothing more.
+    pub fn refresh_runs(&self, stats: &[RunStats]) {
+        let mut last = self.last_runs.lock().unwrap();
+        let mut now = std::collections::HashMap::new();
+        for s in stats {
+            let ns = s.run_time.as_nanos() as u64;
+            let (runs, before_ns) = last.get(&s.id).copied().unwrap_or((0, 0));
+            let hook = [s.hook()];
+            self.probe_runs
+                .with_label_values(&hook)
+                .inc_by(s.runs.saturating_sub(runs));
+            self.probe_run_seconds
+                .with_label_values(&hook)
+                .inc_by(ns.saturating_sub(before_ns) as f64 / 1e9);
+            now.insert(s.id, (s.runs, ns));
+        }
+        *last = now;
     }
 
     pub fn render(&self) -> String {
