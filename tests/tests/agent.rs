@@ -69,6 +69,8 @@ fn stall_event_flows_api_and_metrics() {
         "ackwatch_stalls_total{class=\"ctcp\"} 1",
         "ackwatch_flows{class=\"ctcp\",state=\"stalled\"} 1",
         "ackwatch_flow_table_entries 1",
+        // Promoted out of the pending table when the server answered.
+        "ackwatch_pending_table_entries 0",
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }

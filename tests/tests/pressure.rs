@@ -83,7 +83,7 @@ fn metric(text: &str, name: &str) -> f64 {
 fn run(
     k: &mut Kernel,
     mut steps: Vec<Step>,
-    capacity: u32,
+    capacity: [u32; 2],
     end: u64,
 ) -> (Vec<StallRecord>, String) {
     steps.sort_by_key(|s| s.at_ns);
@@ -97,15 +97,25 @@ fn run(
             .unwrap();
         let (t, pass) = sweep(&k.probe, &cfg, IDLE_NS, now);
         records.extend(t.records);
-        metrics.refresh(&k.probe.counters().unwrap(), &pass.flows, pass.entries);
+        let fill = k.probe.table_fill();
+        metrics.refresh(&k.probe.counters().unwrap(), &pass.flows, fill);
         metrics.refresh_totals(&pass.live, &pass.evicted);
         metrics.evictions.inc_by(t.evictions);
         let idle = metrics.pending_evictions.with_label_values(&["idle"]);
         idle.inc_by(t.pending_evictions);
         assert!(
-            pass.entries <= capacity as usize,
-            "{} flows in a {capacity}-flow table",
-            pass.entries
+            pass.entries <= capacity[0] as usize,
+            "{} flows in a {}-flow table",
+            pass.entries,
+            capacity[0]
+        );
+        assert_eq!(
+            fill[0], pass.entries as u64,
+            "the probe's count of its flows"
+        );
+        assert!(
+            fill[1] <= capacity[1] as u64,
+            "{fill:?} pending, of {capacity:?}"
         );
     };
     for s in &steps {
@@ -142,7 +152,7 @@ fn a_full_table_still_reports_the_stall() {
         steps.extend(short_flow(c, 2 * SEC + i as u64 * 80 * SEC / 50_000));
     }
     let end = steps.iter().map(|s| s.at_ns).max().unwrap() + 3 * SEC;
-    let (records, metrics) = run(&mut k, steps, CAPACITY, end);
+    let (records, metrics) = run(&mut k, steps, [CAPACITY, 1_024], end);
     let started = started_for(&records, &key);
     assert_eq!(started.len(), 1, "the stall is reported once: {records:?}");
     let refused = metric(
@@ -169,6 +179,7 @@ fn a_full_table_still_reports_the_stall() {
     assert!(evicted >= 20_000.0, "closed flows are evicted: {evicted}");
     assert_eq!(capacity, CAPACITY as f64);
     assert!(entries <= capacity);
+    assert_eq!(metric(&metrics, "ackwatch_pending_table_capacity"), 1_024.0);
 }
 
 /// What a flood of packets from spoofed sources does to a table of `capacity` flows
@@ -201,7 +212,7 @@ fn flood_during_a_stall(
     steps.sort_by_key(|s| s.at_ns);
     let split = steps.iter().position(|s| s.at_ns >= flood_at).unwrap();
     let rest = steps.split_off(split);
-    let (mut records, _) = run(&mut k, steps, capacity, flood_at);
+    let (mut records, _) = run(&mut k, steps, [capacity, pending], flood_at);
     let before: Vec<_> = k
         .snapshot()
         .flows
@@ -209,7 +220,18 @@ fn flood_during_a_stall(
         .filter(|(k, _)| *k != key)
         .collect();
     let end = rest.last().unwrap().at_ns + 3 * SEC;
-    let (more, _) = run(&mut k, rest, capacity, end);
+    let (more, metrics) = run(&mut k, rest, [capacity, pending], end);
+    // The flood fills the pending table, which the operator sees.
+    let (entries, room) = (
+        metric(&metrics, "ackwatch_pending_table_entries"),
+        metric(&metrics, "ackwatch_pending_table_capacity"),
+    );
+    println!("pending table at the end: {entries} of {room}");
+    assert_eq!(room, pending as f64);
+    assert!(
+        entries >= 0.9 * room && entries <= room,
+        "{entries} of {room}"
+    );
     records.extend(more);
     let after = k.snapshot();
     assert_eq!(

@@ -159,7 +159,8 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
         .map(WebConfig::load)
         .transpose()
         .map_err(RunError::Input)?;
-    let metrics = Metrics::new(args.max_flows, args.max_stalled_series);
+    let max_pending = (args.max_flows / 4).max(1024);
+    let metrics = Metrics::new([args.max_flows, max_pending], args.max_stalled_series);
     let alerter = std::sync::OnceLock::new();
     if !args.alertmanager.urls.is_empty() {
         let (errors, dropped) = (
@@ -204,7 +205,7 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
     }
     let mut settings = Settings {
         max_flows: args.max_flows,
-        max_pending: (args.max_flows / 4).max(1024),
+        max_pending,
         verdict: args.verdict.config(),
         ctcp_ports: args.verdict.ctcp_ports.clone(),
         clock_from_map: false,
@@ -360,7 +361,7 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                         .set(started.elapsed().as_secs_f64());
                     let result = probe
                         .counters()
-                        .and_then(|c| Ok((ticked, c, probe.run_stats()?)));
+                        .and_then(|c| Ok((ticked, c, probe.run_stats()?, probe.table_fill())));
                     (sweeper, result)
                 })
                 .await;
@@ -369,7 +370,7 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                 };
                 sweeper = back;
                 match result {
-                    Ok((t, counters, runs)) => {
+                    Ok((t, counters, runs, fill)) => {
                         shared
                             .metrics
                             .impossible
@@ -388,7 +389,7 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                             shared.metrics.refresh_totals(&p.live, &p.evicted);
                             pass = p;
                         }
-                        shared.metrics.refresh(&counters, &pass.flows, pass.entries);
+                        shared.metrics.refresh(&counters, &pass.flows, fill);
                         shared.metrics.refresh_runs(&runs);
                         shared.metrics.evictions.inc_by(t.evictions);
                         shared

@@ -284,6 +284,12 @@ impl Probe {
             .collect()
     }
 
+    /// Entries of the flow table and of the pending table, as the probe counts them
+    /// (what decides a refusal), at this instant.
+    pub fn table_fill(&self) -> [u64; 2] {
+        [self.table().flows(), self.pending_table().flows()]
+    }
+
     /// The kernel's run count and run time of every loaded program of this probe: the
     /// programs that use its flow table, so after a restart with pins also those of the
     /// run that attached them (still the ones running). Both stay 0 while the kernel

@@ -31,7 +31,8 @@ pub struct Metrics {
     /// state, by where it was caught: never expected.
     pub impossible: IntCounterVec,
     flows: IntGaugeVec,
-    entries: IntGauge,
+    /// Entries of the flow table and of the pending table, as the probe counts them.
+    entries: [IntGauge; 2],
     stalled_info: IntGaugeVec,
     /// Segments, duplicate ACKs, retransmissions, lost segments, ACKed-unseen, by class.
     flow_totals: [IntCounterVec; 5],
@@ -83,7 +84,8 @@ fn plain_counter(r: &Registry, name: &str, help: &str) -> prometheus::IntCounter
 }
 
 impl Metrics {
-    pub fn new(capacity: u32, max_stalled_series: usize) -> Metrics {
+    /// `capacity`: of the flow table and of the pending table.
+    pub fn new(capacity: [u32; 2], max_stalled_series: usize) -> Metrics {
         let r = Registry::new();
         let build = IntGaugeVec::new(
             Opts::new("ackwatch_build_info", "ackwatch's version"),
@@ -92,12 +94,22 @@ impl Metrics {
         .unwrap();
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         r.register(Box::new(build)).unwrap();
-        let cap =
-            IntGauge::new("ackwatch_flow_table_capacity", "Capacity of the flow table").unwrap();
-        cap.set(capacity as i64);
-        r.register(Box::new(cap)).unwrap();
-        let entries = IntGauge::new("ackwatch_flow_table_entries", "Flows in the table").unwrap();
-        r.register(Box::new(entries.clone())).unwrap();
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).unwrap();
+            r.register(Box::new(g.clone())).unwrap();
+            g
+        };
+        let table = "Capacity of the flow table (established flows)";
+        gauge("ackwatch_flow_table_capacity", table).set(capacity[0] as i64);
+        let pending = "Capacity of the pending table (half-open and one-sided flows)";
+        gauge("ackwatch_pending_table_capacity", pending).set(capacity[1] as i64);
+        let entries = [
+            gauge("ackwatch_flow_table_entries", "Flows in the flow table"),
+            gauge(
+                "ackwatch_pending_table_entries",
+                "Half-open and one-sided flows in the pending table",
+            ),
+        ];
         let flows = IntGaugeVec::new(
             Opts::new("ackwatch_flows", "Flows by class and state"),
             &["class", "state"],
@@ -349,8 +361,9 @@ impl Metrics {
         }
     }
 
-    /// Mirrors the probe's counters (`abi::counter`) and the table's make-up.
-    pub fn refresh(&self, counters: &[u64], flows: &[[i64; 4]; 3], entries: usize) {
+    /// Mirrors the probe's counters (`abi::counter`), the table's make-up, and the
+    /// entries of the flow table and the pending table (`Probe::table_fill`).
+    pub fn refresh(&self, counters: &[u64], flows: &[[i64; 4]; 3], entries: [u64; 2]) {
         let mut last = self.last.lock().unwrap();
         let full_before = last[counter::TABLE_FULL as usize];
         let mut add = |i: u32, c: &prometheus::IntCounter| {
@@ -391,7 +404,9 @@ impl Metrics {
                     .set(flows[c][s]);
             }
         }
-        self.entries.set(entries as i64);
+        for (gauge, n) in self.entries.iter().zip(entries) {
+            gauge.set(n as i64);
+        }
     }
 
     /// Mirrors the kernel's run counts and times of the probe's programs. A program's
