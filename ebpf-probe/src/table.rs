@@ -349,11 +349,15 @@ pub fn find<S: Slots>(s: &mut S, key: &FlowKey, at: &Place) -> Option<u32> {
 }
 
 /// Where `find` found a key: the slot, and its lock word as it was before the key
-/// was compared (`lock_found` takes the lock from that value).
+/// was compared (`lock_found` takes the lock from that value). With the slot's and its
+/// bucket's memory, which `lock_found` then needs not look up again (in the kernel,
+/// two array lookups).
 #[derive(Clone, Copy, Debug)]
 pub struct Found {
     pub idx: u32,
     pub(crate) seen: u64,
+    pub(crate) slot: *mut Slot,
+    pub(crate) bucket: *mut Bucket,
 }
 
 /// As `find`, with the lock word seen.
@@ -378,7 +382,12 @@ fn find_other<S: Slots>(s: &mut S, key: &FlowKey, at: &Place, except: u32) -> Op
             let seen = atomic::load_acquire(unsafe { &raw mut (*slot).seq });
             // SAFETY: as above; its key only changes under its lock.
             if idx != except && same_key(unsafe { &(*slot).key }, key) {
-                return Some(Found { idx, seen });
+                return Some(Found {
+                    idx,
+                    seen,
+                    slot,
+                    bucket,
+                });
             }
         }
     }
@@ -433,9 +442,7 @@ pub fn lock_found<S: Slots>(
     key: &FlowKey,
     at: &Place,
 ) -> Result<(*mut Slot, Held), bool> {
-    let idx = found.idx;
-    let slot = s.slot(idx).ok_or(false)?;
-    let bucket = s.bucket(idx / WAYS).ok_or(false)?;
+    let (idx, slot, bucket) = (found.idx, found.slot, found.bucket);
     // SAFETY: a live slot.
     let seq = unsafe { &raw mut (*slot).seq };
     let (seen, value) = (found.seen, found.seen.wrapping_add(1));

@@ -987,6 +987,7 @@ mod pending_table {
 
         // Freed between the lookup and the lock.
         let found = table::lookup(&mut t, &k, &a).expect("found");
+        let earlier = found;
         let held = table::lock(lock_word(&mut t, i)).unwrap();
         table::free(&mut t, i);
         table::unlock(held);
@@ -997,7 +998,7 @@ mod pending_table {
         // The same, where the lookup read the tag before the free and the lock word
         // after it: the lock is free and unchanged since, the key still in the slot.
         let seen = unsafe { *lock_word(&mut t, i) };
-        let late = table::Found { idx: i, seen };
+        let late = table::Found { seen, ..earlier };
         assert!(matches!(
             table::lock_found(&mut t, late, &k, &a),
             Err(false)
