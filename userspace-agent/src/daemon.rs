@@ -49,10 +49,20 @@ pub struct Shared {
     pins: Pins,
     cfg: Config,
     /// Held while the kernel times BPF programs for us (--probe-stats).
-    _timing: Option<std::os::fd::OwnedFd>,
+    timing: Option<std::os::fd::OwnedFd>,
 }
 
 impl Shared {
+    /// The probe's programs' run counts and times, while the kernel times them (ours,
+    /// or `kernel.bpf_stats_enabled`); else None, without walking the host's programs.
+    fn run_stats(&self, probe: &Probe) -> Result<Option<Vec<probe::RunStats>>, ProbeError> {
+        let sysctl = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled");
+        if self.timing.is_none() && sysctl.is_ok_and(|v| v.trim() == "0") {
+            return Ok(None);
+        }
+        probe.run_stats().map(Some)
+    }
+
     /// After a restart: episodes already open in the pinned table were reported by the
     /// previous run. Remember them and fire their alerts again (Alertmanager merges
     /// them), but print and count nothing: no second stall_started. Candidates of the
@@ -278,7 +288,7 @@ pub fn start(args: &RunArgs) -> Result<Arc<Shared>, RunError> {
         web: web.map(Arc::new),
         pins,
         cfg: args.verdict.config(),
-        _timing: timing,
+        timing,
     }))
 }
 
@@ -361,7 +371,7 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                         .set(started.elapsed().as_secs_f64());
                     let result = probe
                         .counters()
-                        .and_then(|c| Ok((ticked, c, probe.run_stats()?, probe.table_fill())));
+                        .and_then(|c| Ok((ticked, c, walk.run_stats(&probe)?, probe.table_fill())));
                     (sweeper, result)
                 })
                 .await;
@@ -390,7 +400,9 @@ pub async fn serve(shared: Arc<Shared>, args: &RunArgs) -> Result<(), RunError> 
                             pass = p;
                         }
                         shared.metrics.refresh(&counters, &pass.flows, fill);
-                        shared.metrics.refresh_runs(&runs);
+                        if let Some(runs) = runs {
+                            shared.metrics.refresh_runs(&runs);
+                        }
                         shared.metrics.evictions.inc_by(t.evictions);
                         shared
                             .metrics

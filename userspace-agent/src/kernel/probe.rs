@@ -304,10 +304,13 @@ impl Probe {
             // A program unloaded meanwhile, or one this process may not inspect.
             let Ok(info) = info else { continue };
             let ours = info
-                .map_ids()
-                .ok()
-                .flatten()
-                .is_some_and(|ids| ids.contains(&table));
+                .name_as_str()
+                .is_some_and(|n| n.starts_with("ackwatch_"))
+                && info
+                    .map_ids()
+                    .ok()
+                    .flatten()
+                    .is_some_and(|ids| ids.contains(&table));
             if ours {
                 all.push(RunStats {
                     id: info.id(),
