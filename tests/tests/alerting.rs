@@ -127,10 +127,14 @@ fn two_replicas_notify_each_stall_once_and_the_survivor_carries_on() {
         &[am_a.cluster.as_deref().unwrap()],
         &config,
     );
-    assert!(
-        wait_for_cluster(&lab_a.headend, &am_a.web, 2, Duration::from_secs(15)),
-        "the replicas did not form a cluster"
-    );
+    // Each replica must see the other: one that sees only itself takes the first
+    // position, and notifies at once beside the other.
+    for (ns, web) in [(&lab_a.headend, &am_a.web), (&lab_b.headend, &am_b.web)] {
+        assert!(
+            wait_for_cluster(ns, web, 2, Duration::from_secs(15)),
+            "the replicas did not form a cluster (seen from {web})"
+        );
+    }
     let urls = format!("http://{},http://{}", am_a.web, am_b.web);
     let start = |lab: &ackwatch_tests::lab::Lab| {
         Agent::on_headend(lab, &["--alert-after", "1s", "--alertmanager-url", &urls])
