@@ -138,10 +138,11 @@ fn entry<S: Store>(
         Some(found) => match table::lock_found(store.pending(), found, &pkt.key, &pending_at) {
             Ok((slot, held)) => (found.idx, slot, held),
             Err(true) => return Err(counter::FLOW_BUSY),
-            // Moved to the established table while we waited (or evicted: counted as
-            // a map error, as an entry that moved and is not found).
+            // Moved to the established table while we waited; or evicted meanwhile
+            // (its place given to a new flow, or idle): the entry was busy, as when two
+            // CPUs insert one flow at once.
             Err(false) => {
-                return established(store, pkt, &at)?.ok_or(counter::MAP_ERROR);
+                return established(store, pkt, &at)?.ok_or(counter::FLOW_BUSY);
             }
         },
         None if !may_create => return Err(counter::OUT_OF_SCOPE),

@@ -867,7 +867,10 @@ fn two_cpus_new_flows_never_twice() {
     );
     assert_eq!(c(counter::PACKETS_XDP), 2 * FLOWS as u64);
     assert_eq!(c(counter::PACKETS_TC), 2 * FLOWS as u64);
-    let untracked = c(counter::FLOW_BUSY) + c(counter::MAP_ERROR);
+    // The maps never fail: an entry that moved or went while a packet waited for its
+    // lock is busy, not a map error.
+    assert_eq!(c(counter::MAP_ERROR), 0, "map_error counted");
+    let untracked = c(counter::FLOW_BUSY);
     assert_eq!(
         c(counter::TRACKED) + untracked,
         4 * FLOWS as u64,
