@@ -138,9 +138,9 @@ fn entry<S: Store>(
         Some(found) => match table::lock_found(store.pending(), found, &pkt.key, &pending_at) {
             Ok((slot, held)) => (found.idx, slot, held),
             Err(true) => return Err(counter::FLOW_BUSY),
-            // Moved to the established table while we waited; or evicted meanwhile
-            // (its place given to a new flow, or idle): the entry was busy, as when two
-            // CPUs insert one flow at once.
+            // Moved to the established table while we waited; or gone meanwhile (a
+            // duplicate that the CPU which inserted it at the same instant gave up, or
+            // an entry evicted for a new flow, or idle): the entry was busy.
             Err(false) => {
                 return established(store, pkt, &at)?.ok_or(counter::FLOW_BUSY);
             }

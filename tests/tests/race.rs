@@ -877,8 +877,10 @@ fn two_cpus_new_flows_never_twice() {
         "every packet tracked, or counted busy (two inserts at once, a lock held)"
     );
     assert_eq!(c(counter::TABLE_FULL), 0);
-    // Both sides seen: nearly every flow was promoted.
-    assert!(snap.flows.len() as u64 >= FLOWS as u64 - untracked);
+    // Both sides seen: every flow was promoted but those whose packets passed busy.
+    // When the two CPUs run in step, a flow may lose more than one packet, and the
+    // busy packets outnumber the flows (20,322 of 20,000 once).
+    assert!(snap.flows.len() as u64 >= (FLOWS as u64).saturating_sub(untracked));
 }
 
 /// The occupancy bitmap while the agent clears it: the probe on CPU 0 inserts new flows
