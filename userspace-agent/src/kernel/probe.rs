@@ -303,18 +303,19 @@ impl Probe {
         for info in aya::programs::loaded_programs() {
             // A program unloaded meanwhile, or one this process may not inspect.
             let Ok(info) = info else { continue };
+            // Named as ours first: listing a program's maps is a second syscall.
+            let Some(name) = info.name_as_str().filter(|n| n.starts_with("ackwatch_")) else {
+                continue;
+            };
             let ours = info
-                .name_as_str()
-                .is_some_and(|n| n.starts_with("ackwatch_"))
-                && info
-                    .map_ids()
-                    .ok()
-                    .flatten()
-                    .is_some_and(|ids| ids.contains(&table));
+                .map_ids()
+                .ok()
+                .flatten()
+                .is_some_and(|ids| ids.contains(&table));
             if ours {
                 all.push(RunStats {
                     id: info.id(),
-                    name: info.name_as_str().unwrap_or_default().to_string(),
+                    name: name.to_string(),
                     runs: info.run_count(),
                     run_time: info.run_time(),
                 });

@@ -62,14 +62,17 @@ pub struct Metrics {
     last_runs: std::sync::Mutex<std::collections::HashMap<u32, (u64, u64)>>,
 }
 
-fn counter_vec(
+/// A counter of integers (`IntCounterVec`) or of floats (`CounterVec`), registered,
+/// with a series at 0 for each of `values`.
+fn counter_vec<P: prometheus::core::Atomic + 'static>(
     r: &Registry,
     name: &str,
     help: &str,
     label: &str,
     values: &[&str],
-) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("metric");
+) -> prometheus::core::GenericCounterVec<P> {
+    let c =
+        prometheus::core::GenericCounterVec::new(Opts::new(name, help), &[label]).expect("metric");
     for v in values {
         c.with_label_values(&[v]); // start at 0 for every known value
     }
@@ -290,22 +293,14 @@ impl Metrics {
                 "hook",
                 &["xdp", "tc"],
             ),
-            probe_run_seconds: {
-                let c = prometheus::CounterVec::new(
-                    Opts::new(
-                        "ackwatch_probe_run_seconds_total",
-                        "Time spent in the probe's programs, as the kernel times them (with \
-                         its own clock reads): 0 unless it does (see ackwatch_probe_runs_total)",
-                    ),
-                    &["hook"],
-                )
-                .expect("metric");
-                for hook in ["xdp", "tc"] {
-                    c.with_label_values(&[hook]);
-                }
-                r.register(Box::new(c.clone())).expect("register");
-                c
-            },
+            probe_run_seconds: counter_vec(
+                &r,
+                "ackwatch_probe_run_seconds_total",
+                "Time spent in the probe's programs, as the kernel times them (with its own \
+                 clock reads): 0 unless it does (see ackwatch_probe_runs_total)",
+                "hook",
+                &["xdp", "tc"],
+            ),
             last_runs: Default::default(),
             registry: r,
         }
