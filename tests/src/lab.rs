@@ -185,6 +185,18 @@ impl Lab {
             &format!("tcp sport {lo}-{hi} tcp flags rst drop"),
         );
     }
+
+    /// Drops every TCP packet the client and the headend send from now on, at their
+    /// output hooks, before any probe or capture on the path: a capture then ends with
+    /// what the probe saw. Under loss a kernel goes on retransmitting after the traffic
+    /// ended, with growing gaps: in 1 of 3 runs of the loss test, a FIN and two ACKs
+    /// came while tcpdump was being stopped, where one can be counted by the probe and
+    /// not written by tcpdump (one CI run: 74 of 75 packets).
+    pub fn seal(&self) {
+        for ns in [&self.client, &self.headend] {
+            self.nft_rule(ns, "ackwatch_seal", "output", "meta l4proto tcp drop");
+        }
+    }
 }
 
 impl Drop for Lab {

@@ -126,6 +126,7 @@ fn downstream_stall(placement: Placement, client: SocketAddr, server: SocketAddr
     };
     let dump = Tcpdump::start(ns, dev, scratch.join("dump.pcap"));
     ctcp_stall(&lab, client, server, Duration::from_millis(1600), None);
+    lab.seal();
     let capture = dump.finish();
     let records = records_for(&mut probe, Duration::from_millis(100));
     let delay = check_stall(&records, client, LossSide::Downstream);
@@ -207,6 +208,7 @@ fn ctcp_loss_upstream_of_the_probe() {
             Duration::from_millis(1600),
             None,
         );
+        lab.seal();
         let capture = dump.finish();
         let records = records_for(&mut probe, Duration::from_millis(100));
         let delay = check_stall(&records, client, LossSide::Upstream);
@@ -298,6 +300,9 @@ fn real_tcp_under_loss(
     let scratch = Scratch::new("live-loss");
     let capture = dump.then(|| Tcpdump::start(&lab.headend, "h0", scratch.join("h0.pcap")));
     real_tcp_uploads(&lab, server, flows, Amount::Bytes(2_000_000));
+    if capture.is_some() {
+        lab.seal();
+    }
     let capture = capture.map(|c| (scratch, c.finish()));
     assert_eq!(
         headend.stop(),
