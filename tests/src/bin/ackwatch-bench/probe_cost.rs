@@ -97,7 +97,7 @@ pub fn pin_to_cpu0() {
 }
 
 /// Writes `n` flows, then as many more as fit if `fill` (until the table refuses).
-fn prefill(probe: &mut Probe, n: u32, fill: bool) {
+pub fn prefill(probe: &mut Probe, n: u32, fill: bool) {
     let flow = prefill::flow(1);
     let mut i = 0;
     while i < n || fill {
