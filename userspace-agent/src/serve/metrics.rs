@@ -14,6 +14,8 @@ use crate::kernel::probe::RunStats;
 
 pub const CLASSES: [&str; 3] = ["ctcp", "rfc9329", "tcp"];
 pub const STATES: [&str; 4] = ["active", "stalled", "recovered", "closed"];
+/// The `hook` label's values: the probe's ingress (XDP) and egress (TC) programs.
+const HOOKS: [&str; 2] = ["xdp", "tc"];
 
 pub struct Metrics {
     registry: Registry,
@@ -183,7 +185,7 @@ impl Metrics {
                 "ackwatch_packets_total",
                 "Packets seen by the probe",
                 "hook",
-                &["xdp", "tc"],
+                &HOOKS,
             ),
             untracked: counter_vec(
                 &r,
@@ -291,7 +293,7 @@ impl Metrics {
                 "Runs of the probe's programs, as the kernel counts them: 0 unless it times \
                  BPF programs (--probe-stats, or sysctl kernel.bpf_stats_enabled=1)",
                 "hook",
-                &["xdp", "tc"],
+                &HOOKS,
             ),
             probe_run_seconds: counter_vec(
                 &r,
@@ -299,7 +301,7 @@ impl Metrics {
                 "Time spent in the probe's programs, as the kernel times them (with its own \
                  clock reads): 0 unless it does (see ackwatch_probe_runs_total)",
                 "hook",
-                &["xdp", "tc"],
+                &HOOKS,
             ),
             last_runs: Default::default(),
             registry: r,
