@@ -300,10 +300,10 @@ fn real_tcp_under_loss(
     let scratch = Scratch::new("live-loss");
     let capture = dump.then(|| Tcpdump::start(&lab.headend, "h0", scratch.join("h0.pcap")));
     real_tcp_uploads(&lab, server, flows, Amount::Bytes(2_000_000));
-    if capture.is_some() {
+    let capture = capture.map(|c| {
         lab.seal();
-    }
-    let capture = capture.map(|c| (scratch, c.finish()));
+        (scratch, c.finish())
+    });
     assert_eq!(
         headend.stop(),
         flows as u64 * 2_000_000,
