@@ -6,7 +6,7 @@ use aya_ebpf::bindings::{TC_ACT_UNSPEC, xdp_action};
 use aya_ebpf::cty::c_void;
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_ns, bpf_loop, bpf_skb_load_bytes};
 use aya_ebpf::macros::{classifier, map, xdp};
-use aya_ebpf::maps::{Array, PerCpuArray, RingBuf};
+use aya_ebpf::maps::{Array, PerCpuArray, ProgramArray, RingBuf};
 use aya_ebpf::programs::{TcContext, XdpContext};
 use aya_log_ebpf::info;
 use ebpf_probe::abi::{
@@ -625,6 +625,36 @@ pub fn ackwatch_xdp_mirror(ctx: XdpContext) -> u32 {
 /// Does nothing: the baseline the benchmarks subtract (never attached).
 #[xdp]
 pub fn ackwatch_pass(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// Where `ackwatch_walk` goes on: `ackwatch_xdp` or `ackwatch_pass`.
+#[map]
+static WALK_TO: ProgramArray = ProgramArray::with_max_entries(1, 0);
+/// What `ackwatch_walk` adds where: `[offset, step]`.
+#[map]
+static WALK: Array<[u32; 2]> = Array::with_max_entries(1, 0);
+
+/// Adds `step` to the big-endian word at `offset` of the frame, then goes on to the
+/// probe or the baseline (benchmarks only, never attached). A test run repeats one
+/// frame and keeps what a run wrote to it, so repeated runs of this program see
+/// consecutive segments of a flow, or a new flow each (a step of the sequence number,
+/// or of the source address), as the probe does on a link: warm, unlike single runs.
+#[xdp]
+pub fn ackwatch_walk(ctx: XdpContext) -> u32 {
+    if let Some(w) = WALK.get(0) {
+        let at = ctx.data() + (w[0] & 0xff) as usize;
+        if at + 4 <= ctx.data_end() {
+            let word = at as *mut u32;
+            // SAFETY: four bytes inside the frame (checked above).
+            unsafe {
+                let v = u32::from_be(word.read_unaligned()).wrapping_add(w[1]);
+                word.write_unaligned(v.to_be());
+            }
+        }
+        // SAFETY: a tail call with this program's own context.
+        unsafe { WALK_TO.tail_call(&ctx, 0) };
+    }
     xdp_action::XDP_PASS
 }
 

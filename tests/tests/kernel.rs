@@ -271,3 +271,57 @@ fn out_of_order_window_on_the_kernel_clocks() {
         );
     }
 }
+
+/// The benchmarks' `ackwatch_walk` feeds what they say they measure: from one frame,
+/// consecutive segments of a flow (each run a new in-order segment: none taken for a
+/// retransmission), or a new flow each run.
+#[test]
+fn walk_feeds_consecutive_segments_and_new_flows() {
+    use ackwatch_tests::frames::{TH_ACK, tcp_frame};
+    use ackwatch_tests::harness::Hook;
+    use ebpf_probe::abi::event;
+    use ebpf_probe::parse::LinkKind;
+    let mut k = Kernel::load_with_kernel_clock(Settings::default());
+    let client: std::net::SocketAddr = "192.0.2.10:40001".parse().unwrap();
+    let server: std::net::SocketAddr = "198.51.100.1:10000".parse().unwrap();
+    let (len, runs) = (100u32, 1000u32);
+    let xdp = Hook::Xdp(LinkKind::Ethernet);
+    k.feed(
+        xdp,
+        &tcp_frame(client, server, 1, 1, TH_ACK, len as usize),
+        0,
+    );
+    k.feed(xdp, &tcp_frame(server, client, 1, 1 + len, TH_ACK, 0), 0);
+    // Ethernet, a 20-byte IPv4 header, then the sequence number at byte 4 of TCP.
+    let segment = tcp_frame(client, server, 1, 1, TH_ACK, len as usize);
+    let seq_at = 14 + 20 + 4;
+    k.probe
+        .xdp_walk_time("ackwatch_xdp", &segment, [seq_at, len], runs)
+        .expect("walk the flow");
+    let flows = k.probe.flows().expect("read FLOWS");
+    assert_eq!(flows.len(), 1);
+    let flow = &flows[0].1;
+    let half = &flow.half[flow.client as usize];
+    assert_eq!(
+        half.nextseq,
+        1 + (runs + 1) * len,
+        "every run one segment on"
+    );
+    for e in [
+        event::RETRANSMISSION,
+        event::OUT_OF_ORDER,
+        event::NOT_ADVANCED,
+    ] {
+        assert_eq!(half.events[e], 0, "event {e}: in-order segments only");
+    }
+    let pending = k.probe.table_fill()[1];
+    let src_at = 14 + 12;
+    k.probe
+        .xdp_walk_time("ackwatch_xdp", &segment, [src_at, 1], runs)
+        .expect("walk the sources");
+    assert_eq!(
+        k.probe.table_fill()[1],
+        pending + runs as u64,
+        "a new (one-sided) flow every run"
+    );
+}

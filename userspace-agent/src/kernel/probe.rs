@@ -276,6 +276,32 @@ impl Probe {
             .map_err(|e| ProbeError::Program(name, e))
     }
 
+    /// As `xdp_run_time` for program `to`, but each run sees the frame as the run before
+    /// left it plus `step` in the big-endian word at byte `offset` (`ackwatch_walk`):
+    /// consecutive segments of one flow, or a new flow each run, with warm caches.
+    pub fn xdp_walk_time(
+        &mut self,
+        to: &'static str,
+        frame: &[u8],
+        [offset, step]: [u32; 2],
+        repeat: u32,
+    ) -> Result<std::time::Duration, ProbeError> {
+        use aya::maps::ProgramArray;
+        self.load_program(to)?;
+        let fd = program::<Xdp>(&mut self.ebpf, to)?
+            .fd()
+            .and_then(|fd| fd.try_clone().map_err(Into::into))
+            .map_err(|e| ProbeError::Program(to, e))?;
+        let mut walk_to: ProgramArray<&mut MapData> = map_mut(&mut self.ebpf, "WALK_TO")?;
+        walk_to
+            .set(0, &fd, 0)
+            .map_err(|e| ProbeError::Map("WALK_TO", e))?;
+        let mut walk: Array<&mut MapData, [u32; 2]> = map_mut(&mut self.ebpf, "WALK")?;
+        walk.set(0, [offset, step], 0)
+            .map_err(|e| ProbeError::Map("WALK", e))?;
+        self.xdp_run_time("ackwatch_walk", frame, repeat)
+    }
+
     /// Kernel ids of the loaded programs.
     pub fn program_ids(&self) -> Vec<u32> {
         PROGRAMS
