@@ -273,6 +273,22 @@ mod atomic {
         // SAFETY: see the module comment.
         unsafe { atomic_xadd::<u64, u64, { SeqCst }>(p, v) };
     }
+    /// As `fetch_add`, returning the previous value: BPF_ATOMIC | BPF_ADD | BPF_FETCH
+    /// (kernel 5.12), written out because LLVM selects it only for cpu v3.
+    #[inline(always)]
+    pub fn fetch_add_prev(p: *mut u64, v: u64) -> u64 {
+        let mut v = v;
+        // SAFETY: see the module comment.
+        unsafe {
+            core::arch::asm!(
+                "{0} = atomic_fetch_add((u64 *)({1} + 0), {0})",
+                inout(reg) v,
+                in(reg) p,
+                options(nostack),
+            )
+        };
+        v
+    }
     /// BPF_ATOMIC | BPF_OR. LLVM emits it with BPF_FETCH before cpu v3 even when the
     /// previous value goes unused (the x86 JIT then makes it a `lock cmpxchg` loop).
     #[inline(always)]
@@ -312,6 +328,10 @@ mod atomic {
     #[inline(always)]
     pub fn fetch_add(p: *mut u64, v: u64) {
         at(p).fetch_add(v, Ordering::AcqRel);
+    }
+    #[inline(always)]
+    pub fn fetch_add_prev(p: *mut u64, v: u64) -> u64 {
+        at(p).fetch_add(v, Ordering::AcqRel)
     }
     #[inline(always)]
     pub fn or(p: *mut u64, v: u64) {
@@ -485,20 +505,22 @@ pub fn claim<S: Slots>(s: &mut S, key: &FlowKey, at: &Place) -> Option<(u32, *mu
     claimed
 }
 
-/// Adds one to `flows` if it is below `capacity`. Compare-and-swap, not fetch-and-add:
-/// BPF before cpu v3 cannot use the value an atomic add returns. Tries a few times
-/// (other CPUs inserting at the same instant), then refuses like a full table.
+/// Adds one to `flows` if it is below `capacity`: one atomic add, which always
+/// succeeds, however many CPUs insert at once (a compare-and-swap fails when another
+/// CPU's insert comes in between, and a bounded retry then refused flows, or evicted
+/// them, with room to spare: 7% of the inserts on two CPUs with one try). An add that
+/// went past the capacity is taken back: until then another CPU's add there may be
+/// refused too, only ever within a few flows of a full table. A full table is seen
+/// by a load first, so a flood against it does not write the shared line.
 #[inline(always)]
 fn count_in(flows: *mut u64, capacity: u64) -> bool {
-    for _ in 0..4 {
-        let n = atomic::load(flows);
-        if n >= capacity {
-            return false;
-        }
-        if atomic::cas(flows, n, n + 1) {
-            return true;
-        }
+    if atomic::load(flows) >= capacity {
+        return false;
     }
+    if atomic::fetch_add_prev(flows, 1) < capacity {
+        return true;
+    }
+    atomic::fetch_add(flows, u64::MAX);
     false
 }
 

@@ -146,6 +146,17 @@ impl Kernel {
         }
     }
 
+    /// A handle of `ackwatch_walk` going on to the XDP program for Ethernet links
+    /// (`Probe::xdp_walk`), for runs from several threads.
+    pub fn walk_runner(&mut self, step: [u32; 2]) -> Runner {
+        let fail = |e: &dyn std::fmt::Display| -> ! { panic!("a handle of the walk: {e}") };
+        let to = ackwatch::kernel::probe::xdp_program(LinkKind::Ethernet);
+        let prog = self.probe.xdp_walk(to, step).unwrap_or_else(|e| fail(&e));
+        let info = prog.info().unwrap_or_else(|e| fail(&e));
+        let prog = Xdp::from_program_info(info, "walk".into(), XdpAttachType::Interface);
+        Runner::Xdp(prog.unwrap_or_else(|e| fail(&e)))
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let mut flows = self.probe.flows().expect("read FLOWS");
         let mut pending = self.probe.pending().expect("read PENDING");

@@ -990,3 +990,52 @@ fn two_cpus_occupancy_bits_cleared_under_inserts() {
         assert_walk_finds_every_flow(table, what);
     }
 }
+
+/// New flows on two CPUs at once, back to back (`ackwatch_walk`: a new source address
+/// every run): both count their inserts in the pending table's one count of flows. A
+/// table with room for all of them refuses none, evicts none, and counts every one.
+#[test]
+fn two_cpus_inserting_at_once_never_see_a_full_table() {
+    const RUNS: u32 = 200_000;
+    let (mut kernel, _, _) = tables_and_runners(65_536, 2 * RUNS + 1024);
+    let walk = kernel.walk_runner([14 + 12, 1]);
+    let server: SocketAddr = "10.1.0.1:10000".parse().unwrap();
+    let first = |net: u8| {
+        let tcp = Tcp {
+            seq: 1000,
+            ack: 2000,
+            flags: TH_ACK | TH_PSH,
+            window: 500,
+            payload: vec![7; 100],
+            ..Default::default()
+        };
+        frame(one_of_many(net, 0), server, &tcp, &L2::Ethernet)
+    };
+    // Sources 10.2.0.0 and 10.100.0.0 on: two ranges of RUNS addresses apart.
+    let frames = [first(2), first(100)];
+    let t = Instant::now();
+    std::thread::scope(|s| {
+        for (cpu, f) in frames.iter().enumerate() {
+            let walk = &walk;
+            s.spawn(move || {
+                pin_to(cpu);
+                assert_eq!(walk.run(f, RUNS), Ok(XDP_PASS));
+            });
+        }
+    });
+    let per_flow = t.elapsed().as_nanos() as f64 / RUNS as f64;
+    let snap = kernel.snapshot();
+    let c = |i: u32| snap.counters[i as usize];
+    println!(
+        "{:.0} ns a flow per CPU; {} pending; {} table_full, {} pending evictions, {} flow_busy",
+        per_flow,
+        snap.pending.len(),
+        c(counter::TABLE_FULL),
+        c(counter::PENDING_EVICTIONS),
+        c(counter::FLOW_BUSY)
+    );
+    assert_eq!(c(counter::TABLE_FULL), 0, "refused with room");
+    assert_eq!(c(counter::PENDING_EVICTIONS), 0, "evicted with room");
+    assert_eq!(snap.pending.len() as u32, 2 * RUNS);
+    assert_eq!(kernel.probe.pending_table().flows(), 2 * RUNS as u64);
+}

@@ -140,6 +140,7 @@ pub const MIRROR_PROGRAM: &str = "ackwatch_xdp_mirror";
 
 /// Run once at load, never attached: reads jiffies and the precise clock together.
 const CLOCK_PROGRAM: &str = "ackwatch_clock";
+const WALK_PROGRAM: &str = "ackwatch_walk";
 
 pub const PROGRAMS: [&str; 5] = [
     "ackwatch_xdp",
@@ -277,15 +278,23 @@ impl Probe {
     }
 
     /// As `xdp_run_time` for program `to`, but each run sees the frame as the run before
-    /// left it plus `step` in the big-endian word at byte `offset` (`ackwatch_walk`):
-    /// consecutive segments of one flow, or a new flow each run, with warm caches.
+    /// left it plus `step` in the big-endian word at byte `offset` (`xdp_walk`).
     pub fn xdp_walk_time(
         &mut self,
         to: &'static str,
         frame: &[u8],
-        [offset, step]: [u32; 2],
+        step: [u32; 2],
         repeat: u32,
     ) -> Result<std::time::Duration, ProbeError> {
+        self.xdp_walk(to, step)?;
+        self.xdp_run_time(WALK_PROGRAM, frame, repeat)
+    }
+
+    /// `ackwatch_walk`, set to add `step` (`[offset, step]`) to the big-endian word at
+    /// byte `offset` of its frame before each run, then go on to XDP program `to`: its
+    /// repeated test runs are consecutive segments of one flow, or a new flow each, with
+    /// warm caches (benchmarks and tests only).
+    pub fn xdp_walk(&mut self, to: &'static str, step: [u32; 2]) -> Result<&mut Xdp, ProbeError> {
         use aya::maps::ProgramArray;
         self.load_program(to)?;
         let fd = program::<Xdp>(&mut self.ebpf, to)?
@@ -297,9 +306,10 @@ impl Probe {
             .set(0, &fd, 0)
             .map_err(|e| ProbeError::Map("WALK_TO", e))?;
         let mut walk: Array<&mut MapData, [u32; 2]> = map_mut(&mut self.ebpf, "WALK")?;
-        walk.set(0, [offset, step], 0)
+        walk.set(0, step, 0)
             .map_err(|e| ProbeError::Map("WALK", e))?;
-        self.xdp_run_time("ackwatch_walk", frame, repeat)
+        self.load_program(WALK_PROGRAM)?;
+        program(&mut self.ebpf, WALK_PROGRAM)
     }
 
     /// Kernel ids of the loaded programs.
