@@ -790,3 +790,43 @@ unsafe fn consistent(slot: *const Slot, copy: impl Fn(*const Slot) -> Slot) -> O
     }
     None
 }
+
+#[cfg(test)]
+mod count_tests {
+    use super::{atomic, count_in};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Four threads take and give back places in a table of two, all at its capacity
+    /// at once, so that adds past it (taken back) happen all the time: never more
+    /// holders than places, every add taken back, and a place free for each thread in
+    /// turn (no count lost upwards, which would leave the table full for good).
+    #[test]
+    fn counting_in_at_the_capacity_never_holds_more_and_loses_nothing() {
+        const CAPACITY: u64 = 2;
+        let mut flows = 0u64;
+        let flows = &raw mut flows as usize;
+        let (holders, most, taken) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..4 {
+                s.spawn(|| {
+                    for _ in 0..200_000 {
+                        if !count_in(flows as *mut u64, CAPACITY) {
+                            continue;
+                        }
+                        let now = holders.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        taken.fetch_add(1, Ordering::Relaxed);
+                        holders.fetch_sub(1, Ordering::SeqCst);
+                        atomic::fetch_add(flows as *mut u64, u64::MAX);
+                    }
+                });
+            }
+        });
+        assert!(
+            most.load(Ordering::SeqCst) <= CAPACITY,
+            "more holders than places"
+        );
+        assert_eq!(atomic::load(flows as *mut u64), 0, "every place given back");
+        assert!(taken.load(Ordering::Relaxed) > 200_000, "places were taken");
+    }
+}

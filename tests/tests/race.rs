@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use ackwatch::kernel::probe::Settings;
 use ackwatch_tests::frames::{L2, TH_ACK, TH_FIN, TH_PSH, Tcp, ctcp_payload, frame};
-use ackwatch_tests::harness::{Hook, Host, Kernel, Runner};
+use ackwatch_tests::harness::{Hook, Host, Kernel, Runner, Snapshot};
 use ackwatch_tests::invariants::{describe, record_faults, what};
 use ebpf_probe::abi::{Flow, StallRecord, StallWhat, counter, half_flag};
 use ebpf_probe::host::Records;
@@ -991,13 +991,11 @@ fn two_cpus_occupancy_bits_cleared_under_inserts() {
     }
 }
 
-/// New flows on two CPUs at once, back to back (`ackwatch_walk`: a new source address
-/// every run): both count their inserts in the pending table's one count of flows. A
-/// table with room for all of them refuses none, evicts none, and counts every one.
-#[test]
-fn two_cpus_inserting_at_once_never_see_a_full_table() {
-    const RUNS: u32 = 200_000;
-    let (mut kernel, _, _) = tables_and_runners(65_536, 2 * RUNS + 1024);
+/// `runs` new flows from each of two pinned CPUs, back to back (`ackwatch_walk`: a new
+/// source address every run), into a pending table of `capacity` flows; the tables
+/// afterwards, and the ns a flow took each CPU.
+fn two_cpus_inserting(runs: u32, capacity: u32) -> (Kernel, Snapshot, f64) {
+    let (mut kernel, _, _) = tables_and_runners(65_536, capacity);
     let walk = kernel.walk_runner([14 + 12, 1]);
     let server: SocketAddr = "10.1.0.1:10000".parse().unwrap();
     let first = |net: u8| {
@@ -1011,7 +1009,8 @@ fn two_cpus_inserting_at_once_never_see_a_full_table() {
         };
         frame(one_of_many(net, 0), server, &tcp, &L2::Ethernet)
     };
-    // Sources 10.2.0.0 and 10.100.0.0 on: two ranges of RUNS addresses apart.
+    // Sources 10.2.0.0 and 10.100.0.0 on: two ranges of up to 6M addresses apart.
+    assert!(runs < 6_000_000);
     let frames = [first(2), first(100)];
     let t = Instant::now();
     std::thread::scope(|s| {
@@ -1019,23 +1018,53 @@ fn two_cpus_inserting_at_once_never_see_a_full_table() {
             let walk = &walk;
             s.spawn(move || {
                 pin_to(cpu);
-                assert_eq!(walk.run(f, RUNS), Ok(XDP_PASS));
+                assert_eq!(walk.run(f, runs), Ok(XDP_PASS));
             });
         }
     });
-    let per_flow = t.elapsed().as_nanos() as f64 / RUNS as f64;
+    let per_flow = t.elapsed().as_nanos() as f64 / runs as f64;
     let snap = kernel.snapshot();
     let c = |i: u32| snap.counters[i as usize];
     println!(
-        "{:.0} ns a flow per CPU; {} pending; {} table_full, {} pending evictions, {} flow_busy",
-        per_flow,
+        "{per_flow:.0} ns a flow per CPU; {} pending; {} table_full, {} pending evictions, {} flow_busy",
         snap.pending.len(),
         c(counter::TABLE_FULL),
         c(counter::PENDING_EVICTIONS),
         c(counter::FLOW_BUSY)
     );
+    (kernel, snap, per_flow)
+}
+
+/// New flows on two CPUs at once, both counting their inserts in the pending table's
+/// one count of flows. A table with room for all of them refuses none, evicts none,
+/// and counts every one.
+#[test]
+fn two_cpus_inserting_at_once_never_see_a_full_table() {
+    const RUNS: u32 = 200_000;
+    let (kernel, snap, _) = two_cpus_inserting(RUNS, 2 * RUNS + 1024);
+    let c = |i: u32| snap.counters[i as usize];
     assert_eq!(c(counter::TABLE_FULL), 0, "refused with room");
     assert_eq!(c(counter::PENDING_EVICTIONS), 0, "evicted with room");
     assert_eq!(snap.pending.len() as u32, 2 * RUNS);
     assert_eq!(kernel.probe.pending_table().flows(), 2 * RUNS as u64);
+}
+
+/// The same into a table that fills at once: the two CPUs race at its capacity, where
+/// an add past it is taken back, then evict for every new flow. Its count stays the
+/// flows it holds, and it holds its capacity, not one more.
+#[test]
+fn two_cpus_inserting_into_a_full_table_keep_its_count_exact() {
+    const RUNS: u32 = 100_000;
+    const CAPACITY: u32 = 4_096;
+    let (kernel, snap, _) = two_cpus_inserting(RUNS, CAPACITY);
+    let c = |i: u32| snap.counters[i as usize];
+    assert_eq!(snap.pending.len() as u32, CAPACITY, "a full table");
+    assert_eq!(kernel.probe.pending_table().flows(), CAPACITY as u64);
+    assert_eq!(c(counter::PENDING_INSERTS), 2 * RUNS as u64);
+    // Nothing frees a slot here (one-sided flows, no sweep): every flow past the
+    // capacity took an older one's place, or was refused, or found its victim busy.
+    assert_eq!(
+        c(counter::PENDING_EVICTIONS) + c(counter::TABLE_FULL) + c(counter::FLOW_BUSY),
+        (2 * RUNS - CAPACITY) as u64
+    );
 }
