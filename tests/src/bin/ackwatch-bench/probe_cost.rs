@@ -180,9 +180,8 @@ fn new_flows(flags: u8, third_octet: u8) -> Vec<Vec<u8>> {
 /// Consecutive new segments of one flow from `client` (opened with a handshake of
 /// `irtt` if given, so its out-of-order window is that long; else it is 3 ms), `REPEAT`
 /// per round (`ackwatch_walk` moves the sequence number on by a segment each run): the
-/// probe's and XDP_PASS's ns per run, of the round whose difference is the median.
-/// Where a repeated segment is a retransmission each time, this is the path of a flow
-/// moving data.
+/// probe's and XDP_PASS's ns per run, of the round whose difference is the median:
+/// the path of a flow moving data (one segment repeated is a retransmission each time).
 fn in_order_walk(probe: &mut Probe, client: &str, irtt: Option<std::time::Duration>) -> (f64, f64) {
     let server = "10.0.0.2:10000";
     match irtt {
