@@ -208,12 +208,16 @@ fn in_order_walk(probe: &mut Probe, client: &str, irtt: Option<std::time::Durati
     rounds[ROUNDS / 2]
 }
 
+/// Where `ackwatch_walk` steps to a new flow: the IPv4 source address.
+const SRC_AT: usize = 14 + 12;
+
 /// New flows again, warm: `ROUNDS` rounds of `INSERTS / ROUNDS` runs, each run from a
-/// new source address (`ackwatch_walk`), as in a flood. What the single runs cost
-/// beyond this is their cold start. As `in_order_walk`, the round of the median.
-fn insert_walk(probe: &mut Probe) -> (f64, f64) {
-    let first = &new_flows(TH_ACK | TH_PSH, 3)[0];
-    let src_at = 14 + 12;
+/// new source address in 10.`net`/16 (`ackwatch_walk`), as in a flood. What the single
+/// runs cost beyond this is their cold start. As `in_order_walk`, the round of the
+/// median.
+fn insert_walk(probe: &mut Probe, net: u8) -> (f64, f64) {
+    let first = &new_flows(TH_ACK | TH_PSH, net)[0];
+    let src_at = SRC_AT;
     let runs = INSERTS / ROUNDS as u32;
     let mut rounds: Vec<(f64, f64)> = (0..ROUNDS as u32)
         .map(|r| {
@@ -230,6 +234,20 @@ fn insert_walk(probe: &mut Probe) -> (f64, f64) {
         .collect();
     rounds.sort_by(|x, y| (x.0 - x.1).total_cmp(&(y.0 - y.1)));
     rounds[ROUNDS / 2]
+}
+
+/// New flows from 10.`net`/16 until the pending table holds `capacity` flows, and a
+/// thousand more (a new flow whose two buckets are full evicts before the table is).
+fn fill_pending(probe: &mut Probe, capacity: u32, net: u8) {
+    let room = capacity.saturating_sub(probe.table_fill()[1] as u32);
+    let first = &new_flows(TH_ACK | TH_PSH, net)[0];
+    walk_ns(
+        probe,
+        "ackwatch_xdp",
+        first,
+        [SRC_AT as u32, 1],
+        room + 1_000,
+    );
 }
 
 /// Ns per run of program `to` over `repeat` runs of `ackwatch_walk` from `frame`.
@@ -415,8 +433,13 @@ fn at_size(prefilled: u32, figures: &mut Vec<Figure>, zero: &mut Vec<(String, f6
         p,
         Some(300.0),
     );
-    let (t, p) = insert_walk(&mut probe);
+    let (t, p) = insert_walk(&mut probe, 3);
     push(figures, zero, prefilled, "insert_warm", t, p, None);
+    // A flood against a full pending table: every new flow takes the place of the
+    // oldest of its ways (the live floods' 30,000 flows never fill it).
+    fill_pending(&mut probe, Settings::default().max_pending, 5);
+    let (t, p) = insert_walk(&mut probe, 8);
+    push(figures, zero, prefilled, "insert_evicting", t, p, None);
     prefill(&mut probe, prefilled + INSERTS + 64, true);
     let refused = data("10.0.0.9:40009", "10.0.0.2:10000", 1, ctcp_payload(SEGMENT));
     let (t, pass) = hot_loop(&mut probe, "ackwatch_xdp", &refused);
