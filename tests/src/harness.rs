@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use ackwatch::kernel::probe::{Probe, Settings};
+use ackwatch::kernel::probe::{Probe, ProbeError, Settings};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, TestRunResult, Xdp};
 use aya_obj::programs::XdpAttachType;
 use ebpf_probe::abi::{Flow, FlowKey, StallRecord, counter};
@@ -129,18 +129,12 @@ impl Kernel {
     /// the maps.
     pub fn runner(&mut self, hook: Hook) -> Runner {
         let fail = |e: &dyn std::fmt::Display| -> ! { panic!("a handle of {hook:?}: {e}") };
-        let name = || std::borrow::Cow::Borrowed("runner");
         match hook {
-            Hook::Xdp(l) => {
-                let prog = self.probe.xdp(l).unwrap_or_else(|e| fail(&e));
-                let info = prog.info().unwrap_or_else(|e| fail(&e));
-                let prog = Xdp::from_program_info(info, name(), XdpAttachType::Interface);
-                Runner::Xdp(prog.unwrap_or_else(|e| fail(&e)))
-            }
+            Hook::Xdp(l) => xdp_runner(self.probe.xdp(l), &format!("{hook:?}")),
             Hook::Tc(l) => {
                 let prog = self.probe.tc(l).unwrap_or_else(|e| fail(&e));
                 let info = prog.info().unwrap_or_else(|e| fail(&e));
-                let prog = SchedClassifier::from_program_info(info, name());
+                let prog = SchedClassifier::from_program_info(info, "runner".into());
                 Runner::Tc(prog.unwrap_or_else(|e| fail(&e)))
             }
         }
@@ -149,12 +143,8 @@ impl Kernel {
     /// A handle of `ackwatch_walk` going on to the XDP program for Ethernet links
     /// (`Probe::xdp_walk`), for runs from several threads.
     pub fn walk_runner(&mut self, step: [u32; 2]) -> Runner {
-        let fail = |e: &dyn std::fmt::Display| -> ! { panic!("a handle of the walk: {e}") };
         let to = ackwatch::kernel::probe::xdp_program(LinkKind::Ethernet);
-        let prog = self.probe.xdp_walk(to, step).unwrap_or_else(|e| fail(&e));
-        let info = prog.info().unwrap_or_else(|e| fail(&e));
-        let prog = Xdp::from_program_info(info, "walk".into(), XdpAttachType::Interface);
-        Runner::Xdp(prog.unwrap_or_else(|e| fail(&e)))
+        xdp_runner(self.probe.xdp_walk(to, step), "the walk")
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -188,6 +178,17 @@ impl Runner {
             Runner::Tc(p) => test_run(p, frame, repeat),
         }
     }
+}
+
+/// A handle of its own of the loaded XDP program `prog` (`what` names it in a panic).
+fn xdp_runner(prog: Result<&mut Xdp, ProbeError>, what: &str) -> Runner {
+    let fail = |e: &dyn std::fmt::Display| -> ! { panic!("a handle of {what}: {e}") };
+    let info = prog
+        .unwrap_or_else(|e| fail(&e))
+        .info()
+        .unwrap_or_else(|e| fail(&e));
+    let prog = Xdp::from_program_info(info, "runner".into(), XdpAttachType::Interface);
+    Runner::Xdp(prog.unwrap_or_else(|e| fail(&e)))
 }
 
 fn test_run<P>(prog: &P, frame: &[u8], repeat: u32) -> Result<u32, String>

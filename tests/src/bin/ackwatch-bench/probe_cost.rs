@@ -129,12 +129,16 @@ fn median_pair(
     a: (&'static str, &[u8]),
     b: (&'static str, &[u8]),
 ) -> (f64, f64) {
-    let mut rounds: Vec<(f64, f64)> = (0..ROUNDS)
-        .map(|_| {
-            let second = ns(probe, b.0, b.1, REPEAT);
-            (ns(probe, a.0, a.1, REPEAT), second)
-        })
-        .collect();
+    median_round(|_| {
+        let second = ns(probe, b.0, b.1, REPEAT);
+        (ns(probe, a.0, a.1, REPEAT), second)
+    })
+}
+
+/// `ROUNDS` rounds of `round(r)`, a program's and its baseline's ns per run: the round
+/// whose difference is the median (this machine's noise moves both for seconds).
+fn median_round(round: impl FnMut(u32) -> (f64, f64)) -> (f64, f64) {
+    let mut rounds: Vec<(f64, f64)> = (0..ROUNDS as u32).map(round).collect();
     rounds.sort_by(|x, y| (x.0 - x.1).total_cmp(&(y.0 - y.1)));
     rounds[ROUNDS / 2]
 }
@@ -152,29 +156,32 @@ fn per_frame(probe: &mut Probe, frames: &[Vec<u8>]) -> (f64, f64) {
 
 fn new_flows(flags: u8, third_octet: u8) -> Vec<Vec<u8>> {
     (0..INSERTS)
-        .map(|i| {
-            let src = format!(
-                "10.{third_octet}.{}.{}:{}",
-                i / 250,
-                i % 250 + 1,
-                20_000 + i % 1000
-            );
-            let payload = if flags & TH_SYN != 0 {
-                Vec::new()
-            } else {
-                vec![7; 200]
-            };
-            build(Seg {
-                src: &src,
-                dst: "10.0.0.2:10000",
-                seq: 1,
-                ack: if flags & TH_SYN != 0 { 0 } else { 1 },
-                flags,
-                payload,
-                ..Default::default()
-            })
-        })
+        .map(|i| new_flow(flags, third_octet, i))
         .collect()
+}
+
+/// The first packet of new flow `i` from 10.`third_octet`/16.
+fn new_flow(flags: u8, third_octet: u8, i: u32) -> Vec<u8> {
+    let src = format!(
+        "10.{third_octet}.{}.{}:{}",
+        i / 250,
+        i % 250 + 1,
+        20_000 + i % 1000
+    );
+    let payload = if flags & TH_SYN != 0 {
+        Vec::new()
+    } else {
+        vec![7; 200]
+    };
+    build(Seg {
+        src: &src,
+        dst: "10.0.0.2:10000",
+        seq: 1,
+        ack: if flags & TH_SYN != 0 { 0 } else { 1 },
+        flags,
+        payload,
+        ..Default::default()
+    })
 }
 
 /// Consecutive new segments of one flow from `client` (opened with a handshake of
@@ -193,19 +200,15 @@ fn in_order_walk(probe: &mut Probe, client: &str, irtt: Option<std::time::Durati
     let seq_at = 14 + 4 * (first[14] & 0xf) as u32 + 4;
     // The walk adds a segment before each run: a round starts one segment back.
     let mut next = 1u32;
-    let mut rounds: Vec<(f64, f64)> = (0..ROUNDS)
-        .map(|_| {
-            let pass = walk_ns(probe, "ackwatch_pass", &first, [seq_at, len], REPEAT);
-            let frame = data(client, server, next, ctcp_payload(SEGMENT));
-            next = next.wrapping_add(REPEAT.wrapping_mul(len));
-            (
-                walk_ns(probe, "ackwatch_xdp", &frame, [seq_at, len], REPEAT),
-                pass,
-            )
-        })
-        .collect();
-    rounds.sort_by(|x, y| (x.0 - x.1).total_cmp(&(y.0 - y.1)));
-    rounds[ROUNDS / 2]
+    median_round(|_| {
+        let pass = walk_ns(probe, "ackwatch_pass", &first, [seq_at, len], REPEAT);
+        let frame = data(client, server, next, ctcp_payload(SEGMENT));
+        next = next.wrapping_add(REPEAT.wrapping_mul(len));
+        (
+            walk_ns(probe, "ackwatch_xdp", &frame, [seq_at, len], REPEAT),
+            pass,
+        )
+    })
 }
 
 /// Where `ackwatch_walk` steps to a new flow: the IPv4 source address.
@@ -216,31 +219,24 @@ const SRC_AT: usize = 14 + 12;
 /// runs cost beyond this is their cold start. As `in_order_walk`, the round of the
 /// median.
 fn insert_walk(probe: &mut Probe, net: u8) -> (f64, f64) {
-    let first = &new_flows(TH_ACK | TH_PSH, net)[0];
-    let src_at = SRC_AT;
+    let first = new_flow(TH_ACK | TH_PSH, net, 0);
     let runs = INSERTS / ROUNDS as u32;
-    let mut rounds: Vec<(f64, f64)> = (0..ROUNDS as u32)
-        .map(|r| {
-            let mut frame = first.clone();
-            // Rounds apart by more than their runs: every run a flow never seen.
-            let src = u32::from_be_bytes(frame[src_at..src_at + 4].try_into().unwrap());
-            frame[src_at..src_at + 4].copy_from_slice(&(src + r * 2 * runs).to_be_bytes());
-            let pass = walk_ns(probe, "ackwatch_pass", &frame, [src_at as u32, 1], runs);
-            (
-                walk_ns(probe, "ackwatch_xdp", &frame, [src_at as u32, 1], runs),
-                pass,
-            )
-        })
-        .collect();
-    rounds.sort_by(|x, y| (x.0 - x.1).total_cmp(&(y.0 - y.1)));
-    rounds[ROUNDS / 2]
+    let step = [SRC_AT as u32, 1];
+    median_round(|r| {
+        let mut frame = first.clone();
+        // Rounds apart by more than their runs: every run a flow never seen.
+        let src = u32::from_be_bytes(frame[SRC_AT..SRC_AT + 4].try_into().unwrap());
+        frame[SRC_AT..SRC_AT + 4].copy_from_slice(&(src + r * 2 * runs).to_be_bytes());
+        let pass = walk_ns(probe, "ackwatch_pass", &frame, step, runs);
+        (walk_ns(probe, "ackwatch_xdp", &frame, step, runs), pass)
+    })
 }
 
 /// New flows from 10.`net`/16 until the pending table holds `capacity` flows, and a
 /// thousand more (a new flow whose two buckets are full evicts before the table is).
 fn fill_pending(probe: &mut Probe, capacity: u32, net: u8) {
     let room = capacity.saturating_sub(probe.table_fill()[1] as u32);
-    let first = &new_flows(TH_ACK | TH_PSH, net)[0];
+    let first = &new_flow(TH_ACK | TH_PSH, net, 0);
     walk_ns(
         probe,
         "ackwatch_xdp",
