@@ -12,7 +12,7 @@ use crate::abi::{Flow, FlowKey, StallRecord, StallWhat, counter, port_flag};
 use crate::clock::Fixed;
 use crate::decap::{self, Inner, TunnelPorts};
 use crate::parse::{Frame, LinkKind, Packet, Reason, locate, parse_located};
-use crate::table::{self, Bucket, Fill, Hash, Place, Seed, Slot, Slots, WAYS};
+use crate::table::{self, Ages, Bucket, Fill, Hash, Place, Seed, Slot, Slots, WAYS};
 use crate::tracker::{Store, scope, track};
 use crate::verdict::{Config, StallSink};
 
@@ -67,6 +67,9 @@ impl Seed {
 /// take them, so the memory follows the flows held, not the capacity.
 pub struct HostTable {
     buckets: Zeroed<Bucket>,
+    /// Kept by every table, used by the pending one (`Slots::ages`): its pages are
+    /// only taken when written.
+    ages: Zeroed<Ages>,
     /// Slots in use or once used, by index (boxed: their addresses must not move).
     slots: HashMap<u32, Box<Slot>>,
     /// How many slots the table has.
@@ -85,6 +88,7 @@ impl HostTable {
         let buckets = table::buckets_for(capacity as u32);
         HostTable {
             buckets: Zeroed::new(buckets as usize),
+            ages: Zeroed::new(buckets as usize),
             slots: HashMap::new(),
             nslots: buckets * WAYS,
             fill: Box::new(Fill {
@@ -166,6 +170,10 @@ impl Slots for HostTable {
 
     fn fill(&mut self) -> Option<*mut Fill> {
         Some(&mut *self.fill)
+    }
+
+    fn ages(&mut self, b: u32) -> Option<*mut Ages> {
+        self.ages.get(b)
     }
 
     fn published(&mut self, idx: u32) {

@@ -15,7 +15,9 @@ use ebpf_probe::abi::{
 use ebpf_probe::clock::Clock;
 use ebpf_probe::decap::{self, Ports, TunnelPorts};
 use ebpf_probe::parse::{self, Frame, LinkKind, Reason};
-use ebpf_probe::table::{self, Bucket, Fill, Hash, Held, Seed, Slot, Slots, WAYS};
+use ebpf_probe::table::{
+    self, AgedBucket, Ages, Bucket, Fill, Hash, Held, Seed, Slot, Slots, WAYS,
+};
 use ebpf_probe::tracker::{Store, scope, track};
 use ebpf_probe::verdict::{Config, StallSink};
 
@@ -44,7 +46,7 @@ static OCCUPIED: Array<u64> = Array::with_max_entries(DEFAULT_BUCKETS.div_ceil(6
 static SEED: Array<Seed> = Array::with_max_entries(1, 0);
 /// The pending table (half-open and one-sided flows): the same layout, its own memory.
 #[map]
-static PENDING_BUCKETS: Array<Bucket> =
+static PENDING_BUCKETS: Array<AgedBucket> =
     Array::with_max_entries(DEFAULT_PENDING_BUCKETS, BPF_F_MMAPABLE);
 #[map]
 static PENDING_SLOTS: Array<Slot> =
@@ -236,7 +238,10 @@ impl<const PENDING: bool> Slots for Table<PENDING> {
     #[inline(always)]
     fn bucket(&mut self, b: u32) -> Option<*mut Bucket> {
         if PENDING {
-            PENDING_BUCKETS.get_ptr_mut(b)
+            // SAFETY: a live bucket; its tags are its first field.
+            PENDING_BUCKETS
+                .get_ptr_mut(b)
+                .map(|p| unsafe { &raw mut (*p).bucket })
         } else {
             BUCKETS.get_ptr_mut(b)
         }
@@ -257,6 +262,18 @@ impl<const PENDING: bool> Slots for Table<PENDING> {
             PENDING_FILL.get_ptr_mut(0)
         } else {
             FILL.get_ptr_mut(0)
+        }
+    }
+
+    #[inline(always)]
+    fn ages(&mut self, b: u32) -> Option<*mut Ages> {
+        if PENDING {
+            // SAFETY: a live bucket.
+            PENDING_BUCKETS
+                .get_ptr_mut(b)
+                .map(|p| unsafe { &raw mut (*p).ages })
+        } else {
+            None
         }
     }
 

@@ -22,7 +22,8 @@
 //! two CPUs may insert the same key at once: each checks after publishing
 //! (`duplicated`), and the later one gives its slot up. When the table holds its
 //! capacity or both buckets are full, the new flow takes the place of the oldest of
-//! its 16 ways (`replace_oldest`). A promotion frees the slot, under its lock.
+//! its 16 ways (`replace_oldest`), by a copy of each way's `flow.last_ts` kept beside
+//! the tags (`Ages`). A promotion frees the slot, under its lock.
 //!
 //! `seq` is a sequence lock: odd while a writer (the XDP or TC program, or the agent's
 //! sweep) holds the slot. Writers take it with compare-and-swap and a bounded spin; a
@@ -72,6 +73,28 @@ pub struct Slot {
 }
 const _: () = assert!(size_of::<Slot>() == 8 + 36 + 4 + size_of::<Flow>());
 const _: () = assert!(size_of::<Slot>().is_multiple_of(8));
+
+/// A copy of each way's `flow.last_ts`, in a table that evicts (the pending table):
+/// choosing a victim then reads two lines of ages instead of 16 slots' lines after the
+/// tags (~250 ns of a new flow in a flood against a full table: docs/decisions.md,
+/// eighth round). Written under the slot's lock with `last_ts` (`set_age`), read
+/// without it: a stale age only makes the choice less exact, as a racing `last_ts` did.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct Ages {
+    pub last_ts: [u64; WAYS as usize],
+}
+const _: () = assert!(size_of::<Ages>() == 64);
+
+/// A bucket of the kernel's pending table: its ages on the line after its tags, in the
+/// same page (an array of their own cost found flows and inserts a page walk more:
+/// 30-60 ns in single runs). The agent finds the tags by the map's value size.
+#[repr(C)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
+pub struct AgedBucket {
+    pub bucket: Bucket,
+    pub ages: Ages,
+}
 
 /// The table's hash key and geometry, chosen when the table is created.
 #[repr(C)]
@@ -206,6 +229,11 @@ pub trait Slots {
     fn slot(&mut self, i: u32) -> Option<*mut Slot>;
     /// The table's `Fill`.
     fn fill(&mut self) -> Option<*mut Fill>;
+    /// Bucket `b`'s `Ages`, in a table that evicts (the pending table), else None.
+    #[inline(always)]
+    fn ages(&mut self, _b: u32) -> Option<*mut Ages> {
+        None
+    }
     /// Returns `v` unchanged, but unknown to the BPF verifier (as `abi::opaque`): a slot
     /// index found in way `i` is a different known value on each of the 16 paths of a
     /// lookup, and the verifier would check the rest of the program once per path.
@@ -584,6 +612,10 @@ pub fn prefetch<S: Slots>(s: &mut S, at: &Place) {
             // SAFETY: a live slot; the word is only read, atomically.
             atomic::load(unsafe { &raw mut (*slot).seq });
         }
+        if let Some(ages) = s.ages(b) {
+            // SAFETY: live ages; the word is only read, atomically.
+            atomic::load(unsafe { &raw mut (*ages).last_ts[0] });
+        }
     }
 }
 
@@ -637,8 +669,24 @@ pub fn free<S: Slots>(s: &mut S, idx: u32) {
     }
 }
 
+/// Records `last_ts` as slot `idx`'s age (`Ages`), in a table that keeps ages; the
+/// caller holds the slot's lock.
+#[inline(always)]
+pub fn set_age<S: Slots>(s: &mut S, idx: u32, last_ts: u64) {
+    if let Some(ages) = s.ages(idx / WAYS) {
+        // SAFETY: live ages; `idx & 7` is in range.
+        unsafe {
+            let at = (*ages)
+                .last_ts
+                .as_mut_ptr()
+                .add((idx & (WAYS - 1)) as usize);
+            core::ptr::write_volatile(at, last_ts);
+        }
+    }
+}
+
 /// For a table that evicts (the pending table) when `claim` found no room: takes the
-/// place of the entry with the oldest `flow.last_ts` among `key`'s 16 ways (the first
+/// place of the entry with the oldest `flow.last_ts` (its age, `Ages`) among `key`'s 16 ways (the first
 /// in way order on a tie), under the victim's lock taken with one try. Returned as
 /// `claim` returns a slot: locked, `key` written, tag `RESERVED` (a CPU waiting for
 /// the victim's lock then sees the tag changed and gives up on it); the number of
@@ -654,18 +702,17 @@ pub fn replace_oldest<S: Slots>(
     for w in 0..2 {
         let b = at.bucket[w];
         let bucket = s.bucket(b).ok_or(false)?;
+        let ages = s.ages(b).ok_or(false)?;
         for i in 0..WAYS {
             if atomic::load(tag_of(bucket, i)) <= RESERVED {
                 continue;
             }
-            let idx = s.launder(b * WAYS + i);
-            let slot = s.slot(idx).ok_or(false)?;
-            // SAFETY: a live slot. Not locked: a racing write only makes the choice of
+            // SAFETY: live ages. Not locked: a racing write only makes the choice of
             // victim less exact, and the victim is checked again under its lock.
-            let ts = unsafe { core::ptr::read_volatile(&raw const (*slot).flow.last_ts) };
+            let ts = unsafe { core::ptr::read_volatile(&raw const (*ages).last_ts[i as usize]) };
             if ts < oldest {
                 oldest = ts;
-                victim = idx;
+                victim = b * WAYS + i;
             }
         }
     }

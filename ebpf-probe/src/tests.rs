@@ -896,6 +896,7 @@ mod pending_table {
             (*slot).flow.clear();
             (*slot).flow.last_ts = ts;
         }
+        table::set_age(t, i, ts);
         table::publish(t, i, &at);
         table::unlock(held);
         Ok(i)

@@ -103,11 +103,21 @@ pub fn track<S: Store, K: StallSink, C: Clock>(
         store.mark_signature_port(pkt.src_port());
         store.mark_signature_port(pkt.dst_port());
     }
-    let (flow, held) = entry(store, pkt, may_create)?;
+    let Entry {
+        flow,
+        held,
+        pending,
+    } = entry(store, pkt, may_create)?;
     // SAFETY: the pointer is a live entry of `store`, locked by us, and the store is not
     // called again while this reference lives.
     let flow = unsafe { &mut *flow };
     let now = clock.coarse();
+    // A pending flow's age (`table::Ages`), which `update` makes `now` with `last_ts`:
+    // stored first, so that its line's trip to memory overlaps the update rather than
+    // delay the unlock (a full barrier).
+    if let Some(idx) = pending {
+        table::set_age(store.pending(), idx, now);
+    }
     // A fresh entry is all zeros; clocks (boot time, capture time) never read 0.
     if flow.first_ts == 0 {
         init(flow, pkt, src, dst, on_port || signature, now);
@@ -119,17 +129,30 @@ pub fn track<S: Store, K: StallSink, C: Clock>(
     Ok(())
 }
 
+/// A packet's flow, locked; `pending`: its slot, when it lives in the pending table.
+struct Entry {
+    flow: *mut Flow,
+    held: Held,
+    pending: Option<u32>,
+}
+
+impl From<(*mut Flow, Held)> for Entry {
+    fn from((flow, held): (*mut Flow, Held)) -> Self {
+        Entry {
+            flow,
+            held,
+            pending: None,
+        }
+    }
+}
+
 /// The packet's flow, locked: established, pending, or a new pending entry.
 #[inline(always)]
-fn entry<S: Store>(
-    store: &mut S,
-    pkt: &Packet,
-    may_create: bool,
-) -> Result<(*mut Flow, Held), Reason> {
+fn entry<S: Store>(store: &mut S, pkt: &Packet, may_create: bool) -> Result<Entry, Reason> {
     let hash = store.hash(&pkt.key)?;
     let at = hash.place(store.buckets(false));
     if let Some(found) = established(store, pkt, &at)? {
-        return Ok(found);
+        return Ok(found.into());
     }
     // Placed in the pending table only now: an established flow's packet pays nothing.
     let pending_at = hash.place(store.buckets(true));
@@ -142,7 +165,9 @@ fn entry<S: Store>(
             // duplicate that the CPU which inserted it at the same instant gave up, or
             // an entry evicted for a new flow, or idle): the entry was busy.
             Err(false) => {
-                return established(store, pkt, &at)?.ok_or(counter::FLOW_BUSY);
+                return established(store, pkt, &at)?
+                    .map(Entry::from)
+                    .ok_or(counter::FLOW_BUSY);
             }
         },
         None if !may_create => return Err(counter::OUT_OF_SCOPE),
@@ -153,9 +178,13 @@ fn entry<S: Store>(
     let flow = unsafe { &mut (*slot).flow };
     let other_seen = flow.half[(pkt.dir & 1) ^ 1].flags & half_flag::SEEN != 0;
     if pkt.seg.has(TH_SYN) || !other_seen {
-        return Ok((flow, held));
+        return Ok(Entry {
+            flow,
+            held,
+            pending: Some(idx),
+        });
     }
-    promote(store, pkt, &at, idx, flow, held)
+    promote(store, pkt, &at, idx, flow, held).map(Entry::from)
 }
 
 /// A new pending entry for `key`, zeroed and locked: a free slot, else the place of the

@@ -9,6 +9,7 @@ use ackwatch_tests::harness::{Hook, Host, Kernel};
 use ackwatch_tests::scenario::ctcp_flow;
 use ebpf_probe::abi::{FlowClass, counter};
 use ebpf_probe::parse::LinkKind;
+use ebpf_probe::table::{self, Slots, WAYS};
 use ebpf_probe::verdict::Config;
 
 const XDP: Hook = Hook::Xdp(LinkKind::Ethernet);
@@ -294,6 +295,27 @@ fn full_pending_table_evicts_the_oldest_in_kernel_and_host() {
     let pending: Vec<_> = ks.pending.iter().map(|(key, _)| *key).collect();
     assert!(pending.contains(&key_of(&syns[SYNS as usize - 1])));
     assert!(!pending.contains(&key_of(&syns[0])));
+    // Nothing old survives: a new flow takes the oldest of its ways, by their ages
+    // (none older than the last 137 SYNs in 300 tables of other seeds; the first way
+    // instead, as with ages never written, keeps SYNs from the flood's start).
+    let newest: Vec<_> = syns[SYNS as usize - 400..]
+        .iter()
+        .map(|f| key_of(f))
+        .collect();
+    for key in &pending {
+        assert!(newest.contains(key), "{key:?} survived 400 newer SYNs");
+    }
+    // And the ages are the flows' last times (the host's, which the kernel's match).
+    let t = &mut h.store.pending;
+    for idx in 0..t.buckets() * WAYS {
+        if table::tag(t, idx) > table::RESERVED {
+            let (slot, ages) = (t.slot(idx).unwrap(), t.ages(idx / WAYS).unwrap());
+            // SAFETY: the host table's own memory, not shared.
+            let (last, age) =
+                unsafe { ((*slot).flow.last_ts, (*ages).last_ts[(idx % WAYS) as usize]) };
+            assert_eq!(age, last, "slot {idx}: age against last seen");
+        }
+    }
     // Found by the agent through its mapping of the pending table, as by the walk.
     for key in &pending {
         assert!(k.probe.pending_table().find(key).is_some());

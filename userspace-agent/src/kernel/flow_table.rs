@@ -94,6 +94,9 @@ pub struct FlowTable {
     /// (`table::occupy`, `table::vacate`).
     occupied: Mapping,
     nbuckets: u32,
+    /// Bytes from a bucket to the next: the map's value size (a pending bucket carries
+    /// its ways' ages after its tags, `table::AgedBucket`).
+    bucket_bytes: usize,
     seed: Seed,
 }
 
@@ -104,8 +107,10 @@ struct View<'a>(&'a FlowTable);
 impl Slots for View<'_> {
     fn bucket(&mut self, b: u32) -> Option<*mut Bucket> {
         // SAFETY: in bounds of the mapping (checked).
-        (b < self.0.nbuckets)
-            .then(|| unsafe { (self.0.buckets.ptr.as_ptr() as *mut Bucket).add(b as usize) })
+        (b < self.0.nbuckets).then(|| unsafe {
+            let base = self.0.buckets.ptr.as_ptr();
+            base.add(b as usize * self.0.bucket_bytes) as *mut Bucket
+        })
     }
 
     fn slot(&mut self, i: u32) -> Option<*mut Slot> {
@@ -207,12 +212,22 @@ impl FlowTable {
     pub fn map(maps: [&MapData; 4], nbuckets: u32, seed: Seed) -> io::Result<Self> {
         let [buckets, slots, fill, occupied] = maps;
         let words = table::occupancy_words(nbuckets) as usize;
+        let bucket_bytes = buckets
+            .info()
+            .map_err(|e| io::Error::other(e.to_string()))?
+            .value_size() as usize;
+        if bucket_bytes < size_of::<Bucket>() || !bucket_bytes.is_multiple_of(size_of::<Bucket>()) {
+            return Err(io::Error::other(format!(
+                "buckets of {bucket_bytes} bytes: not a flow table"
+            )));
+        }
         Ok(FlowTable {
-            buckets: Mapping::new(buckets, nbuckets as usize * size_of::<Bucket>())?,
+            buckets: Mapping::new(buckets, nbuckets as usize * bucket_bytes)?,
             slots: Mapping::new(slots, (nbuckets * WAYS) as usize * size_of::<Slot>())?,
             fill: Mapping::new(fill, size_of::<Fill>())?,
             occupied: Mapping::new(occupied, words * size_of::<u64>())?,
             nbuckets,
+            bucket_bytes,
             seed,
         })
     }

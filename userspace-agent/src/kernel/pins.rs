@@ -37,8 +37,8 @@ pub const PINNED_MAPS: [&str; 13] = [
 /// set of maps changes (4: the pending table moved from an LRU hash map to arrays, and
 /// the flow's fields that the sweep reads moved to its front; 5: each table has an
 /// occupancy bitmap, which pins of 4 lack: reused, their flows would be invisible to
-/// the walk).
-const ABI: u32 = 5;
+/// the walk; 6: the pending table's buckets carry their ways' ages, 128 bytes each).
+const ABI: u32 = 6;
 
 pub struct Pins {
     pub dir: PathBuf,
