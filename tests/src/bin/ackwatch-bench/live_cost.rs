@@ -21,6 +21,8 @@ const CONNECTIONS: usize = 8;
 /// Packets of each flood: each a new flow, all of them within the pending table's
 /// default 65,536 entries, so each is an insert into a free slot.
 const FLOOD: u32 = 30_000;
+/// New flows that fill the default pending table (65,536) before `full_table_flood`.
+const FILL_FLOOD: u32 = 70_000;
 
 /// Sets a sysctl for the life of the value, then restores it.
 struct Sysctl(&'static str, String);
@@ -101,6 +103,12 @@ pub fn run(figures: &mut Vec<Figure>) {
     for &(name, per) in &at_default {
         figures.push(flood_figure(name, "", per, 300.0));
     }
+    figures.push(Figure {
+        name: "live_syn_flood_full_table_new_flow_ns".into(),
+        value: full_table_flood(&lab, &probe),
+        unit: "ns/packet",
+        target: None,
+    });
     drop(probe);
     // The same floods into tables that hold a million established flows, where a new
     // flow's lookups go to memory no cache holds: within twice the figures above, as
@@ -129,50 +137,73 @@ fn flood_figure(name: &str, size: &str, per: f64, target: f64) -> Figure {
 }
 
 /// What a new flow costs live: `FLOOD` SYNs, then `FLOOD` ACKs (one-sided flows, as a
-/// mid-stream pick-up), each from a source of its own, injected from the gateway into
-/// the headend's XDP as fast as one thread sends them. They are addressed to no MAC of
-/// the headend, whose kernel drops them after the probe: no answers, and nothing else
-/// on the link. Each packet touches a flow's memory that no packet touched before, as
-/// in a real flood; the single test runs (`insert_*`) measure the same with the
-/// syscall's cold caches around each run.
+/// mid-stream pick-up), each from a source of its own (`flood`).
 /// Returns each flood's name and ns per run; `tables` says which tables, for the log.
 fn floods(
     lab: &Lab,
     probe: &ackwatch::kernel::probe::Probe,
     tables: &str,
 ) -> Vec<(&'static str, f64)> {
-    let xdp = probe
-        .program_ids()
-        .into_iter()
-        .find(|&id| stats(id).0 == "ackwatch_xdp")
-        .expect("the XDP program");
-    let server = SocketAddr::new("198.51.100.1".parse().unwrap(), 10_000);
+    let xdp = xdp_id(probe);
     let mut out = Vec::new();
     for (name, flags, first) in [
         ("syn", TH_SYN, 0x0a63_0000u32),
         ("ack", TH_ACK, 0x0a64_0000),
     ] {
-        let frames: Vec<(Duration, Vec<u8>)> = (0..FLOOD)
-            .map(|i| {
-                let src = SocketAddr::new(
-                    std::net::Ipv4Addr::from(first + i).into(),
-                    1024 + (i % 60_000) as u16,
-                );
-                (
-                    Duration::ZERO,
-                    tcp_frame(src, server, i, i.wrapping_mul(7919), flags, 0),
-                )
-            })
-            .collect();
-        let (_, ns0, cnt0) = stats(xdp);
-        inject(&lab.gateway, "g1", &frames);
-        let (_, ns1, cnt1) = stats(xdp);
-        let (ns, cnt) = (ns1 - ns0, cnt1 - cnt0);
-        let per = ns as f64 / cnt.max(1) as f64;
+        let (per, runs) = flood(lab, xdp, flags, first, FLOOD);
         println!(
-            "live: {name} flood, {FLOOD} new flows from spoofed sources, {tables}: ackwatch_xdp {cnt} runs, {per:.1} ns per run"
+            "live: {name} flood, {FLOOD} new flows from spoofed sources, {tables}: ackwatch_xdp {runs} runs, {per:.1} ns per run"
         );
         out.push((name, per));
     }
     out
+}
+
+/// A long flood's new flow: the pending table is full (the floods above fill it only
+/// to 60,000 of its 65,536), so each new flow takes the place of the oldest of its
+/// ways. Filled first with `FILL_FLOOD` SYNs, unmeasured, then `FLOOD` more measured.
+fn full_table_flood(lab: &Lab, probe: &ackwatch::kernel::probe::Probe) -> f64 {
+    let xdp = xdp_id(probe);
+    flood(lab, xdp, TH_SYN, 0x0b00_0000, FILL_FLOOD);
+    let (per, runs) = flood(lab, xdp, TH_SYN, 0x0c00_0000, FLOOD);
+    println!(
+        "live: syn flood, {FLOOD} new flows from spoofed sources into a full pending table: ackwatch_xdp {runs} runs, {per:.1} ns per run"
+    );
+    per
+}
+
+fn xdp_id(probe: &ackwatch::kernel::probe::Probe) -> u32 {
+    probe
+        .program_ids()
+        .into_iter()
+        .find(|&id| stats(id).0 == "ackwatch_xdp")
+        .expect("the XDP program")
+}
+
+/// `count` packets with `flags`, each from a source of its own from address `first`
+/// on, injected from the gateway into the headend's XDP as fast as one thread sends
+/// them; the ns per run of program `xdp` meanwhile. They are addressed to no MAC of
+/// the headend, whose kernel drops them after the probe: no answers, and nothing else
+/// on the link. Each packet touches a flow's memory that no packet touched before, as
+/// in a real flood; the single test runs (`insert_*`) measure the same with the
+/// syscall's cold caches around each run. Returns the ns per run, and the runs.
+fn flood(lab: &Lab, xdp: u32, flags: u8, first: u32, count: u32) -> (f64, u64) {
+    let server = SocketAddr::new("198.51.100.1".parse().unwrap(), 10_000);
+    let frames: Vec<(Duration, Vec<u8>)> = (0..count)
+        .map(|i| {
+            let src = SocketAddr::new(
+                std::net::Ipv4Addr::from(first + i).into(),
+                1024 + (i % 60_000) as u16,
+            );
+            (
+                Duration::ZERO,
+                tcp_frame(src, server, i, i.wrapping_mul(7919), flags, 0),
+            )
+        })
+        .collect();
+    let (_, ns0, cnt0) = stats(xdp);
+    inject(&lab.gateway, "g1", &frames);
+    let (_, ns1, cnt1) = stats(xdp);
+    let runs = cnt1 - cnt0;
+    ((ns1 - ns0) as f64 / runs.max(1) as f64, runs)
 }
