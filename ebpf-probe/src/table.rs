@@ -77,8 +77,9 @@ const _: () = assert!(size_of::<Slot>().is_multiple_of(8));
 /// A copy of each way's `flow.last_ts`, in a table that evicts (the pending table):
 /// choosing a victim then reads two lines of ages instead of 16 slots' lines after the
 /// tags (~250 ns of a new flow in a flood against a full table: docs/decisions.md,
-/// eighth round). Written under the slot's lock with `last_ts` (`set_age`), read
-/// without it: a stale age only makes the choice less exact, as a racing `last_ts` did.
+/// eighth round). Written under the slot's lock with the time `last_ts` gets
+/// (`set_age`), read without it: a stale age only makes the choice less exact, as a
+/// racing `last_ts` did.
 #[repr(C)]
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct Ages {

@@ -103,21 +103,11 @@ pub fn track<S: Store, K: StallSink, C: Clock>(
         store.mark_signature_port(pkt.src_port());
         store.mark_signature_port(pkt.dst_port());
     }
-    let Entry {
-        flow,
-        held,
-        pending,
-    } = entry(store, pkt, may_create)?;
+    let (flow, held) = entry(store, pkt, may_create, clock)?;
     // SAFETY: the pointer is a live entry of `store`, locked by us, and the store is not
     // called again while this reference lives.
     let flow = unsafe { &mut *flow };
     let now = clock.coarse();
-    // A pending flow's age (`table::Ages`), which `update` makes `now` with `last_ts`:
-    // stored first, so that its line's trip to memory overlaps the update rather than
-    // delay the unlock (a full barrier).
-    if let Some(idx) = pending {
-        table::set_age(store.pending(), idx, now);
-    }
     // A fresh entry is all zeros; clocks (boot time, capture time) never read 0.
     if flow.first_ts == 0 {
         init(flow, pkt, src, dst, on_port || signature, now);
@@ -129,30 +119,18 @@ pub fn track<S: Store, K: StallSink, C: Clock>(
     Ok(())
 }
 
-/// A packet's flow, locked; `pending`: its slot, when it lives in the pending table.
-struct Entry {
-    flow: *mut Flow,
-    held: Held,
-    pending: Option<u32>,
-}
-
-impl From<(*mut Flow, Held)> for Entry {
-    fn from((flow, held): (*mut Flow, Held)) -> Self {
-        Entry {
-            flow,
-            held,
-            pending: None,
-        }
-    }
-}
-
 /// The packet's flow, locked: established, pending, or a new pending entry.
 #[inline(always)]
-fn entry<S: Store>(store: &mut S, pkt: &Packet, may_create: bool) -> Result<Entry, Reason> {
+fn entry<S: Store, C: Clock>(
+    store: &mut S,
+    pkt: &Packet,
+    may_create: bool,
+    clock: &mut C,
+) -> Result<(*mut Flow, Held), Reason> {
     let hash = store.hash(&pkt.key)?;
     let at = hash.place(store.buckets(false));
     if let Some(found) = established(store, pkt, &at)? {
-        return Ok(found.into());
+        return Ok(found);
     }
     // Placed in the pending table only now: an established flow's packet pays nothing.
     let pending_at = hash.place(store.buckets(true));
@@ -165,9 +143,7 @@ fn entry<S: Store>(store: &mut S, pkt: &Packet, may_create: bool) -> Result<Entr
             // duplicate that the CPU which inserted it at the same instant gave up, or
             // an entry evicted for a new flow, or idle): the entry was busy.
             Err(false) => {
-                return established(store, pkt, &at)?
-                    .map(Entry::from)
-                    .ok_or(counter::FLOW_BUSY);
+                return established(store, pkt, &at)?.ok_or(counter::FLOW_BUSY);
             }
         },
         None if !may_create => return Err(counter::OUT_OF_SCOPE),
@@ -178,13 +154,13 @@ fn entry<S: Store>(store: &mut S, pkt: &Packet, may_create: bool) -> Result<Entr
     let flow = unsafe { &mut (*slot).flow };
     let other_seen = flow.half[(pkt.dir & 1) ^ 1].flags & half_flag::SEEN != 0;
     if pkt.seg.has(TH_SYN) || !other_seen {
-        return Ok(Entry {
-            flow,
-            held,
-            pending: Some(idx),
-        });
+        // Its age (`table::Ages`): `track`'s update makes `last_ts` this same coarse
+        // time. Stored now, under the lock, so that its line's trip to memory overlaps
+        // the update rather than delay the unlock (a full barrier).
+        table::set_age(store.pending(), idx, clock.coarse());
+        return Ok((flow, held));
     }
-    promote(store, pkt, &at, idx, flow, held).map(Entry::from)
+    promote(store, pkt, &at, idx, flow, held)
 }
 
 /// A new pending entry for `key`, zeroed and locked: a free slot, else the place of the
