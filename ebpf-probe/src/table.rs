@@ -88,8 +88,8 @@ pub struct Ages {
 const _: () = assert!(size_of::<Ages>() == 64);
 
 /// A bucket of the kernel's pending table: its ages on the line after its tags, in the
-/// same page (an array of their own cost found flows and inserts a page walk more:
-/// 30-60 ns in single runs). The agent finds the tags by the map's value size.
+/// same page, so they cost no page walk of their own (a VM's dearest miss). The agent
+/// finds the tags by the map's value size.
 #[repr(C)]
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
 pub struct AgedBucket {
@@ -687,8 +687,9 @@ pub fn set_age<S: Slots>(s: &mut S, idx: u32, last_ts: u64) {
 }
 
 /// For a table that evicts (the pending table) when `claim` found no room: takes the
-/// place of the entry with the oldest `flow.last_ts` (its age, `Ages`) among `key`'s 16 ways (the first
-/// in way order on a tie), under the victim's lock taken with one try. Returned as
+/// place of the entry with the oldest `flow.last_ts` (read from `Ages`) among `key`'s
+/// 16 ways (the first in way order on a tie), under the victim's lock taken with one
+/// try. Returned as
 /// `claim` returns a slot: locked, `key` written, tag `RESERVED` (a CPU waiting for
 /// the victim's lock then sees the tag changed and gives up on it); the number of
 /// flows does not change. Err(true) when the victim was busy, Err(false) when no way
