@@ -691,8 +691,9 @@ pub fn set_age<S: Slots>(s: &mut S, idx: u32, last_ts: u64) {
 /// 16 ways (the first in way order on a tie), under the victim's lock taken with one
 /// try. Returned as `claim` returns a slot: locked, `key` written, tag `RESERVED` (a
 /// CPU waiting for the victim's lock then sees the tag changed and gives up on it);
-/// the number of flows does not change. Err(true) when the victim was busy, Err(false) when no way
-/// held a flow (the table holds its capacity of flows elsewhere).
+/// the number of flows does not change. Err(true) when the victim was busy,
+/// Err(false) when no way held a flow (the table holds its capacity of flows
+/// elsewhere).
 #[inline(always)]
 pub fn replace_oldest<S: Slots>(
     s: &mut S,

@@ -99,13 +99,14 @@ pub fn run(figures: &mut Vec<Figure>) {
             target: None,
         });
     }
-    let at_default = floods(&lab, &probe, "default tables");
+    let xdp = xdp_id(&probe);
+    let at_default = floods(&lab, xdp, "default tables");
     for &(name, per) in &at_default {
         figures.push(flood_figure(name, "", per, 300.0));
     }
     figures.push(Figure {
         name: "live_syn_flood_full_table_new_flow_ns".into(),
-        value: full_table_flood(&lab, &probe),
+        value: full_table_flood(&lab, xdp),
         unit: "ns/packet",
         target: None,
     });
@@ -121,7 +122,7 @@ pub fn run(figures: &mut Vec<Figure>) {
     };
     let mut probe = attach(&lab, &settings, Placement::Headend);
     crate::probe_cost::prefill(&mut probe, flows, false);
-    let at_1m = floods(&lab, &probe, "1M flows");
+    let at_1m = floods(&lab, xdp_id(&probe), "1M flows");
     for (&(name, per), &(_, at0)) in at_1m.iter().zip(&at_default) {
         figures.push(flood_figure(name, "_1m", per, 2.0 * at0));
     }
@@ -138,13 +139,9 @@ fn flood_figure(name: &str, size: &str, per: f64, target: f64) -> Figure {
 
 /// What a new flow costs live: `FLOOD` SYNs, then `FLOOD` ACKs (one-sided flows, as a
 /// mid-stream pick-up), each from a source of its own (`flood`).
-/// Returns each flood's name and ns per run; `tables` says which tables, for the log.
-fn floods(
-    lab: &Lab,
-    probe: &ackwatch::kernel::probe::Probe,
-    tables: &str,
-) -> Vec<(&'static str, f64)> {
-    let xdp = xdp_id(probe);
+/// Returns each flood's name and ns per run of program `xdp`; `tables` says which
+/// tables, for the log.
+fn floods(lab: &Lab, xdp: u32, tables: &str) -> Vec<(&'static str, f64)> {
     let mut out = Vec::new();
     for (name, flags, first) in [
         ("syn", TH_SYN, 0x0a63_0000u32),
@@ -162,8 +159,7 @@ fn floods(
 /// A long flood's new flow: the pending table is full (the floods above fill it only
 /// to 60,000 of its 65,536), so each new flow takes the place of the oldest of its
 /// ways. Filled first with `FILL_FLOOD` SYNs, unmeasured, then `FLOOD` more measured.
-fn full_table_flood(lab: &Lab, probe: &ackwatch::kernel::probe::Probe) -> f64 {
-    let xdp = xdp_id(probe);
+fn full_table_flood(lab: &Lab, xdp: u32) -> f64 {
     flood(lab, xdp, TH_SYN, 0x0b00_0000, FILL_FLOOD);
     let (per, runs) = flood(lab, xdp, TH_SYN, 0x0c00_0000, FLOOD);
     println!(
@@ -172,6 +168,7 @@ fn full_table_flood(lab: &Lab, probe: &ackwatch::kernel::probe::Probe) -> f64 {
     per
 }
 
+/// The kernel id of `probe`'s XDP program, whose run time the floods read.
 fn xdp_id(probe: &ackwatch::kernel::probe::Probe) -> u32 {
     probe
         .program_ids()
